@@ -1,0 +1,45 @@
+# The README's commands. Every target sets itself up from nothing on a fresh machine.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install install-mmpose demo test test-slow lint tiny-backbone tiny-models readme-table benchmark
+
+# torch first, pinned to the local CPU build, so that no other requirement pulls a multi-GB CUDA build.
+# torchvision is deliberately absent: the only wheels are CUDA builds that fail to import next to CPU torch.
+install:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	# controlnet_aux is the reference renderer for the OpenPose parity test; --no-deps keeps torchvision/timm out.
+	$(PIP) install -q --no-deps controlnet_aux==0.0.10
+	$(MAKE) --no-print-directory install-mmpose
+
+# mmpose 1.3.2 cannot be pip-installed normally (chumpy does not build; full mmcv has no wheels for this torch).
+# mmpose.codecs and the CocoMetric semantics are all we compare against; they need only these pure-Python parts.
+install-mmpose:
+	$(PIP) install -q --no-deps mmpose==1.3.2
+	$(PIP) install -q "mmengine>=0.10,<1" "mmcv-lite==2.1.0" json_tricks munkres six matplotlib
+
+demo: install
+	$(PYTHON) tools/demo.py
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-slow: install
+	$(PYTHON) -m pytest -q -m slow
+
+lint:
+	$(PYTHON) -m ruff check zoo tools tests
+
+# Rebuild the tiny backbone under checkpoints/tiny/backbone bit-for-bit (see its recipe.json).
+tiny-backbone: install
+	$(PYTHON) tools/build_tiny_backbone.py --out checkpoints/tiny/backbone
+
+readme-table:
+	$(PYTHON) tools/model_zoo_table.py --write README.md
+
+benchmark: install
+	$(PYTHON) tools/benchmark.py all
