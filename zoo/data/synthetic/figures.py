@@ -72,7 +72,9 @@ class FigureImage:
 def _rotate(vector: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate 2-vectors [..., 2] counter-clockwise on screen (y points down)."""
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    return np.stack([c * vector[..., 0] + s * vector[..., 1], -s * vector[..., 0] + c * vector[..., 1]], axis=-1)
+    return np.stack(
+        [c * vector[..., 0] + s * vector[..., 1], -s * vector[..., 0] + c * vector[..., 1]], axis=-1
+    )
 
 
 def _limb(start: np.ndarray, length: float, degrees: float) -> np.ndarray:
@@ -115,12 +117,21 @@ def _fixed(point: np.ndarray) -> tuple[int, int]:
     return int(round(point[0] * (1 << _SHIFT))), int(round(point[1] * (1 << _SHIFT)))
 
 
-def _draw_figure(canvas: np.ndarray, points: np.ndarray, height: float, colours: dict[str, np.ndarray]) -> None:
+def _draw_figure(
+    canvas: np.ndarray, points: np.ndarray, height: float, colours: dict[str, np.ndarray]
+) -> None:
     """Draw one figure into `canvas` [H, W, C] (uint8, any C) with the given per-part colours."""
 
     def stroke(a: int, b: int, width: float, colour: np.ndarray) -> None:
-        cv2.line(canvas, _fixed(points[a]), _fixed(points[b]), colour.tolist(), max(int(round(width)), 1),
-                 cv2.LINE_AA, _SHIFT)
+        cv2.line(
+            canvas,
+            _fixed(points[a]),
+            _fixed(points[b]),
+            colour.tolist(),
+            max(int(round(width)), 1),
+            cv2.LINE_AA,
+            _SHIFT,
+        )
 
     for hip, knee, ankle, key in ((11, 13, 15, "left"), (12, 14, 16, "right")):
         stroke(hip, knee, _LEG_WIDTH * height, colours[key])
@@ -174,7 +185,9 @@ def render_figures(seed: int, width: int = 256, height: int = 256, max_people: i
     owner = np.full((height, width), -1, dtype=np.int32)  # index of the figure on top at each pixel
     for index in range(count):
         size = rng.uniform(0.5, 0.9) * height * (1.0 if count == 1 else rng.uniform(0.7, 1.0))
-        hip = np.array([slot * (index + 0.5 + rng.uniform(-0.3, 0.3)), height * 0.5 + size * rng.uniform(0.0, 0.2)])
+        hip = np.array(
+            [slot * (index + 0.5 + rng.uniform(-0.3, 0.3)), height * 0.5 + size * rng.uniform(0.0, 0.2)]
+        )
         if rng.random() < 0.2:  # push some figures partly out of the frame: out-of-image joints
             hip += rng.uniform(-0.35, 0.35, size=2) * size
         points = np.round(_pose_keypoints(rng, size, hip), 2)  # [17, 2]; rounded as written to JSON
@@ -244,10 +257,9 @@ def write_coco_figures(
     height: int = 256,
     max_people: int = 3,
 ) -> tuple[Path, Path]:
-    """Write a COCO keypoint dataset of figures: `root/{split}/NNNNNN.png` and
-    `root/annotations/person_keypoints_{split}.json`; returns (annotation file, image folder).
+    """Write a COCO keypoint dataset of figures; returns (annotation file, image folder).
 
-    Image i is rendered from the seed sequence (seed, i), so two calls with the same arguments write identical
+    Layout as COCO's: `root/annotations/person_keypoints_{split}.json` and `root/{split}/NNNNNN.png`. Image i is rendered from the seed sequence (seed, i), so two calls with the same arguments write identical
     bytes and a larger `num_images` extends a smaller one.
     """
     if num_images < 1:
