@@ -25,3 +25,25 @@ def realdata() -> Path:
     if not root.is_dir():
         pytest.fail(f"real sample data not found at {root}; set ZOO_REALDATA to its folder")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir() -> Path:
+    """The committed tiny backbone folder (diffusers layout)."""
+    from zoo.backbones.tiny import tiny_backbone_path
+
+    path = tiny_backbone_path()
+    if not (path / "unet").is_dir():
+        pytest.fail(f"tiny backbone missing at {path}; run `make tiny-backbone`")
+    return path
+
+
+@pytest.fixture()
+def tiny_backbone(tiny_backbone_dir: Path):
+    """A fresh StableDiffusionBackbone loaded from the tiny assets (float32, eval mode)."""
+    import torch
+
+    from zoo.backbones import StableDiffusionBackbone
+
+    torch.manual_seed(0)
+    return StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, load_text_encoder=True).eval()

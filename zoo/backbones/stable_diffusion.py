@@ -1,0 +1,383 @@
+"""The shared Stable Diffusion backbone: VAE, UNet, optional text stack, empty-prompt embedding, surgery, taps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from zoo.backbones.task_switcher import TASK_CODE_DIM, Task, task_codes
+from zoo.backbones.taps import FeatureTaps
+
+logger = logging.getLogger(__name__)
+
+EMPTY_PROMPT_FILE = "empty_prompt_embeds.safetensors"
+LATENT_FACTOR = 8  # the SD VAE downsamples by 8
+
+# Lotus, SDPose and DiffPose feed the UNet this single timestep.
+FINAL_TIMESTEP = 999
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Backbone weights are not available locally; the message says what to download and where."""
+
+
+def _missing_weights_message(source: str, detail: str) -> str:
+    return (
+        f"Stable Diffusion weights {source!r} are not available here ({detail}).\n"
+        f"Download them once, e.g. `huggingface-cli download {source} --local-dir checkpoints/{Path(source).name}`, "
+        f"then pass the folder `checkpoints/{Path(source).name}` (a diffusers folder with vae/, unet/ and either "
+        f"{EMPTY_PROMPT_FILE} or text_encoder/ + tokenizer/)."
+    )
+
+
+def _where(source: str, subfolder: str) -> dict[str, str]:
+    """from_pretrained arguments for a component: a local subfolder, or a hub id plus `subfolder`."""
+    local = Path(source)
+    if local.is_dir():
+        return {"pretrained_model_name_or_path": str(local / subfolder)}
+    return {"pretrained_model_name_or_path": source, "subfolder": subfolder}
+
+
+def _resolve_local(source: str) -> str:
+    """Repo-relative folders (configs say `checkpoints/tiny/backbone`) resolve from any working directory."""
+    repo_relative = Path(__file__).resolve().parents[2] / source
+    if not Path(source).is_absolute() and not Path(source).exists() and repo_relative.is_dir():
+        return str(repo_relative)
+    return source
+
+
+def _looks_local(source: str) -> bool:
+    """True for strings that are paths rather than hub ids ("org/name")."""
+    return source.startswith((".", "/", "~")) or source.count("/") != 1
+
+
+def _has_component(source: str, subfolder: str) -> bool:
+    local = Path(source)
+    if local.is_dir():
+        return (local / subfolder).is_dir()
+    return True  # a hub id: let the loader decide
+
+
+def replicate_pad(images: torch.Tensor, multiple: int = LATENT_FACTOR) -> torch.Tensor:
+    """Pad [B, C, H, W] on the bottom/right by edge replication to a multiple of `multiple`."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def widen_conv_in(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A conv with `in_channels` inputs whose weights repeat the original ones, scaled to keep the activation.
+
+    With in_channels = 2 * original (Lotus-G / Marigold), feeding the same latent to both halves reproduces the
+    original conv's output: weights are repeated and halved, the bias is kept.
+    """
+    if in_channels % conv.in_channels != 0:
+        raise ValueError(f"cannot widen conv_in from {conv.in_channels} to {in_channels} channels")
+    repeats = in_channels // conv.in_channels
+    widened = nn.Conv2d(
+        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+    )
+    with torch.no_grad():
+        widened.weight.copy_(conv.weight.repeat(1, repeats, 1, 1) / repeats)  # [C_out, in_channels, k, k]
+        if conv.bias is not None:
+            widened.bias.copy_(conv.bias)
+    return widened.to(conv.weight.device, conv.weight.dtype)
+
+
+class StableDiffusionBackbone(nn.Module):
+    """VAE (frozen) + UNet (trainable) + cached empty-prompt embedding, with the text stack optional.
+
+    Every family gets latents, the task switcher, prompt embeddings and feature taps from here.
+    """
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        empty_prompt_embeds: torch.Tensor,
+        scheduler: DDPMScheduler | None = None,
+        text_encoder: nn.Module | None = None,
+        tokenizer: Any | None = None,
+    ):
+        super().__init__()
+        self.vae = vae.requires_grad_(False).eval()
+        self.unet = unet
+        self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler or DDPMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+        )
+        if empty_prompt_embeds.ndim != 3 or empty_prompt_embeds.shape[0] != 1:
+            raise ValueError(f"empty_prompt_embeds must be [1, L, D]; got {tuple(empty_prompt_embeds.shape)}")
+        # A buffer so that it follows .to(device) and is saved in Lightning checkpoints.
+        self.register_buffer("empty_prompt_embeds", empty_prompt_embeds.detach().clone(), persistent=True)
+        self.autocast_dtype: torch.dtype | None = None
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        with_task_switcher: bool = True,
+        unet_in_channels: int | None = None,
+        load_text_encoder: bool = False,
+        local_files_only: bool | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> StableDiffusionBackbone:
+        """Load from a local diffusers folder or a hub id, component by component.
+
+        Works for folders whose model_index.json names a pipeline class diffusers lacks (official Lotus/SDPose):
+        only the subfolders are read. `with_task_switcher` adds the 4-d class projection when the UNet lacks it
+        (new, randomly initialised, as in the official training scripts); `unet_in_channels` widens conv_in.
+        """
+        source = _resolve_local(str(source))
+        if local_files_only is None:
+            local_files_only = not Path(source).is_dir() and os.environ.get("HF_HUB_OFFLINE", "0") == "1"
+        if not Path(source).is_dir() and _looks_local(source):
+            raise MissingWeightsError(_missing_weights_message(source, "no such folder"))
+        common = {"local_files_only": local_files_only}
+        if torch_dtype is not None:
+            common["torch_dtype"] = torch_dtype
+        try:
+            vae = AutoencoderKL.from_pretrained(**_where(source, "vae"), **common)
+            unet_config = UNet2DConditionModel.load_config(**_where(source, "unet"), local_files_only=local_files_only)
+            unet_kwargs: dict[str, Any] = {}
+            if with_task_switcher and unet_config.get("class_embed_type") is None:
+                # The official recipes start from SD2 and add a fresh projection MLP for the 4-d task code.
+                unet_kwargs = {
+                    "class_embed_type": "projection",
+                    "projection_class_embeddings_input_dim": TASK_CODE_DIM,
+                    "low_cpu_mem_usage": False,
+                }
+            unet = UNet2DConditionModel.from_pretrained(**_where(source, "unet"), **common, **unet_kwargs)
+            scheduler = (
+                DDPMScheduler.from_pretrained(**_where(source, "scheduler"), local_files_only=local_files_only)
+                if _has_component(source, "scheduler")
+                else None
+            )
+        except (OSError, EnvironmentError) as error:
+            raise MissingWeightsError(_missing_weights_message(source, str(error).splitlines()[0])) from error
+
+        text_encoder, tokenizer = None, None
+        if load_text_encoder or not _has_empty_prompt_file(source):
+            try:
+                text_encoder, tokenizer = _load_text_stack(source, common)
+            except (OSError, EnvironmentError) as error:
+                raise MissingWeightsError(
+                    _missing_weights_message(source, f"neither {EMPTY_PROMPT_FILE} nor a loadable text_encoder/")
+                ) from error
+        empty = _load_empty_prompt(source)
+        if empty is None:
+            empty = encode_prompts(text_encoder, tokenizer, [""], pad=False)  # [1, 2, D]
+        backbone = cls(vae, unet, empty, scheduler, text_encoder if load_text_encoder else None, tokenizer)
+        if unet_in_channels is not None and unet_in_channels != unet.config.in_channels:
+            backbone.set_unet_in_channels(unet_in_channels)
+        return backbone
+
+    def save_pretrained(self, folder: str | os.PathLike, include_text_encoder: bool = True) -> None:
+        """Write a diffusers-style folder: vae/, unet/, scheduler/, [text_encoder/, tokenizer/], empty prompt."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        self.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(folder / "scheduler")
+        if include_text_encoder and self.text_encoder is not None:
+            self.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        if include_text_encoder and self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder / "tokenizer")
+        save_file({"empty_prompt_embeds": self.empty_prompt_embeds.detach().cpu().contiguous()}, folder / EMPTY_PROMPT_FILE)
+        index = {"_class_name": "StableDiffusionBackbone", "_zoo": "zoo.backbones.StableDiffusionBackbone"}
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ latents
+    @property
+    def scaling_factor(self) -> float:
+        """The VAE's latent scaling factor (0.18215 for SD2)."""
+        return float(self.vae.config.scaling_factor)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the UNet parameters."""
+        return next(self.unet.parameters()).device
+
+    def encode(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Encode images in [-1, 1] [B, 3, H, W] to scaled latents [B, 4, ceil(H/8), ceil(W/8)].
+
+        The posterior mode by default (deterministic); `sample=True` draws from the posterior with `generator`.
+        Sizes that are not multiples of 8 are replicate-padded on the bottom/right (undo with decode(size=...)).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode expects [B, 3, H, W] images; got {tuple(images.shape)}")
+        padded = replicate_pad(images.to(self.device, self.vae.dtype))  # [B, 3, H8, W8]
+        with torch.no_grad(), self._autocast():
+            posterior = self.vae.encode(padded).latent_dist
+            latents = posterior.sample(generator) if sample else posterior.mode()  # [B, 4, H8/8, W8/8]
+        return latents.float() * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Decode scaled latents [B, 4, h, w] to images in roughly [-1, 1] [B, 3, 8h, 8w], cropped to `size`."""
+        with self._autocast():
+            images = self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample  # [B, 3, 8h, 8w]
+        images = images.float()
+        if size is not None:
+            images = images[..., : size[0], : size[1]]
+        return images
+
+    # ------------------------------------------------------------------ conditioning
+    def prompt_embeds(self, batch_size: int) -> torch.Tensor:
+        """The cached empty-prompt embedding repeated to the batch: [B, L, D]."""
+        return self.empty_prompt_embeds.expand(batch_size, -1, -1)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings of arbitrary prompts, padded to the tokenizer's max length: [B, 77, D]."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise RuntimeError("this backbone was loaded without its text encoder; pass load_text_encoder=True")
+        return encode_prompts(self.text_encoder, self.tokenizer, list(prompts), pad=True)
+
+    def task_codes(self, task: Task, batch_size: int) -> torch.Tensor:
+        """Task-switcher class labels for a batch: [B, 4]."""
+        return task_codes(task, batch_size, self.device)
+
+    # ------------------------------------------------------------------ UNet
+    def set_unet_in_channels(self, in_channels: int) -> None:
+        """Widen conv_in (4 -> 8 for generative variants) and record it in the UNet config."""
+        self.unet.conv_in = widen_conv_in(self.unet.conv_in, in_channels)
+        self.unet.register_to_config(in_channels=in_channels)
+
+    def unet_forward(
+        self,
+        sample: torch.Tensor,
+        timestep: int | torch.Tensor = FINAL_TIMESTEP,
+        task: Task | None = "annotation",
+        encoder_hidden_states: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One UNet call on [B, C, h, w] with the empty prompt and the task code unless given; returns [B, 4, h, w]."""
+        batch = sample.shape[0]
+        if encoder_hidden_states is None:
+            encoder_hidden_states = self.prompt_embeds(batch)
+        if class_labels is None and task is not None and self.unet.config.class_embed_type is not None:
+            class_labels = self.task_codes(task, batch)
+        if isinstance(timestep, int):
+            timestep = torch.full((batch,), timestep, device=sample.device, dtype=torch.long)
+        with self._autocast():
+            out = self.unet(
+                sample, timestep, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels
+            ).sample
+        return out.float()
+
+    def tap(self, sites: Mapping[str, str]) -> FeatureTaps:
+        """Register named feature taps on UNet sites (see zoo.backbones.taps); call .remove() when done."""
+        return FeatureTaps(self.unet, sites)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int = FINAL_TIMESTEP) -> torch.Tensor:
+        """DDPM forward process q(x_t | x_0) at `timestep` (Lotus-G training)."""
+        timesteps = torch.full((latents.shape[0],), timestep, device=latents.device, dtype=torch.long)
+        return self.scheduler.add_noise(latents, noise, timesteps)
+
+    # ------------------------------------------------------------------ speed / memory switches
+    def configure(
+        self,
+        autocast_dtype: torch.dtype | str | None = None,
+        gradient_checkpointing: bool = False,
+        attention: str = "sdpa",
+        channels_last: bool = False,
+        compile_unet: bool = False,
+        vae_dtype: torch.dtype | str | None = None,
+    ) -> StableDiffusionBackbone:
+        """Apply precision and memory switches; returns self.
+
+        autocast_dtype: "bf16"/"fp16"/None for UNet and VAE calls. attention: "sdpa" (PyTorch scaled dot
+        product) or "math" (plain processor, for bit-exact comparisons). vae_dtype casts the frozen VAE.
+        """
+        self.autocast_dtype = _dtype(autocast_dtype)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        else:
+            self.unet.disable_gradient_checkpointing()
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        if attention not in ("sdpa", "math"):
+            raise ValueError(f"attention must be 'sdpa' or 'math'; got {attention!r}")
+        processor = AttnProcessor2_0() if attention == "sdpa" else AttnProcessor()
+        self.unet.set_attn_processor(processor)
+        self.vae.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if compile_unet:
+            self.unet = torch.compile(self.unet)
+        if vae_dtype is not None:
+            self.vae.to(_dtype(vae_dtype))
+        return self
+
+    def train(self, mode: bool = True) -> StableDiffusionBackbone:
+        """Train mode for the UNet only; the frozen VAE and text encoder stay in eval mode."""
+        super().train(mode)
+        self.vae.eval()
+        if self.text_encoder is not None:
+            self.text_encoder.eval()
+        return self
+
+
+def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    aliases = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+               "fp32": None, "float32": None, None: None}
+    if isinstance(value, torch.dtype):
+        return None if value == torch.float32 else value
+    if value not in aliases:
+        raise ValueError(f"unknown dtype {value!r}; expected one of {sorted(k for k in aliases if k)}")
+    return aliases[value]
+
+
+def _has_empty_prompt_file(source: str) -> bool:
+    return (Path(source) / EMPTY_PROMPT_FILE).is_file()
+
+
+def _load_empty_prompt(source: str) -> torch.Tensor | None:
+    path = Path(source) / EMPTY_PROMPT_FILE
+    return load_file(str(path))["empty_prompt_embeds"] if path.is_file() else None
+
+
+def _load_text_stack(source: str, common: Mapping[str, Any]) -> tuple[nn.Module, Any]:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    text_kwargs = {k: v for k, v in common.items() if k != "torch_dtype"}
+    text_encoder = CLIPTextModel.from_pretrained(**_where(source, "text_encoder"), **text_kwargs)
+    tokenizer = CLIPTokenizer.from_pretrained(**_where(source, "tokenizer"), **text_kwargs)
+    return text_encoder, tokenizer
+
+
+def encode_prompts(text_encoder: nn.Module, tokenizer: Any, prompts: list[str], pad: bool) -> torch.Tensor:
+    """CLIP hidden states of `prompts`: [B, L, D]; pad=False keeps only BOS/EOS for "" (Lotus/Marigold trick)."""
+    tokens = tokenizer(
+        prompts,
+        padding="do_not_pad" if not pad else "max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    device = next(text_encoder.parameters()).device
+    with torch.no_grad():
+        return text_encoder(tokens.input_ids.to(device))[0].float()

@@ -1,0 +1,80 @@
+"""Named feature taps: forward hooks on any module path of a network, collected per forward call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+# A site "path:query" taps the query projection (`to_q`) of the attention module at `path`.
+_SUFFIX_MODULES = {"query": "to_q", "key": "to_k", "value": "to_v"}
+
+
+def resolve_site(root: nn.Module, site: str) -> nn.Module:
+    """The submodule named by `site` ("up_blocks.3", "up_blocks.1.attentions.0.transformer_blocks.0.attn2:query")."""
+    path, _, suffix = site.partition(":")
+    if suffix:
+        if suffix not in _SUFFIX_MODULES:
+            raise ValueError(f"feature site {site!r}: unknown suffix {suffix!r}; expected {sorted(_SUFFIX_MODULES)}")
+        path = f"{path}.{_SUFFIX_MODULES[suffix]}"
+    try:
+        return root.get_submodule(path)
+    except AttributeError as error:
+        raise ValueError(f"feature site {site!r}: no module at {path!r} ({error})") from None
+
+
+def _first_tensor(output: object) -> torch.Tensor:
+    # Down blocks return (hidden_states, residuals); the tapped feature is the hidden state.
+    while isinstance(output, (tuple, list)):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"tapped module returned {type(output).__name__}, not a tensor")
+    return output
+
+
+class FeatureTaps:
+    """Forward hooks on named sites; `captured` holds each site's output of the latest forward.
+
+    Under gradient checkpointing an inner module runs again during backward; the hook then overwrites
+    `captured` with the recomputed (numerically identical) tensor, which is harmless because callers
+    consume the features before calling backward.
+    """
+
+    def __init__(self, root: nn.Module, sites: Mapping[str, str]):
+        self.sites = dict(sites)  # name -> site
+        self.captured: dict[str, torch.Tensor] = {}
+        self._handles = [
+            resolve_site(root, site).register_forward_hook(self._hook(name)) for name, site in self.sites.items()
+        ]
+
+    def _hook(self, name: str):
+        def store(_module: nn.Module, _inputs: object, output: object) -> None:
+            self.captured[name] = _first_tensor(output)
+
+        return store
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        """Return the captured tensors and clear them; raises if a site did not run."""
+        missing = [name for name in self.sites if name not in self.captured]
+        if missing:
+            raise RuntimeError(f"feature sites {missing} did not run in the last forward")
+        captured, self.captured = self.captured, {}
+        return captured
+
+    def remove(self) -> None:
+        """Unregister every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@contextmanager
+def tapped(root: nn.Module, sites: Mapping[str, str]) -> Iterator[FeatureTaps]:
+    """Context manager form of FeatureTaps that always removes its hooks."""
+    taps = FeatureTaps(root, sites)
+    try:
+        yield taps
+    finally:
+        taps.remove()

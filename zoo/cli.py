@@ -1,0 +1,70 @@
+"""The LightningCLI behind tools/train.py and tools/eval.py: any family from a YAML config."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from zoo.utils.files import atomic_write_json, atomic_write_text
+
+DEFAULT_TRAINER: dict[str, Any] = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "outputs", "name": "train"},
+    },
+}
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with the zoo's defaults: any LightningModule/DataModule by class_path, TensorBoard, last.ckpt."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            trainer_defaults=DEFAULT_TRAINER,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
+        """Always checkpoint (with last.ckpt); configurable as `checkpoint.*` in YAML or on the command line."""
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve `precision: auto`: bf16-mixed on a CUDA GPU that supports it, else 32-true."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if config.trainer.get("precision") == "auto":
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            config.trainer.precision = "bf16-mixed" if bf16 else "32-true"
+
+
+def metrics_markdown(metrics: dict[str, float], title: str = "metric") -> str:
+    """Two-column Markdown table of scalar metrics, sorted by name."""
+    lines = [f"| {title} | value |", "| --- | --- |"]
+    for name, value in sorted(metrics.items()):
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(metrics: dict[str, float], out_dir: str | Path, stem: str = "metrics") -> tuple[Path, Path]:
+    """Write metrics as `<stem>.json` and `<stem>.md` in `out_dir` atomically; returns both paths."""
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    atomic_write_json(json_path, metrics)
+    atomic_write_text(md_path, metrics_markdown(metrics))
+    return json_path, md_path

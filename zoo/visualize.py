@@ -1,0 +1,53 @@
+"""Pictures of predictions: depth colormaps, normal maps, heatmaps and image grids (numpy uint8 RGB)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
+
+
+def colorize_depth(depth: np.ndarray | torch.Tensor, disparity: bool = False, color_map: str = "Spectral") -> np.ndarray:
+    """Depth or disparity in [0, 1] ([H, W] or [H, W, 1]) -> uint8 RGB [H, W, 3]; near is red, far is blue.
+
+    Disparity is large when near, so it is reversed first to keep the colours meaning the same thing.
+    """
+    values = torch.as_tensor(np.asarray(depth, dtype=np.float32)).squeeze()
+    if values.ndim != 2:
+        raise ValueError(f"expected a single depth map [H, W]; got shape {tuple(values.shape)}")
+    if disparity:
+        values = 1.0 - values
+    image = MarigoldImageProcessor.visualize_depth(values.clamp(0, 1)[None, None], color_map=color_map)[0]
+    return np.asarray(image)
+
+
+def colorize_normals(normals: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Unit normals [H, W, 3] (X right, Y up, Z to the viewer) -> uint8 RGB [H, W, 3] as (n + 1) / 2."""
+    values = torch.as_tensor(np.asarray(normals, dtype=np.float32))
+    if values.ndim != 3 or values.shape[-1] != 3:
+        raise ValueError(f"expected normals [H, W, 3]; got shape {tuple(values.shape)}")
+    image = MarigoldImageProcessor.visualize_normals(values.permute(2, 0, 1)[None].clamp(-1, 1))[0]
+    return np.asarray(image)
+
+
+def colorize_heatmaps(heatmaps: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Keypoint heatmaps [K, H, W] -> uint8 RGB [H, W, 3]: the per-pixel maximum over joints, Spectral colours."""
+    values = torch.as_tensor(np.asarray(heatmaps, dtype=np.float32))
+    peak = values.amax(dim=0).clamp(0, 1)  # [H, W]
+    return colorize_depth(1.0 - peak)
+
+
+def image_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarray:
+    """Tile equally sized uint8 RGB images [H, W, 3] into a grid with black padding."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    height, width = images[0].shape[:2]
+    rows = (len(images) + columns - 1) // columns
+    grid = np.zeros((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        if image.shape[:2] != (height, width):
+            raise ValueError(f"image {index} has size {image.shape[:2]}, expected {(height, width)}")
+        row, column = divmod(index, columns)
+        top, left = pad + row * (height + pad), pad + column * (width + pad)
+        grid[top : top + height, left : left + width] = image
+    return grid
