@@ -1,0 +1,430 @@
+"""Affine-invariant depth evaluation: the Marigold metric set, least-squares alignment and per-dataset protocols.
+
+Follows the protocol that Marigold and Lotus share (reference notes `lotus_marigold.md` §2.1–2.3):
+
+1. the prediction is resized to the ground-truth size (bilinear + antialias, `resize_prediction`);
+2. scale and shift are fitted by least squares on the valid pixels, either to the GT depth (`space="depth"`) or to
+   the GT disparity 1/d (`space="disparity"`, pixels with gt > 0 and pred > 0 only; the aligned disparity is clipped
+   to >= 1e-3 and inverted), optionally on a nearest-downsampled copy (`max_resolution`);
+3. the aligned depth is clipped to the dataset's [min_depth, max_depth], then to >= 1e-6;
+4. each metric is computed per image on the valid mask, and a dataset's score is the mean over images.
+
+All functions take batches: prediction, ground truth and mask are [B, H, W] or [B, 1, H, W] (a single [H, W] image is
+accepted too). Work is done in float64 so that sums over millions of pixels stay exact enough.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+AlignmentSpace = Literal["depth", "disparity", "none"]
+
+# Metric keys in reporting order, with the names Marigold's `metric.py` gives them.
+DEPTH_METRICS: tuple[str, ...] = (
+    "abs_rel",
+    "sq_rel",
+    "rmse",
+    "rmse_log",
+    "log10",
+    "delta1",
+    "delta2",
+    "delta3",
+    "i_rmse",
+    "silog_rmse",
+)
+MARIGOLD_METRIC_NAMES: dict[str, str] = {
+    "abs_rel": "abs_relative_difference",
+    "sq_rel": "squared_relative_difference",
+    "rmse": "rmse_linear",
+    "rmse_log": "rmse_log",
+    "log10": "log10",
+    "delta1": "delta1_acc",
+    "delta2": "delta2_acc",
+    "delta3": "delta3_acc",
+    "i_rmse": "i_rmse",
+    "silog_rmse": "silog_rmse",
+}
+# Metrics where higher is better (the rest are errors).
+HIGHER_IS_BETTER = frozenset({"delta1", "delta2", "delta3"})
+
+# Disparity below this is clipped before inversion, so a far or negative aligned value becomes 1000 m, then the
+# dataset's max_depth (Marigold's `least_square_disparity`).
+MIN_ALIGNED_DISPARITY = 1e-3
+# Final floor on the prediction so that log and 1/x stay finite (Marigold clips to 1e-6 after the range clip).
+MIN_EVAL_DEPTH = 1e-6
+
+
+@dataclass(frozen=True)
+class DepthEvalProtocol:
+    """Per-dataset evaluation settings: valid depth range, crop or eval mask, resolution and alignment defaults."""
+
+    name: str
+    min_depth: float  # valid GT is min_depth < d < max_depth (strict, as Marigold's `_get_valid_mask`)
+    max_depth: float
+    depth_scale: float | None  # PNG value / depth_scale = metres; None for float formats
+    eval_mask: Literal["nyu_eigen", "kitti_eigen"] | None = None
+    kb_crop: bool = (
+        False  # KITTI benchmark crop (bottom-centre 352 x 1216) of RGB and GT before anything else
+    )
+    processing_resolution: int = 0  # Lotus' processing_res: longest edge the model sees; 0 = native
+    alignment_max_resolution: int | None = None  # LS solved on a copy downsampled to this longest edge
+    alignment: AlignmentSpace = (
+        "depth"  # default space; disparity models (Lotus v2) evaluate with "disparity"
+    )
+    num_images: int | None = None  # size of the standard test split, for checking a download
+
+
+# Lotus' depth eval configs (`datasets/eval/depth/configs/*.yaml`), reference §2.3.
+DEPTH_PROTOCOLS: dict[str, DepthEvalProtocol] = {
+    "nyuv2": DepthEvalProtocol("nyuv2", 1e-3, 10.0, 1000.0, eval_mask="nyu_eigen", num_images=654),
+    "kitti": DepthEvalProtocol(
+        "kitti", 1e-5, 80.0, 256.0, eval_mask="kitti_eigen", kb_crop=True, num_images=652
+    ),
+    "eth3d": DepthEvalProtocol(
+        "eth3d",
+        1e-5,
+        math.inf,
+        None,
+        processing_resolution=768,
+        alignment_max_resolution=1024,
+        num_images=454,
+    ),
+    "scannet": DepthEvalProtocol("scannet", 1e-3, 10.0, 1000.0, num_images=800),
+    "diode": DepthEvalProtocol("diode", 0.6, 350.0, None, processing_resolution=640, num_images=771),
+}
+
+# Eigen et al.'s NYUv2 evaluation crop: rows 45:471, cols 41:601 of the 480 x 640 frame.
+NYU_EIGEN_CROP = (45, 471, 41, 601)
+# Eigen valid region of KITTI as fractions of the (benchmark-cropped) GT height and width (BTS / Marigold).
+KITTI_EIGEN_FRACTIONS = (0.3324324, 0.91351351, 0.0359477, 0.96405229)
+KB_CROP_SIZE = (352, 1216)
+
+
+def get_protocol(name: str) -> DepthEvalProtocol:
+    """Look up a dataset's depth protocol by name (nyuv2, kitti, eth3d, scannet, diode)."""
+    key = name.lower()
+    if key not in DEPTH_PROTOCOLS:
+        raise KeyError(f"unknown depth protocol {name!r}; known: {', '.join(DEPTH_PROTOCOLS)}")
+    return DEPTH_PROTOCOLS[key]
+
+
+def eval_region_mask(
+    height: int, width: int, kind: str | None, device: torch.device | None = None
+) -> torch.Tensor:
+    """Boolean [H, W] mask of the evaluated region: Eigen crop (NYU), Eigen mask (KITTI) or everything."""
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    if kind is None:
+        mask[:] = True
+    elif kind == "nyu_eigen":
+        top, bottom, left, right = NYU_EIGEN_CROP
+        mask[top:bottom, left:right] = True
+    elif kind == "kitti_eigen":
+        top, bottom, left, right = KITTI_EIGEN_FRACTIONS
+        mask[int(top * height) : int(bottom * height), int(left * width) : int(right * width)] = True
+    else:
+        raise ValueError(f"unknown eval mask {kind!r}; expected 'nyu_eigen', 'kitti_eigen' or None")
+    return mask
+
+
+def valid_depth_mask(depth: torch.Tensor, protocol: DepthEvalProtocol) -> torch.Tensor:
+    """GT validity under a protocol: finite, inside (min_depth, max_depth) and inside the eval region."""
+    region = eval_region_mask(depth.shape[-2], depth.shape[-1], protocol.eval_mask, depth.device)
+    in_range = (depth > protocol.min_depth) & (depth < protocol.max_depth) & torch.isfinite(depth)
+    return in_range & region
+
+
+def resize_prediction(prediction: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize [B, 1, h, w] (or [B, h, w]) predictions to the GT size with bilinear + antialias, as the protocol does."""
+    squeeze = prediction.ndim == 3
+    batch = prediction[:, None] if squeeze else prediction  # [B, 1, h, w]
+    if tuple(batch.shape[-2:]) != tuple(size):
+        batch = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return batch[:, 0] if squeeze else batch
+
+
+def _as_batch(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """View [H, W], [B, H, W] or [B, 1, H, W] as [B, H, W]."""
+    if tensor.ndim == 2:
+        return tensor[None]
+    if tensor.ndim == 3:
+        return tensor
+    if tensor.ndim == 4 and tensor.shape[1] == 1:
+        return tensor[:, 0]
+    raise ValueError(f"{name}: expected [H, W], [B, H, W] or [B, 1, H, W]; got shape {tuple(tensor.shape)}")
+
+
+def _check_inputs(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bring prediction, target and mask to [B, H, W] (float64, float64, bool) and check they match."""
+    pred = _as_batch(torch.as_tensor(prediction), "prediction").double()
+    gt = _as_batch(torch.as_tensor(target), "target").double()
+    if mask is None:
+        valid = torch.ones_like(gt, dtype=torch.bool)
+    else:
+        valid = _as_batch(torch.as_tensor(mask), "mask")
+        if valid.dtype != torch.bool:
+            raise TypeError(f"mask: expected a bool tensor; got {valid.dtype}")
+    if not (pred.shape == gt.shape == valid.shape):
+        raise ValueError(
+            f"shape mismatch: prediction {tuple(pred.shape)}, target {tuple(gt.shape)}, mask {tuple(valid.shape)}"
+        )
+    return pred, gt, valid.to(gt.device)
+
+
+def _downsample_for_alignment(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, max_resolution: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest-downsample [B, H, W] inputs so the longer edge is at most max_resolution (no-op if already smaller)."""
+    if max_resolution is None:
+        return pred, gt, valid
+    height, width = gt.shape[-2:]
+    factor = min(max_resolution / height, max_resolution / width)
+    if factor >= 1:
+        return pred, gt, valid
+    stacked = torch.stack([pred, gt, valid.double()], dim=1)  # [B, 3, H, W]
+    small = F.interpolate(stacked, scale_factor=factor, mode="nearest")  # [B, 3, h, w]
+    return small[:, 0], small[:, 1], small[:, 2] > 0.5
+
+
+def _masked_values(
+    tensor: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather the valid pixels of [B, H, W] as a flat tensor with their batch index, plus per-image counts [B].
+
+    Working on the gathered pixels only means garbage (NaN, inf, <= 0) outside the mask is never touched, and the
+    cost scales with the valid pixels rather than the frame.
+    """
+    batch_index = torch.nonzero(valid)[:, 0]  # [N]
+    count = valid.sum(dim=(-1, -2)).double()  # [B]
+    return tensor[valid], batch_index, count
+
+
+def _per_image_mean(values: torch.Tensor, batch_index: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Mean of flat per-pixel values [N] within each image -> [B]."""
+    sums = torch.zeros_like(count).index_add_(0, batch_index, values.double())
+    return sums / count
+
+
+def _require_pixels(count: torch.Tensor, hint: str) -> None:
+    """Raise ValueError naming the batch items that have no valid pixel."""
+    if bool((count == 0).any()):
+        empty = torch.nonzero(count == 0).flatten().tolist()
+        raise ValueError(f"no valid pixels in batch item(s) {empty}{hint}")
+
+
+def fit_scale_shift(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares scale and shift per image so that scale * prediction + shift ~ target on mask; returns [B], [B].
+
+    Closed form of min ||s * p + t - y||^2. Degenerate images: a prediction that is constant on the mask (or a single
+    valid pixel) gets scale 0 and shift = mean target, the best constant, which is what any LS solver's fitted
+    values equal there; an image with no valid pixel raises ValueError.
+    """
+    pred, gt, valid = _check_inputs(prediction, target, mask)
+    x, batch_index, count = _masked_values(pred, valid)  # [N], [N], [B]
+    y = gt[valid]
+    _require_pixels(count, " to align")
+    mean_x = _per_image_mean(x, batch_index, count)  # [B]
+    mean_y = _per_image_mean(y, batch_index, count)
+    # Centred sums are better conditioned than raw second moments for large depths.
+    dx = x - mean_x[batch_index]  # [N]
+    dy = y - mean_y[batch_index]
+    var_x = _per_image_mean(dx * dx, batch_index, count)  # [B]
+    cov_xy = _per_image_mean(dx * dy, batch_index, count)
+    # Relative threshold: a variance at rounding level of the values means the prediction is constant.
+    mean_sq = _per_image_mean(x * x, batch_index, count)
+    degenerate = var_x <= 1e-12 * mean_sq.clamp_min(1e-300)
+    scale = torch.where(degenerate, torch.zeros_like(var_x), cov_xy / torch.where(degenerate, 1.0, var_x))
+    shift = mean_y - scale * mean_x
+    return scale, shift
+
+
+def depth_to_disparity(depth: torch.Tensor) -> torch.Tensor:
+    """1 / depth where depth > 0, else 0."""
+    positive = depth > 0
+    return torch.where(positive, 1.0 / torch.where(positive, depth, 1.0), torch.zeros_like(depth))
+
+
+def align_prediction(
+    prediction: torch.Tensor,
+    target_depth: torch.Tensor,
+    mask: torch.Tensor | None,
+    space: AlignmentSpace = "depth",
+    max_resolution: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Align an affine-invariant prediction to GT depth; returns (aligned depth [B, H, W], scale [B], shift [B]).
+
+    `space="depth"`: prediction is affine-invariant depth, fitted to GT depth on `mask`.
+    `space="disparity"`: prediction is affine-invariant disparity, fitted to 1/GT on `mask & gt > 0 & pred > 0`; the
+    aligned disparity is clipped to >= 1e-3 and inverted to depth.
+    `space="none"`: the prediction is already metric depth (scale 1, shift 0).
+    `max_resolution`: solve on a nearest-downsampled copy whose longer edge is at most this (ETH3D uses 1024); the
+    fitted scale and shift are applied at full resolution.
+    """
+    pred, gt, valid = _check_inputs(prediction, target_depth, mask)
+    batch = pred.shape[0]
+    if space == "none":
+        return pred, torch.ones(batch, dtype=pred.dtype), torch.zeros(batch, dtype=pred.dtype)
+    if space == "depth":
+        fit_target, fit_mask = gt, valid
+    elif space == "disparity":
+        fit_target = depth_to_disparity(gt)
+        fit_mask = valid & (gt > 0) & (pred > 0)
+    else:
+        raise ValueError(f"alignment space must be 'depth', 'disparity' or 'none'; got {space!r}")
+    small_pred, small_target, small_mask = _downsample_for_alignment(
+        pred, fit_target, fit_mask, max_resolution
+    )
+    scale, shift = fit_scale_shift(small_pred, small_target, small_mask)
+    aligned = pred * scale[:, None, None] + shift[:, None, None]  # [B, H, W]
+    if space == "disparity":
+        aligned = 1.0 / aligned.clamp_min(MIN_ALIGNED_DISPARITY)
+    return aligned, scale, shift
+
+
+def compute_depth_metrics(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """The Marigold metric set per image on the mask; returns {name: [B]} (prediction and target must be > 0 there).
+
+    AbsRel = mean |p - g| / g; SqRel = mean (p - g)^2 / g; RMSE = sqrt(mean (p - g)^2); RMSE log = sqrt(mean
+    (ln p - ln g)^2); log10 = mean |log10 p - log10 g|; delta_k = fraction with max(p/g, g/p) < 1.25^k; i_rmse =
+    sqrt(mean (1/p - 1/g)^2); silog_rmse = 100 * sqrt(mean d^2 - (mean d)^2) with d = ln p - ln g.
+    Ratios are fractions (papers print AbsRel and delta1 x 100). An image with an empty mask raises ValueError.
+    """
+    pred, gt, valid = _check_inputs(prediction, target, mask)
+    p, batch_index, count = _masked_values(pred, valid)  # [N], [N], [B]
+    g = gt[valid]
+    _require_pixels(count, "; skip such images before computing metrics")
+    if not bool(((p > 0) & (g > 0) & torch.isfinite(p) & torch.isfinite(g)).all()):
+        raise ValueError(
+            "prediction and target must be finite and > 0 on valid pixels (clip before evaluating)"
+        )
+
+    def mean(values: torch.Tensor) -> torch.Tensor:
+        return _per_image_mean(values, batch_index, count)  # [B]
+
+    diff = p - g
+    log_diff = torch.log(p) - torch.log(g)
+    ratio = torch.maximum(p / g, g / p)
+    silog_var = (mean(log_diff**2) - mean(log_diff) ** 2).clamp_min(0.0)  # rounding can dip below 0
+    return {
+        "abs_rel": mean(diff.abs() / g),
+        "sq_rel": mean(diff**2 / g),
+        "rmse": mean(diff**2).sqrt(),
+        "rmse_log": mean(log_diff**2).sqrt(),
+        "log10": mean((torch.log10(p) - torch.log10(g)).abs()),
+        "delta1": mean((ratio < 1.25).double()),
+        "delta2": mean((ratio < 1.25**2).double()),
+        "delta3": mean((ratio < 1.25**3).double()),
+        "i_rmse": mean((1.0 / p - 1.0 / g) ** 2).sqrt(),
+        "silog_rmse": silog_var.sqrt() * 100.0,
+    }
+
+
+def evaluate_depth(
+    prediction: torch.Tensor,
+    target_depth: torch.Tensor,
+    mask: torch.Tensor | None,
+    protocol: DepthEvalProtocol | str,
+    alignment: AlignmentSpace | None = None,
+    max_resolution: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Align, clip to the protocol's depth range and score a batch; returns {metric: [B]} plus "scale" and "shift".
+
+    `mask` is the GT validity (e.g. from `valid_depth_mask` or a reader's "valid"); the prediction must already be at
+    GT resolution (`resize_prediction`). `alignment` and `max_resolution` default to the protocol's.
+    """
+    protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    space = protocol.alignment if alignment is None else alignment
+    max_res = protocol.alignment_max_resolution if max_resolution is None else max_resolution
+    aligned, scale, shift = align_prediction(prediction, target_depth, mask, space, max_res)
+    aligned = aligned.clamp(protocol.min_depth, protocol.max_depth).clamp_min(MIN_EVAL_DEPTH)
+    metrics = compute_depth_metrics(aligned, target_depth, mask)
+    metrics["scale"] = scale
+    metrics["shift"] = shift
+    return metrics
+
+
+def constant_baseline_metrics(
+    target_depth: torch.Tensor,
+    mask: torch.Tensor | None,
+    protocol: DepthEvalProtocol | str,
+    alignment: AlignmentSpace | None = None,
+    max_resolution: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Metrics of the best constant prediction under the same alignment: the floor a model has to beat.
+
+    With least-squares scale and shift, every constant prediction aligns to the same value, the LS-optimal constant:
+    the mean GT depth on the mask (depth space) or the inverse of the mean GT disparity (disparity space). So this
+    scores a prediction of ones through `evaluate_depth`; no constant can do better under that alignment.
+    """
+    ones = torch.ones_like(_as_batch(torch.as_tensor(target_depth), "target"), dtype=torch.float64)
+    return evaluate_depth(ones, target_depth, mask, protocol, alignment, max_resolution)
+
+
+class DepthMetricTracker:
+    """Running mean of per-image depth metrics over a dataset (Marigold's MetricTracker); skips empty-mask images."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self.count = 0
+        self.skipped = 0
+
+    def reset(self) -> None:
+        """Forget all images seen so far."""
+        self._sums.clear()
+        self.count = 0
+        self.skipped = 0
+
+    def update(self, metrics: Mapping[str, torch.Tensor]) -> None:
+        """Add per-image metrics ({name: [B]}, as from `evaluate_depth`); NaN rows are counted as skipped."""
+        # Only the metric set is averaged; per-image extras such as "scale" and "shift" are not scores.
+        values = {
+            name: torch.as_tensor(value).double().flatten()
+            for name, value in metrics.items()
+            if name in DEPTH_METRICS
+        }
+        if not values:
+            raise ValueError(f"no depth metric among keys {sorted(metrics)}")
+        keep = torch.ones_like(next(iter(values.values())), dtype=torch.bool)
+        for value in values.values():
+            keep &= ~torch.isnan(value)
+        self.skipped += int((~keep).sum())
+        self.count += int(keep.sum())
+        for name, value in values.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value[keep].sum())
+
+    def evaluate_and_update(
+        self,
+        prediction: torch.Tensor,
+        target_depth: torch.Tensor,
+        mask: torch.Tensor,
+        protocol: DepthEvalProtocol | str,
+        alignment: AlignmentSpace | None = None,
+        max_resolution: int | None = None,
+    ) -> None:
+        """Score a batch with `evaluate_depth` and add it; images without a valid pixel are skipped and counted."""
+        valid = _as_batch(torch.as_tensor(mask), "mask")
+        has_pixels = valid.flatten(1).any(dim=1)  # [B]
+        self.skipped += int((~has_pixels).sum())
+        if not bool(has_pixels.any()):
+            return
+        keep = torch.nonzero(has_pixels).flatten()
+        pred = _as_batch(torch.as_tensor(prediction), "prediction")[keep]
+        gt = _as_batch(torch.as_tensor(target_depth), "target")[keep]
+        self.update(evaluate_depth(pred, gt, valid[keep], protocol, alignment, max_resolution))
+
+    def compute(self) -> dict[str, float]:
+        """Mean of each metric over the images added (raises if none was)."""
+        if self.count == 0:
+            raise ValueError(f"no image was scored ({self.skipped} skipped for lack of valid pixels)")
+        return {name: total / self.count for name, total in self._sums.items()}
