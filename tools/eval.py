@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     known, cli_args = parser.parse_known_args(argv)
     if not Path(known.ckpt_path).is_file():
         parser.error(f"--ckpt_path {known.ckpt_path}: no such checkpoint file")
-    cli = ZooCLI(args=[*cli_args, "--trainer.logger", "false"], run=False)
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=known.ckpt_path, weights_only=False)
+    cli = ZooCLI(args=[*cli_args, "--trainer.logger", "false"], run=False, save_config_callback=None)
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=known.ckpt_path, weights_only=True)
     metrics = {name: float(value) for result in results for name, value in result.items()}
     json_path, md_path = write_metrics(metrics, known.out)
     print(metrics_markdown(metrics))

@@ -25,6 +25,7 @@ class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's defaults: any LightningModule/DataModule by class_path, TensorBoard, last.ckpt."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -32,7 +33,6 @@ class ZooCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             trainer_defaults=DEFAULT_TRAINER,
-            save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
             **kwargs,
@@ -68,3 +68,37 @@ def write_metrics(metrics: dict[str, float], out_dir: str | Path, stem: str = "m
     atomic_write_json(json_path, metrics)
     atomic_write_text(md_path, metrics_markdown(metrics))
     return json_path, md_path
+
+
+def train_evaluate_export(config: str, out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train a config to the end, test it on its held-out split, export a predictor folder with its record.
+
+    Writes `<out>/` (the model's export_pretrained folder), `<out>/metrics.json` (test metrics) and
+    `<out>/recipe.json` (config, overrides, command, steps, seed, wall time, metrics). Returns the record.
+    """
+    import time
+
+    import yaml
+
+    started = time.time()
+    args = ["--config", config, *(overrides or [])]
+    cli = ZooCLI(args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    metrics = {name.removeprefix("test/"): float(value) for result in results for name, value in result.items()}
+    out = Path(out)
+    cli.model.export_pretrained(str(out))
+    record = {
+        "config": config,
+        "overrides": overrides or [],
+        "command": f"python tools/train_tiny.py {config} --out {out.as_posix()}",
+        "steps": int(cli.trainer.global_step),
+        "seed": cli.config.get("seed_everything"),
+        "train_and_test_seconds": round(time.time() - started, 1),
+        "torch": torch.__version__,
+        "resolved_config": yaml.safe_load(Path(config).read_text()),
+        "metrics": metrics,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "recipe.json", record)
+    return record

@@ -1,3 +1,43 @@
 """Every named model of the zoo. Families add their entries here (see zoo.registry)."""
 
 from zoo.registry import ModelEntry, register, register_predictor  # noqa: F401
+
+# ------------------------------------------------------------------------------------------------ Lotus
+register_predictor("lotus", "zoo.inference.lotus:LotusPredictor")
+
+# Official checkpoints (jingheya/*, Apache-2.0). Their numbers are secondary quotes of the paper's tables
+# (reference notes lotus_marigold.md section 3): AbsRel and delta1 in %, normals mean angular error in degrees.
+_LOTUS_PAPER = "paper (secondary quotes, unverified)"
+register(ModelEntry(
+    name="lotus-depth-d", family="lotus", task="depth", config="configs/lotus/lotus_depth_d.yaml",
+    checkpoint="jingheya/lotus-depth-d-v2-0-disparity",
+    description="Lotus-D affine-invariant disparity (regression, single step)",
+    predictor_kwargs={"mode": "d", "task": "depth", "disparity": True},
+    results={"NYUv2": {"AbsRel%": 5.1, "delta1%": 97.2}, "KITTI": {"AbsRel%": 8.1, "delta1%": 93.1},
+             "ETH3D": {"AbsRel%": 6.1, "delta1%": 97.0}, "ScanNet": {"AbsRel%": 5.5, "delta1%": 96.5},
+             "DIODE": {"AbsRel%": 22.8, "delta1%": 73.8}},
+    results_source=_LOTUS_PAPER,
+))
+register(ModelEntry(
+    name="lotus-depth-g", family="lotus", task="depth", config="configs/lotus/lotus_depth_g.yaml",
+    checkpoint="jingheya/lotus-depth-g-v2-1-disparity",
+    description="Lotus-G affine-invariant disparity (generative, single step from noise)",
+    predictor_kwargs={"mode": "g", "task": "depth", "disparity": True},
+    results={"NYUv2": {"AbsRel%": 5.4, "delta1%": 96.6}, "KITTI": {"AbsRel%": 11.3}},
+    results_source=_LOTUS_PAPER,
+))
+register(ModelEntry(
+    name="lotus-normal-d", family="lotus", task="normals", config="configs/lotus/lotus_normal_d.yaml",
+    checkpoint="jingheya/lotus-normal-d-v1-1", description="Lotus-D surface normals (camera-aligned training)",
+    predictor_kwargs={"mode": "d", "task": "normals"},
+    results={"NYUv2": {"mean_deg": 16.2}, "ScanNet": {"mean_deg": 14.3}, "Sintel": {"mean_deg": 32.3}},
+    results_source=_LOTUS_PAPER,
+))
+register(ModelEntry(
+    name="lotus-normal-g", family="lotus", task="normals", config="configs/lotus/lotus_normal_g.yaml",
+    checkpoint="jingheya/lotus-normal-g-v1-1", description="Lotus-G surface normals (camera-aligned training)",
+    predictor_kwargs={"mode": "g", "task": "normals"},
+    results={"NYUv2": {"mean_deg": 17.5}, "ScanNet": {"mean_deg": 18.1}, "iBims": {"mean_deg": 19.2},
+             "Sintel": {"mean_deg": 35.7}},
+    results_source=_LOTUS_PAPER,
+))

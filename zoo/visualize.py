@@ -51,3 +51,41 @@ def image_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarr
         top, left = pad + row * (height + pad), pad + column * (width + pad)
         grid[top : top + height, left : left + width] = image
     return grid
+
+
+def draw_skeleton(
+    image: np.ndarray,
+    keypoints: np.ndarray,
+    scores: np.ndarray | None,
+    metainfo: object,
+    threshold: float = 0.3,
+    radius: int | None = None,
+    thickness: int | None = None,
+) -> np.ndarray:
+    """Draw persons' keypoints [N, K, 2] (or [K, 2]) over a copy of a uint8 RGB image [H, W, 3] in metainfo colours.
+
+    `metainfo` is a `zoo.data.metainfo.PoseMetainfo` (skeleton links and colours); keypoints with a score below
+    `threshold` and links touching them are skipped.
+    """
+    import cv2
+
+    canvas = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).copy())
+    points = np.asarray(keypoints, dtype=np.float64).reshape(-1, metainfo.num_keypoints, 2)  # [N, K, 2]
+    confidence = (
+        np.ones(points.shape[:2]) if scores is None else np.asarray(scores, dtype=np.float64).reshape(points.shape[:2])
+    )
+    # Line widths grow with the image so that skeletons stay visible on large photos and small crops alike.
+    size = max(canvas.shape[:2])
+    radius = radius or max(1, size // 160)
+    thickness = thickness or max(1, size // 240)
+    for person, person_scores in zip(points, confidence, strict=True):
+        shown = (person_scores >= threshold) & np.isfinite(person).all(axis=1)
+        for (a, b), colour in zip(metainfo.skeleton_links, metainfo.skeleton_link_colors, strict=True):
+            if shown[a] and shown[b]:
+                start = tuple(int(round(v)) for v in person[a])
+                end = tuple(int(round(v)) for v in person[b])
+                cv2.line(canvas, start, end, tuple(int(c) for c in colour), thickness, cv2.LINE_AA)
+        for k in np.flatnonzero(shown):
+            centre = tuple(int(round(v)) for v in person[k])
+            cv2.circle(canvas, centre, radius, tuple(int(c) for c in metainfo.keypoint_colors[k]), -1, cv2.LINE_AA)
+    return canvas

@@ -220,16 +220,23 @@ class StableDiffusionBackbone(nn.Module):
         return next(self.unet.parameters()).device
 
     def encode(
-        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        pad: bool = True,
     ) -> torch.Tensor:
         """Encode images in [-1, 1] [B, 3, H, W] to scaled latents [B, 4, ceil(H/8), ceil(W/8)].
 
-        The posterior mode by default (deterministic); `sample=True` draws from the posterior with `generator`.
-        Sizes that are not multiples of 8 are replicate-padded on the bottom/right (undo with decode(size=...)).
+        The posterior mode by default (deterministic); `sample=True` draws from the posterior with `generator`
+        (the global RNG when None, as the official Lotus pipeline does). Sizes that are not multiples of 8 are
+        replicate-padded on the bottom/right (undo with decode(size=...)); pad=False feeds them as they are.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode expects [B, 3, H, W] images; got {tuple(images.shape)}")
-        padded = replicate_pad(images.to(self.device, self.vae.dtype))  # [B, 3, H8, W8]
+        padded = images.to(self.device, self.vae.dtype)
+        if pad:
+            padded = replicate_pad(padded)  # [B, 3, H8, W8]
         with torch.no_grad(), self._autocast():
             posterior = self.vae.encode(padded).latent_dist
             latents = posterior.sample(generator) if sample else posterior.mode()  # [B, 4, H8/8, W8/8]

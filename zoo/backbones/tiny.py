@@ -29,7 +29,7 @@ def tiny_vae() -> AutoencoderKL:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 64, 64),
+        block_out_channels=(32, 64, 128, 128),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -91,15 +91,15 @@ class TinyRecipe:
     """Everything that determines the tiny backbone's bytes."""
 
     seed: int = 0
-    steps: int = 2500
-    batch_size: int = 12
+    steps: int = 3000
+    batch_size: int = 8
     learning_rate: float = 2e-3
     crop: int = 64
     train_scenes: int = 512
     heldout_scenes: int = 64
     heldout_seed: int = 1_000_000
     kl_weight: float = 1e-6
-    threads: int = 2
+    threads: int = 1
 
 
 def _vae_training_images(scenes: list, crop: int, generator: torch.Generator) -> torch.Tensor:

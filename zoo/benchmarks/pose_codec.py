@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import cv2
 import numpy as np
 import torch
 
+from zoo.benchmarks.timing import best_of
 from zoo.codecs import UDPHeatmap, decode_udp_batched
-
-
-def _best_of(fn: Callable[[], object], repeats: int) -> float:
-    # Best-of-N wall time: the least disturbed run on a shared machine.
-    fn()  # warm-up (allocations, kernel caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _realistic_heatmaps(codec: UDPHeatmap, num_instances: int, num_keypoints: int, seed: int) -> np.ndarray:
@@ -80,7 +67,7 @@ def _run(
         if batch.is_cuda:
             torch.cuda.synchronize()
 
-    rows = [("zoo decode_udp_batched (torch, one call)", _best_of(batched, repeats))]
+    rows = [("zoo decode_udp_batched (torch, one call)", best_of(batched, repeats))]
     try:
         from mmpose.codecs import UDPHeatmap as MMPoseUDPHeatmap
     except ImportError:
@@ -94,7 +81,7 @@ def _run(
             for instance in heatmaps:
                 reference.decode(instance)
 
-        mmpose_time = _best_of(per_instance, repeats)
+        mmpose_time = best_of(per_instance, repeats)
     rows.append(("mmpose UDPHeatmap.decode (numpy, per-instance loop)", mmpose_time))
 
     batched_time = rows[0][1]

@@ -32,19 +32,21 @@ def _range(values: torch.Tensor, truncated: bool) -> tuple[torch.Tensor, torch.T
 def normalize_depth(depth: torch.Tensor, valid: torch.Tensor, norm_type: NormType = "trunc_disparity") -> torch.Tensor:
     """Map one metric depth map [1, H, W] (valid where `valid`) to [-1, 1] as the official training does.
 
-    Quantiles/min-max are computed on valid pixels with depth > 0; the result is clipped to [-1, 1]; invalid
-    pixels get -1 (they are masked out of the loss anyway).
+    Quantiles/min-max are computed on valid pixels with depth > 0 and applied to every pixel with depth > 0, then
+    clipped to [-1, 1]: pixels outside `valid` that still carry a depth (Virtual KITTI sky at 655 m) land on the
+    far end, as in the official loaders. Pixels without depth get -1 (they are masked out of the loss).
     """
     if norm_type not in NORM_TYPES:
         raise ValueError(f"unknown norm_type {norm_type!r}; expected one of {NORM_TYPES}")
-    usable = valid & (depth > 0)
+    has_depth = depth > 0
+    usable = valid & has_depth
     if norm_type == "perscene_norm":
         normalised = (depth / PERSCENE_DIVISOR - 0.5) * 2.0
     else:
         values = 1.0 / depth.clamp_min(1e-8) if is_disparity_norm(norm_type) else depth
         low, high = _range(values[usable], truncated=norm_type in ("trunc_disparity", "truncnorm"))
         normalised = ((values - low) / (high - low + RANGE_EPS) - 0.5) * 2.0
-    return torch.where(usable, normalised.clamp(-1.0, 1.0), torch.full_like(depth, -1.0))
+    return torch.where(has_depth, normalised.clamp(-1.0, 1.0), torch.full_like(depth, -1.0))
 
 
 def target_to_rgb(target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,322 @@
+"""Lotus (ICLR 2025): single-step x0 prediction of depth or normals at t=999 on the shared SD backbone.
+
+Lotus-G feeds [image latent, noisy target latent] (8 channels) and starts from pure noise at inference;
+Lotus-D feeds the image latent alone (4 channels) with no noise. Both are trained jointly with RGB
+reconstruction through the task switcher ("detail preserver").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone
+from zoo.data.depth_targets import normalize_depth, target_to_rgb
+
+Mode = Literal["g", "d"]
+LotusTask = Literal["depth", "normals"]
+
+
+def latent_valid_mask(valid: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """Pixel validity [B, 1, H, W] -> latent validity [B, 4, H/8, W/8]: any invalid pixel invalidates its cell."""
+    invalid = F.max_pool2d((~valid).float(), kernel_size=factor, stride=factor, ceil_mode=True)  # [B, 1, h, w]
+    return (invalid < 0.5).expand(-1, 4, -1, -1)
+
+
+class Lotus(nn.Module):
+    """Lotus-G or Lotus-D for one task around a StableDiffusionBackbone."""
+
+    def __init__(self, backbone: StableDiffusionBackbone, mode: Mode = "d", task: LotusTask = "depth"):
+        super().__init__()
+        if mode not in ("g", "d"):
+            raise ValueError(f"mode must be 'g' (generative) or 'd' (regression); got {mode!r}")
+        if task not in ("depth", "normals"):
+            raise ValueError(f"task must be 'depth' or 'normals'; got {task!r}")
+        self.backbone, self.mode, self.task = backbone, mode, task
+        expected_channels = 8 if mode == "g" else 4
+        if backbone.unet.config.in_channels != expected_channels:
+            if mode == "g" and backbone.unet.config.in_channels == 4:
+                backbone.set_unet_in_channels(8)  # the official G surgery: repeat and halve conv_in
+            else:
+                raise ValueError(
+                    f"Lotus-{mode.upper()} needs a UNet with {expected_channels} input channels; "
+                    f"this one has {backbone.unet.config.in_channels}"
+                )
+
+    def unet_input(self, image_latents: torch.Tensor, target_latents: torch.Tensor | None) -> torch.Tensor:
+        """The UNet input: D = image latent [B, 4, h, w]; G = [image latent, target latent] [B, 8, h, w]."""
+        if self.mode == "d":
+            return image_latents
+        if target_latents is None:
+            raise ValueError("Lotus-G needs the noisy target (or pure noise) latent")
+        return torch.cat([image_latents, target_latents], dim=1)
+
+    def predict_latents(
+        self,
+        image_latents: torch.Tensor,
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One UNet call at t=999 with the annotation code: x0 latents [B, 4, h, w].
+
+        For G, `latents` is the starting noise (drawn with `generator` when not given); D ignores both.
+        """
+        noise = None
+        if self.mode == "g":
+            noise = latents
+            if noise is None:
+                noise = torch.randn(image_latents.shape, generator=generator, device=image_latents.device)
+            noise = noise.to(image_latents)
+        sample = self.unet_input(image_latents, noise)
+        return self.backbone.unet_forward(sample, FINAL_TIMESTEP, task="annotation")
+
+    def training_losses(
+        self,
+        image_latents: torch.Tensor,
+        target_latents: torch.Tensor,
+        latent_mask: torch.Tensor,
+        reconstruction_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Joint annotation + RGB reconstruction loss on one duplicated batch (official recipe, MSE on x0)."""
+        batch = image_latents.shape[0]
+        targets = [target_latents]
+        tasks = ["annotation"]
+        if reconstruction_weight > 0:
+            targets.append(image_latents)  # the reconstruction half predicts the clean image latent itself
+            tasks.append("reconstruction")
+        clean = torch.cat(targets)  # [2B, 4, h, w] (or [B, ...] without reconstruction)
+        images = image_latents.repeat(len(targets), 1, 1, 1)
+        noisy = None
+        if self.mode == "g":
+            noise = torch.randn(clean.shape, generator=generator, device=clean.device).to(clean)
+            noisy = self.backbone.add_noise(clean, noise, FINAL_TIMESTEP)
+        codes = torch.cat([self.backbone.task_codes(task, batch) for task in tasks])  # [2B, 4]
+        prediction = self.backbone.unet_forward(
+            self.unet_input(images, noisy), FINAL_TIMESTEP, task=None, class_labels=codes
+        )
+        annotation = F.mse_loss(prediction[:batch][latent_mask], target_latents[latent_mask].float())
+        losses = {"loss_annotation": annotation}
+        total = annotation
+        if reconstruction_weight > 0:
+            reconstruction = F.mse_loss(prediction[batch:], image_latents.float())
+            losses["loss_reconstruction"] = reconstruction
+            total = total + reconstruction_weight * reconstruction
+        losses["loss"] = total
+        return losses
+
+
+def encode_target(
+    backbone: StableDiffusionBackbone,
+    task: LotusTask,
+    batch: dict[str, torch.Tensor],
+    norm_type: str = "trunc_disparity",
+    sample: bool = True,
+) -> torch.Tensor:
+    """Encode the ground truth of a batch to target latents [B, 4, h, w] (depth normalised per image)."""
+    valid = batch["valid"]
+    if task == "depth":
+        target = torch.stack([normalize_depth(d, v, norm_type) for d, v in zip(batch["depth"], valid)])  # [B,1,H,W]
+        images = target_to_rgb(target)
+    else:
+        images = batch["normals"].clamp(-1, 1) * valid  # [B, 3, H, W]
+    return backbone.encode(images, sample=sample)
+
+
+def decode_prediction(decoded: torch.Tensor, task: LotusTask, compat: bool = False) -> torch.Tensor:
+    """VAE output [B, 3, H, W] in about [-1, 1] -> depth in [0, 1] [B, 1, H, W] or unit normals [B, 3, H, W].
+
+    compat=True reproduces the official post-processing (clamp each channel to [0, 1], then the channel mean;
+    normals x2-1 without renormalisation); the default follows Marigold (mean, clip, (x+1)/2; unit normals).
+    """
+    if task == "depth":
+        if compat:
+            return ((decoded / 2 + 0.5).clamp(0, 1)).mean(dim=1, keepdim=True)
+        return (decoded.mean(dim=1, keepdim=True).clamp(-1, 1) + 1) / 2
+    if compat:
+        return (decoded / 2 + 0.5).clamp(0, 1) * 2 - 1
+    return F.normalize(decoded.clamp(-1, 1), dim=1, eps=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+import lightning.pytorch as pl  # noqa: E402
+
+from zoo.data.depth_targets import is_disparity_norm  # noqa: E402
+from zoo.evaluation.depth import DepthEvalProtocol, DepthMetricTracker, constant_baseline_metrics  # noqa: E402
+from zoo.evaluation.normals import NormalMetricAccumulator  # noqa: E402
+from zoo.visualize import colorize_depth, colorize_normals, image_grid  # noqa: E402
+
+# Synthetic scenes span about 0.5-10 m; the protocol only bounds valid GT and the aligned prediction.
+SYNTHETIC_PROTOCOL = DepthEvalProtocol("synthetic", 1e-3, 20.0, None)
+
+
+class LotusModule(pl.LightningModule):
+    """Lightning training/evaluation of Lotus-G/D (official defaults: AdamW 3e-5 constant, wd 1e-2, t=999).
+
+    `backbone` is a diffusers folder or hub id (stabilityai/stable-diffusion-2-base for the official recipe,
+    checkpoints/tiny/backbone for the embedded default). Gradient clipping (1.0) is a Trainer option.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "checkpoints/tiny/backbone",
+        mode: Mode = "d",
+        task: LotusTask = "depth",
+        norm_type: str = "trunc_disparity",
+        lr: float = 3e-5,
+        weight_decay: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        reconstruction_weight: float = 1.0,
+        sample_posterior: bool = True,
+        ema_decay: float | None = None,
+        gradient_checkpointing: bool = False,
+        log_images_every_n_val: int = 1,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        sd = StableDiffusionBackbone.from_pretrained(backbone, unet_in_channels=8 if mode == "g" else None)
+        sd.configure(gradient_checkpointing=gradient_checkpointing)
+        self.model = Lotus(sd, mode, task)
+        self.ema = None
+        if ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(sd.unet.parameters(), decay=ema_decay)
+        self._depth_tracker, self._baseline_tracker = DepthMetricTracker(), DepthMetricTracker()
+        self._normal_tracker = NormalMetricAccumulator()
+        self._val_runs = 0
+
+    @property
+    def backbone(self) -> StableDiffusionBackbone:
+        """The shared SD backbone inside the model."""
+        return self.model.backbone
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Encode image and target (posterior samples, as the official scripts), then the joint latent MSE."""
+        hp = self.hparams
+        image_latents = self.backbone.encode(batch["image"] * 2 - 1, sample=hp.sample_posterior)  # [B, 4, h, w]
+        target_latents = encode_target(self.backbone, hp.task, batch, hp.norm_type, sample=hp.sample_posterior)
+        # Virtual KITTI supervises sky too (loss_mask = valid | sky); other readers supervise valid pixels.
+        mask = latent_valid_mask(batch.get("loss_mask", batch["valid"]))  # [B, 4, h, w]
+        losses = self.model.training_losses(image_latents, target_latents, mask, hp.reconstruction_weight)
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, prog_bar=True,
+                      batch_size=image_latents.shape[0])
+        return losses["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        """Advance the EMA of the UNet after each optimiser step."""
+        if self.ema is not None:
+            self.ema.to(self.device)
+            self.ema.step(self.backbone.unet.parameters())
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [0, 1] [B, 3, H, W] -> depth/disparity in [0, 1] [B, 1, H, W] or unit normals [B, 3, H, W]."""
+        latents = self.backbone.encode(images * 2 - 1)
+        prediction = self.model.predict_latents(latents, generator=generator)
+        return decode_prediction(self.backbone.decode(prediction, size=images.shape[-2:]), self.hparams.task)
+
+    def _evaluate_batch(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        # G draws its noise from a generator seeded by the batch index, so evaluation is repeatable.
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        prediction = self.predict_batch(batch["image"], generator)
+        valid = batch["valid"]
+        if self.hparams.task == "depth":
+            alignment = "disparity" if is_disparity_norm(self.hparams.norm_type) else "depth"
+            self._depth_tracker.evaluate_and_update(prediction, batch["depth"], valid, SYNTHETIC_PROTOCOL, alignment)
+            self._baseline_tracker.update(
+                constant_baseline_metrics(batch["depth"], valid, SYNTHETIC_PROTOCOL, alignment))
+        else:
+            self._normal_tracker.update(prediction, batch["normals"], valid)
+        if batch_idx == 0 and stage == "val":
+            self._log_images(batch, prediction)
+
+    def _log_images(self, batch: dict[str, torch.Tensor], prediction: torch.Tensor) -> None:
+        self._val_runs += 1
+        writer = getattr(self.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_image") or self._val_runs % self.hparams.log_images_every_n_val:
+            return
+        tiles = []
+        disparity = is_disparity_norm(self.hparams.norm_type)
+        for index in range(min(4, prediction.shape[0])):
+            rgb = (batch["image"][index].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+            if self.hparams.task == "depth":
+                tiles += [rgb, colorize_depth(prediction[index, 0].cpu(), disparity=disparity)]
+            else:
+                tiles += [rgb, colorize_normals(batch["normals"][index].permute(1, 2, 0).cpu()),
+                          colorize_normals(prediction[index].permute(1, 2, 0).cpu())]
+        grid = image_grid(tiles, columns=2 if self.hparams.task == "depth" else 3)
+        writer.add_image(f"val/{self.hparams.task}", grid, self.global_step, dataformats="HWC")
+
+    def _epoch_metrics(self) -> dict[str, float]:
+        if self.hparams.task == "depth":
+            metrics = self._depth_tracker.compute()
+            baseline = self._baseline_tracker.compute()
+            metrics["constant_baseline_abs_rel"] = baseline["abs_rel"]
+            self._depth_tracker.reset()
+            self._baseline_tracker.reset()
+        else:
+            metrics = self._normal_tracker.compute()
+            self._normal_tracker.reset()
+        return metrics
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Predict the held-out batch and accumulate metrics (and a picture for TensorBoard)."""
+        self._evaluate_batch(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Same as validation on the test split."""
+        self._evaluate_batch(batch, batch_idx, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        """Evaluate the EMA weights when EMA is on."""
+        if self.ema is not None:
+            self.ema.store(self.backbone.unet.parameters())
+            self.ema.copy_to(self.backbone.unet.parameters())
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the dataset-level metrics; restore the raw weights after EMA evaluation."""
+        self.log_dict({f"val/{k}": v for k, v in self._epoch_metrics().items()})
+        if self.ema is not None:
+            self.ema.restore(self.backbone.unet.parameters())
+
+    def on_test_epoch_end(self) -> None:
+        """Log the dataset-level test metrics."""
+        self.log_dict({f"test/{k}": v for k, v in self._epoch_metrics().items()})
+
+    # ------------------------------------------------------------------ optimisation / checkpoints
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW on the UNet only, constant learning rate (official: 3e-5, wd 1e-2, eps 1e-8)."""
+        hp = self.hparams
+        return torch.optim.AdamW(self.backbone.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                 betas=tuple(hp.betas), eps=1e-8)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the EMA state with the checkpoint."""
+        if self.ema is not None:
+            checkpoint["ema_state"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the EMA state."""
+        if self.ema is not None and "ema_state" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema_state"])
+
+    def export_pretrained(self, folder: str, use_ema: bool = True) -> None:
+        """Write a predictor-ready folder: the backbone with the trained UNet and zoo_model.json."""
+        from zoo.utils.files import atomic_write_json
+
+        if self.ema is not None and use_ema:
+            self.ema.store(self.backbone.unet.parameters())
+            self.ema.copy_to(self.backbone.unet.parameters())
+        self.backbone.save_pretrained(folder, include_text_encoder=False)
+        if self.ema is not None and use_ema:
+            self.ema.restore(self.backbone.unet.parameters())
+        hp = self.hparams
+        atomic_write_json(f"{folder}/zoo_model.json", {
+            "family": "lotus", "mode": hp.mode, "task": hp.task, "norm_type": hp.norm_type,
+            "disparity": hp.task == "depth" and is_disparity_norm(hp.norm_type),
+        })
