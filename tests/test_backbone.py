@@ -210,3 +210,12 @@ def test_sd2_folder_without_class_embedding_gets_a_task_switcher(tiny_backbone, 
     assert loaded.unet.class_embedding.linear_1.in_features == 4
     kept = StableDiffusionBackbone.from_pretrained(folder, with_task_switcher=False)
     assert kept.unet.class_embedding is None
+
+
+def test_channels_last_and_math_attention_give_the_same_outputs(tiny_backbone):
+    latents = torch.randn(2, 4, 8, 8)
+    reference = tiny_backbone.unet_forward(latents)
+    tiny_backbone.configure(attention="math", channels_last=True)
+    torch.testing.assert_close(tiny_backbone.unet_forward(latents), reference, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="attention must be"):
+        tiny_backbone.configure(attention="flash3")

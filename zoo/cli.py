@@ -43,14 +43,6 @@ class ZooCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
 
-    def before_instantiate_classes(self) -> None:
-        """Resolve `precision: auto`: bf16-mixed on a CUDA GPU that supports it, else 32-true."""
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
-        if config.trainer.get("precision") == "auto":
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            config.trainer.precision = "bf16-mixed" if bf16 else "32-true"
-
 
 def metrics_markdown(metrics: dict[str, float], title: str = "metric") -> str:
     """Two-column Markdown table of scalar metrics, sorted by name."""

@@ -154,9 +154,17 @@ def build_tiny_backbone(out: str | Path, recipe: TinyRecipe = TinyRecipe(), prog
 
     Returns the recipe record written to `out/recipe.json` (recipe, measured quality, file hashes).
     """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)  # a fixed thread count keeps CPU reductions, hence bytes, reproducible
+    try:
+        return _build(out, recipe, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build(out: str | Path, recipe: TinyRecipe, progress: bool) -> dict:
     from zoo.data.synthetic.scenes import SyntheticSceneDataset
 
-    torch.set_num_threads(recipe.threads)  # a fixed thread count keeps CPU reductions, hence bytes, reproducible
     torch.manual_seed(recipe.seed)
     tokenizer = tiny_tokenizer()
     text_encoder = tiny_text_encoder(len(tokenizer)).eval()

@@ -98,8 +98,11 @@ class DepthNormalDataModule(LightningDataModule):
 
     source="synthetic" (default): rendered scenes, train seeds 0..train_size-1, held-out val and test seeds.
     source="hypersim_vkitti": the official Lotus mixture (Hypersim resized to `hypersim_size`, Virtual KITTI 2
-    cropped by its reader, whole batches from one dataset, Hypersim with probability `hypersim_probability`);
-    validation and test then use the synthetic held-out scenes unless `eval_dataset` names a reader setup.
+    cropped by its reader, whole batches from one dataset, Hypersim with probability `hypersim_probability`).
+    Validation uses held-out synthetic scenes. The test split is held-out synthetic scenes unless `test_dataset`
+    names a benchmark: a depth set (nyuv2, kitti, eth3d, scannet, diode; `test_root` + `test_filelist`) or a
+    DSINE normal set as "normals:<name>" (nyuv2, scannet, ibims, sintel, oasis; `test_root`, optional split file).
+    Benchmarks are read one image per batch (their sizes differ) and scored with their own protocol.
     """
 
     def __init__(
@@ -117,6 +120,9 @@ class DepthNormalDataModule(LightningDataModule):
         hypersim_size: tuple[int, int] = (576, 768),
         hypersim_probability: float = 0.9,
         seed: int = 0,
+        test_dataset: str = "synthetic",
+        test_root: str | None = None,
+        test_filelist: str | None = None,
     ):
         super().__init__()
         if source not in ("synthetic", "hypersim_vkitti"):
@@ -147,4 +153,20 @@ class DepthNormalDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return self._loader(SyntheticSceneDataset(hp.test_size, *hp.image_size, base_seed=TEST_SEED), shuffle=False)
+        if hp.test_dataset == "synthetic":
+            return self._loader(SyntheticSceneDataset(hp.test_size, *hp.image_size, base_seed=TEST_SEED),
+                                shuffle=False)
+        from zoo.data.depth_datasets import DEPTH_EVAL_DATASETS, DSINENormalDataset
+
+        if hp.test_root is None:
+            raise ValueError(f"test_dataset={hp.test_dataset!r} needs test_root (see datasets/README.md)")
+        if hp.test_dataset.startswith("normals:"):
+            dataset = DSINENormalDataset(hp.test_root, hp.test_dataset.split(":", 1)[1], hp.test_filelist)
+        elif hp.test_dataset in DEPTH_EVAL_DATASETS:
+            if hp.test_filelist is None:
+                raise ValueError(f"test_dataset={hp.test_dataset!r} needs test_filelist")
+            dataset = DEPTH_EVAL_DATASETS[hp.test_dataset](hp.test_root, hp.test_filelist)
+        else:
+            raise ValueError(f"unknown test_dataset {hp.test_dataset!r}; expected 'synthetic', one of "
+                             f"{sorted(DEPTH_EVAL_DATASETS)} or 'normals:<set>'")
+        return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=hp.num_workers)

@@ -374,7 +374,7 @@ class MarigoldDepthEvalDataset(Dataset):
         """Decode the GT depth of one sample to [H, W] metres (0 or inf where unknown); image_size is the RGB's (H, W)."""
         depth_path = self.samples[index][1]
         if self.protocol.depth_scale is None:
-            raise NotImplementedError(f"{type(self).__name__} must decode {self.protocol.name} depth files")
+            raise TypeError(f"{type(self).__name__} must decode {self.protocol.name} depth files")
         return read_depth_png(depth_path, self.protocol.depth_scale)
 
     def extra_mask(self, index: int, shape: tuple[int, int]) -> torch.Tensor | None:

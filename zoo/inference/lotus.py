@@ -157,23 +157,26 @@ class LotusPredictor:
             offset = start
             for group in groups:
                 chunk_latents = None if latents is None else latents[offset : offset + len(group)]
-                prediction, latent = self._predict(torch.stack(group), processing_resolution,
-                                                   match_input_resolution, generator, chunk_latents)
-                predictions.extend(prediction)
-                out_latents.extend(latent)
+                prediction, latent = self.predict_tensor(torch.stack(group), processing_resolution,
+                                                         match_input_resolution, generator, chunk_latents)
+                predictions.extend(prediction.cpu())
+                out_latents.extend(latent.cpu())
                 offset += len(group)
         return LotusOutput(self._format(predictions, output_type), torch.stack(out_latents)
                            if len({tuple(t.shape) for t in out_latents}) == 1 else None)
 
-    def _predict(
+    def predict_tensor(
         self,
         images: torch.Tensor,
-        resolution: int,
-        match_input: bool,
-        generator: torch.Generator | None,
-        latents: torch.Tensor | None,
+        resolution: int = 0,
+        match_input: bool = True,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, H, W] in [0, 1] -> (prediction [B, C, H', W'], x0 latents [B, 4, h, w])."""
+        """A batch [B, 3, H, W] in [0, 1] -> (prediction [B, C, H', W'], x0 latents [B, 4, h, w]) on the device.
+
+        The core of __call__, also used by LotusModule's evaluation so that both run the same steps.
+        """
         device = self.backbone.device
         height, width = images.shape[-2:]
         size = self._processing_size(height, width, resolution, self.lotus_compat)
@@ -192,7 +195,7 @@ class LotusPredictor:
                 prediction = MarigoldImageProcessor.resize_antialias(prediction, (height, width), "bilinear")
                 if self.task == "normals":
                     prediction = F.normalize(prediction, dim=1, eps=1e-6)
-        return prediction.cpu(), x0.cpu()
+        return prediction, x0
 
     @staticmethod
     def _format(predictions: list[torch.Tensor], output_type: str) -> np.ndarray | torch.Tensor | list:

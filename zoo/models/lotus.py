@@ -145,7 +145,12 @@ def decode_prediction(decoded: torch.Tensor, task: LotusTask, compat: bool = Fal
 import lightning.pytorch as pl  # noqa: E402
 
 from zoo.data.depth_targets import is_disparity_norm  # noqa: E402
-from zoo.evaluation.depth import DepthEvalProtocol, DepthMetricTracker, constant_baseline_metrics  # noqa: E402
+from zoo.evaluation.depth import (  # noqa: E402
+    DepthEvalProtocol,
+    DepthMetricTracker,
+    constant_baseline_metrics,
+    get_protocol,
+)
 from zoo.evaluation.normals import NormalMetricAccumulator  # noqa: E402
 from zoo.visualize import colorize_depth, colorize_normals, image_grid  # noqa: E402
 
@@ -174,6 +179,7 @@ class LotusModule(pl.LightningModule):
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         log_images_every_n_val: int = 1,
+        lotus_compat: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -185,6 +191,11 @@ class LotusModule(pl.LightningModule):
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(sd.unet.parameters(), decay=ema_decay)
+        from zoo.inference.lotus import LotusPredictor
+
+        # Evaluation runs the predictor's own steps on this module's weights (no second copy of inference).
+        self._predictor = LotusPredictor(sd, mode, task, disparity=task == "depth" and is_disparity_norm(norm_type),
+                                         lotus_compat=lotus_compat)
         self._depth_tracker, self._baseline_tracker = DepthMetricTracker(), DepthMetricTracker()
         self._normal_tracker = NormalMetricAccumulator()
         self._val_runs = 0
@@ -214,22 +225,23 @@ class LotusModule(pl.LightningModule):
             self.ema.step(self.backbone.unet.parameters())
 
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_batch(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, processing_resolution: int = 0
+    ) -> torch.Tensor:
         """Images in [0, 1] [B, 3, H, W] -> depth/disparity in [0, 1] [B, 1, H, W] or unit normals [B, 3, H, W]."""
-        latents = self.backbone.encode(images * 2 - 1)
-        prediction = self.model.predict_latents(latents, generator=generator)
-        return decode_prediction(self.backbone.decode(prediction, size=images.shape[-2:]), self.hparams.task)
+        return self._predictor.predict_tensor(images, processing_resolution, True, generator)[0]
 
     def _evaluate_batch(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        # Benchmark readers name their protocol (depth range, crop, processing resolution); synthetic data has none.
+        protocol = get_protocol(batch["dataset"][0]) if "dataset" in batch else SYNTHETIC_PROTOCOL
         # G draws its noise from a generator seeded by the batch index, so evaluation is repeatable.
         generator = torch.Generator(self.device).manual_seed(batch_idx)
-        prediction = self.predict_batch(batch["image"], generator)
+        prediction = self.predict_batch(batch["image"], generator, protocol.processing_resolution)
         valid = batch["valid"]
         if self.hparams.task == "depth":
             alignment = "disparity" if is_disparity_norm(self.hparams.norm_type) else "depth"
-            self._depth_tracker.evaluate_and_update(prediction, batch["depth"], valid, SYNTHETIC_PROTOCOL, alignment)
-            self._baseline_tracker.update(
-                constant_baseline_metrics(batch["depth"], valid, SYNTHETIC_PROTOCOL, alignment))
+            self._depth_tracker.evaluate_and_update(prediction, batch["depth"], valid, protocol, alignment)
+            self._baseline_tracker.update(constant_baseline_metrics(batch["depth"], valid, protocol, alignment))
         else:
             self._normal_tracker.update(prediction, batch["normals"], valid)
         if batch_idx == 0 and stage == "val":
