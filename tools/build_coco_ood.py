@@ -40,7 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contact-sheet", metavar="PNG", help="write a grid: original + each split per image")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--list-styles", action="store_true", help="print every registered style and exit")
+    parser.add_argument("--diffusion-weights", metavar="DIR",
+                        help="local diffusers SD folder: registers sd-ukiyoe, sd-monet, sd-sketch")
+    parser.add_argument("--controlnet", metavar="DIR", help="OpenPose ControlNet folder: also registers sd-pose-*")
+    parser.add_argument("--diffusion-steps", type=int, default=30)
+    parser.add_argument("--diffusion-max-side", type=int, default=512,
+                        help="processing long side of the diffusion styles (outputs keep the exact size)")
+    parser.add_argument("--diffusion-device", default="cpu")
+    parser.add_argument("--diffusion-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args(argv)
+    if args.controlnet and not args.diffusion_weights:
+        parser.error("--controlnet needs --diffusion-weights")
+    if args.diffusion_weights:
+        from zoo.builders.diffusion_styles import register_diffusion_styles
+
+        try:
+            register_diffusion_styles(args.diffusion_weights, args.controlnet, steps=args.diffusion_steps,
+                                      max_side=args.diffusion_max_side, device=args.diffusion_device,
+                                      torch_dtype=args.diffusion_dtype)
+        except CocoOodError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
     if args.list_styles:
         defaults = set(default_styles())
