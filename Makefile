@@ -20,7 +20,8 @@ install:
 # mmpose.codecs and the CocoMetric semantics are all we compare against; they need only these pure-Python parts.
 install-mmpose:
 	$(PIP) install -q --no-deps mmpose==1.3.2
-	$(PIP) install -q "mmengine>=0.10,<1" "mmcv-lite==2.1.0" json_tricks munkres six matplotlib
+	# mmengine depends on opencv-python, which shares the cv2 module with the headless build: keep both below 5.
+	$(PIP) install -q "mmengine>=0.10,<1" "mmcv-lite==2.1.0" json_tricks munkres six matplotlib "opencv-python>=4.8,<5"
 
 demo: install
 	$(PYTHON) tools/demo.py
@@ -37,6 +38,12 @@ lint:
 # Rebuild the tiny backbone under checkpoints/tiny/backbone bit-for-bit (see its recipe.json).
 tiny-backbone: install
 	$(PYTHON) tools/build_tiny_backbone.py --out checkpoints/tiny/backbone
+
+# Retrain every shipped tiny model from scratch (minutes each on 2 CPU cores) and refresh the README table.
+TINY_MODELS := lotus_depth_d lotus_normal_d lotus_depth_g sdpose_body
+tiny-models: install
+	for name in $(TINY_MODELS); do $(PYTHON) tools/train_tiny.py configs/tiny/$$name.yaml --out checkpoints/tiny/$$name || exit 1; done
+	$(MAKE) --no-print-directory readme-table
 
 readme-table:
 	$(PYTHON) tools/model_zoo_table.py --write README.md
