@@ -47,3 +47,26 @@ def tiny_backbone(tiny_backbone_dir: Path):
 
     torch.manual_seed(0)
     return StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, load_text_encoder=True).eval()
+
+
+@pytest.fixture(scope="session")
+def mmpose_topdown_affine():
+    """mmpose's TopdownAffine(use_udp=True) factory, loaded from its file (`mmpose.datasets` needs xtcocotools).
+
+    Loaded once per process: mmpose's registry refuses a second registration of TopdownAffine, so a module that
+    another test already imported (through `mmpose.datasets`) is reused.
+    """
+    import importlib.util
+    import sys
+
+    mmpose = pytest.importorskip("mmpose")
+    module = sys.modules.get("mmpose.datasets.transforms.topdown_transforms") or sys.modules.get(
+        "mmpose_topdown_transforms"
+    )
+    if module is None:
+        path = Path(mmpose.__file__).parent / "datasets" / "transforms" / "topdown_transforms.py"
+        spec = importlib.util.spec_from_file_location("mmpose_topdown_transforms", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["mmpose_topdown_transforms"] = module
+    return lambda input_size: module.TopdownAffine(input_size=input_size, use_udp=True)

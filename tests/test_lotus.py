@@ -236,3 +236,37 @@ def test_mixed_loader_draws_whole_batches_by_probability():
     assert 0.04 < np.mean(sources) < 0.18  # about 10 % of the batches come from the second set
     with pytest.raises(ValueError, match="summing to 1"):
         MixedBatchLoader([first, second], [0.5, 0.2])
+
+
+def test_latent_cache_gives_the_same_losses_and_skips_the_vae(tiny_backbone_dir, monkeypatch):
+    from zoo.data.depth_datamodule import AugmentedDataset
+    from zoo.data.synthetic import SyntheticSceneDataset
+    from zoo.models.lotus import LotusModule
+
+    data = AugmentedDataset(SyntheticSceneDataset(4, 32, 32), flip_p=0.5, seed=1)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    losses = {}
+    for cache in (False, True):
+        module = LotusModule(backbone=str(tiny_backbone_dir), cache_latents=cache)
+        torch.manual_seed(0)
+        losses[cache] = module.training_step(batch, 0)
+    torch.testing.assert_close(losses[True], losses[False])
+    assert len(module._latent_cache) == 4
+    # A second pass over the same items never calls the VAE.
+    monkeypatch.setattr(module.backbone, "encode_distribution", lambda *a, **k: pytest.fail("VAE was called"))
+    torch.manual_seed(0)
+    torch.testing.assert_close(module.training_step(batch, 0), losses[False])
+
+
+def test_constant_normal_baseline_is_the_mean_direction():
+    from zoo.models.lotus import constant_normal_baseline
+
+    normals = torch.zeros(1, 3, 2, 2)
+    normals[0, 2] = 1.0
+    normals[0, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    valid = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    baseline = constant_normal_baseline(normals, valid)
+    expected = torch.nn.functional.normalize(torch.tensor([1.0, 0.0, 3.0]), dim=0)
+    torch.testing.assert_close(baseline[0, :, 1, 1], expected)
+    valid[0, 0, 0, 0] = False  # invalid pixels do not pull the direction
+    torch.testing.assert_close(constant_normal_baseline(normals, valid)[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))

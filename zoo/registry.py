@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,18 @@ def register(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+MEASURED_DATASET = "synthetic held-out"
+
+
+def measured_results(folder: str, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The held-out metrics that tools/train_tiny.py stored beside a shipped model (`<folder>/metrics.json`)."""
+    path = REPO_ROOT / folder / "metrics.json"
+    if not path.is_file():
+        return {}
+    values = json.loads(path.read_text())
+    return {MEASURED_DATASET: {name: round(float(values[name]), 4) for name in metrics if name in values}}
+
+
 def _ensure_entries() -> None:
     # The entries live in zoo/model_zoo.py so this module stays the mechanism only.
     importlib.import_module("zoo.model_zoo")
@@ -96,8 +109,6 @@ def load(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     folder = Path(name)
     marker = folder / "zoo_model.json"
     if folder.is_dir() and marker.is_file():
-        import json
-
         family = json.loads(marker.read_text())["family"]
         if family not in PREDICTORS:
             raise KeyError(f"{marker}: family {family!r} has no predictor; known: {sorted(PREDICTORS)}")

@@ -16,8 +16,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.backbones.task_switcher import TASK_CODE_DIM, Task, task_codes
 from zoo.backbones.taps import FeatureTaps
+from zoo.backbones.task_switcher import TASK_CODE_DIM, Task, task_codes
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,12 @@ def replicate_pad(images: torch.Tensor, multiple: int = LATENT_FACTOR) -> torch.
     if pad_h == 0 and pad_w == 0:
         return images
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A draw mean + std * eps from a diagonal Gaussian posterior (the same draw as diffusers' `.sample()`)."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + std * noise
 
 
 def widen_conv_in(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -169,14 +175,14 @@ class StableDiffusionBackbone(nn.Module):
                 if _has_component(source, "scheduler")
                 else None
             )
-        except (OSError, EnvironmentError) as error:
+        except OSError as error:
             raise MissingWeightsError(_missing_weights_message(source, str(error).splitlines()[0])) from error
 
         text_encoder, tokenizer = None, None
         if load_text_encoder or not _has_empty_prompt_file(source):
             try:
                 text_encoder, tokenizer = _load_text_stack(source, common)
-            except (OSError, EnvironmentError) as error:
+            except OSError as error:
                 raise MissingWeightsError(
                     _missing_weights_message(source, f"neither {EMPTY_PROMPT_FILE} nor a loadable text_encoder/")
                 ) from error
@@ -219,6 +225,21 @@ class StableDiffusionBackbone(nn.Module):
         """Device of the UNet parameters."""
         return next(self.unet.parameters()).device
 
+    def encode_distribution(self, images: torch.Tensor, pad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior of images in [-1, 1] [B, 3, H, W]: scaled (mean, std), each [B, 4, ceil(H/8), ceil(W/8)].
+
+        Sizes that are not multiples of 8 are replicate-padded on the bottom/right (undo with decode(size=...));
+        pad=False feeds them as they are (the official Lotus pipeline does).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode expects [B, 3, H, W] images; got {tuple(images.shape)}")
+        pixels = images.to(self.device, self.vae.dtype)
+        if pad:
+            pixels = replicate_pad(pixels)  # [B, 3, H8, W8]
+        with torch.no_grad(), self._autocast():
+            posterior = self.vae.encode(pixels).latent_dist
+        return posterior.mean.float() * self.scaling_factor, posterior.std.float() * self.scaling_factor
+
     def encode(
         self,
         images: torch.Tensor,
@@ -229,18 +250,10 @@ class StableDiffusionBackbone(nn.Module):
         """Encode images in [-1, 1] [B, 3, H, W] to scaled latents [B, 4, ceil(H/8), ceil(W/8)].
 
         The posterior mode by default (deterministic); `sample=True` draws from the posterior with `generator`
-        (the global RNG when None, as the official Lotus pipeline does). Sizes that are not multiples of 8 are
-        replicate-padded on the bottom/right (undo with decode(size=...)); pad=False feeds them as they are.
+        (the global RNG when None, as the official Lotus pipeline does). See encode_distribution for padding.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"encode expects [B, 3, H, W] images; got {tuple(images.shape)}")
-        padded = images.to(self.device, self.vae.dtype)
-        if pad:
-            padded = replicate_pad(padded)  # [B, 3, H8, W8]
-        with torch.no_grad(), self._autocast():
-            posterior = self.vae.encode(padded).latent_dist
-            latents = posterior.sample(generator) if sample else posterior.mode()  # [B, 4, H8/8, W8/8]
-        return latents.float() * self.scaling_factor
+        mean, std = self.encode_distribution(images, pad)
+        return sample_latents(mean, std, generator) if sample else mean
 
     def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Decode scaled latents [B, 4, h, w] to images in roughly [-1, 1] [B, 3, 8h, 8w], cropped to `size`."""

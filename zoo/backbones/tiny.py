@@ -149,11 +149,12 @@ def evaluate_vae_roundtrip(backbone: StableDiffusionBackbone, scenes: list) -> d
     }
 
 
-def build_tiny_backbone(out: str | Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> dict:
+def build_tiny_backbone(out: str | Path, recipe: TinyRecipe | None = None, progress: bool = True) -> dict:
     """Build the tiny backbone from scratch, train its VAE, measure it and save it under `out`.
 
     Returns the recipe record written to `out/recipe.json` (recipe, measured quality, file hashes).
     """
+    recipe = recipe or TinyRecipe()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)  # a fixed thread count keeps CPU reductions, hence bytes, reproducible
     try:

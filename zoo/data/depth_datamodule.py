@@ -58,8 +58,12 @@ class AugmentedDataset(Dataset):
             sample = resize_sample(sample, self.size)
         # Seeded per (seed, epoch, index): the same run flips the same samples, whatever the worker layout.
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
-        if self.flip_p > 0 and float(torch.rand((), generator=generator)) < self.flip_p:
+        flipped = self.flip_p > 0 and float(torch.rand((), generator=generator)) < self.flip_p
+        if flipped:
             sample = hflip_sample(sample)
+        # (index, flipped) identifies the exact pixels of this item: the key of LotusModule's latent cache.
+        sample["index"] = torch.tensor(index)
+        sample["flipped"] = torch.tensor(flipped)
         return sample
 
 

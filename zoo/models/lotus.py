@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone
+from zoo.backbones.stable_diffusion import sample_latents
 from zoo.data.depth_targets import normalize_depth, target_to_rgb
 
 Mode = Literal["g", "d"]
@@ -109,21 +110,29 @@ class Lotus(nn.Module):
         return losses
 
 
-def encode_target(
+def encode_target_distribution(
     backbone: StableDiffusionBackbone,
     task: LotusTask,
     batch: dict[str, torch.Tensor],
     norm_type: str = "trunc_disparity",
-    sample: bool = True,
-) -> torch.Tensor:
-    """Encode the ground truth of a batch to target latents [B, 4, h, w] (depth normalised per image)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posterior (mean, std) [B, 4, h, w] of a batch's ground truth (depth normalised per image first)."""
     valid = batch["valid"]
     if task == "depth":
-        target = torch.stack([normalize_depth(d, v, norm_type) for d, v in zip(batch["depth"], valid)])  # [B,1,H,W]
+        target = torch.stack([normalize_depth(d, v, norm_type) for d, v in zip(batch["depth"], valid, strict=True)])  # [B,1,H,W]
         images = target_to_rgb(target)
     else:
         images = batch["normals"].clamp(-1, 1) * valid  # [B, 3, H, W]
-    return backbone.encode(images, sample=sample)
+    return backbone.encode_distribution(images)
+
+
+def constant_normal_baseline(normals: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each image's best single direction: its normalised mean GT normal, everywhere ([B, 3, H, W]).
+
+    The floor a normal model has to beat (stronger than any fixed direction such as (0, 0, 1)).
+    """
+    mean = (normals * valid).sum(dim=(-2, -1), keepdim=True)  # [B, 3, 1, 1]
+    return F.normalize(mean, dim=1, eps=1e-6).expand_as(normals)
 
 
 def decode_prediction(decoded: torch.Tensor, task: LotusTask, compat: bool = False) -> torch.Tensor:
@@ -180,11 +189,13 @@ class LotusModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         log_images_every_n_val: int = 1,
         lotus_compat: bool = False,
+        cache_latents: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         sd = StableDiffusionBackbone.from_pretrained(backbone, unet_in_channels=8 if mode == "g" else None)
-        sd.configure(gradient_checkpointing=gradient_checkpointing)
+        # diffusers returns loaded models in eval mode; the UNet trains (the frozen VAE stays in eval mode).
+        sd.configure(gradient_checkpointing=gradient_checkpointing).train()
         self.model = Lotus(sd, mode, task)
         self.ema = None
         if ema_decay is not None:
@@ -197,8 +208,10 @@ class LotusModule(pl.LightningModule):
         self._predictor = LotusPredictor(sd, mode, task, disparity=task == "depth" and is_disparity_norm(norm_type),
                                          lotus_compat=lotus_compat)
         self._depth_tracker, self._baseline_tracker = DepthMetricTracker(), DepthMetricTracker()
-        self._normal_tracker = NormalMetricAccumulator()
+        self._normal_tracker, self._constant_normal_tracker = NormalMetricAccumulator(), NormalMetricAccumulator()
         self._val_runs = 0
+        # (index, flipped) -> CPU posteriors (image mean, image std, target mean, target std), each [4, h, w].
+        self._latent_cache: dict[tuple[int, bool], tuple[torch.Tensor, ...]] = {}
 
     @property
     def backbone(self) -> StableDiffusionBackbone:
@@ -206,11 +219,31 @@ class LotusModule(pl.LightningModule):
         return self.model.backbone
 
     # ------------------------------------------------------------------ steps
+    def _posteriors(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """VAE posteriors (image mean, image std, target mean, target std) of a batch, each [B, 4, h, w].
+
+        With cache_latents, items seen before (same dataset index and flip) reuse their posteriors: the frozen VAE
+        would return the same numbers. Only valid for datasets whose items are fixed per (index, flip).
+        """
+        keys = list(zip(batch["index"].tolist(), batch["flipped"].tolist(), strict=True)) if self.hparams.cache_latents else []
+        missing = [row for row, key in enumerate(keys) if key not in self._latent_cache]
+        if not self.hparams.cache_latents or missing:
+            rows = missing if self.hparams.cache_latents else list(range(batch["image"].shape[0]))
+            part = {name: value[rows] for name, value in batch.items() if isinstance(value, torch.Tensor)}
+            encoded = (*self.backbone.encode_distribution(part["image"] * 2 - 1),
+                       *encode_target_distribution(self.backbone, self.hparams.task, part, self.hparams.norm_type))
+            if not self.hparams.cache_latents:
+                return encoded
+            for position, row in enumerate(rows):
+                self._latent_cache[keys[row]] = tuple(t[position].detach().cpu() for t in encoded)
+        return tuple(torch.stack([self._latent_cache[key][part] for key in keys]).to(self.device) for part in range(4))
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Encode image and target (posterior samples, as the official scripts), then the joint latent MSE."""
         hp = self.hparams
-        image_latents = self.backbone.encode(batch["image"] * 2 - 1, sample=hp.sample_posterior)  # [B, 4, h, w]
-        target_latents = encode_target(self.backbone, hp.task, batch, hp.norm_type, sample=hp.sample_posterior)
+        image_mean, image_std, target_mean, target_std = self._posteriors(batch)
+        image_latents = sample_latents(image_mean, image_std) if hp.sample_posterior else image_mean  # [B, 4, h, w]
+        target_latents = sample_latents(target_mean, target_std) if hp.sample_posterior else target_mean
         # Virtual KITTI supervises sky too (loss_mask = valid | sky); other readers supervise valid pixels.
         mask = latent_valid_mask(batch.get("loss_mask", batch["valid"]))  # [B, 4, h, w]
         losses = self.model.training_losses(image_latents, target_latents, mask, hp.reconstruction_weight)
@@ -244,6 +277,8 @@ class LotusModule(pl.LightningModule):
             self._baseline_tracker.update(constant_baseline_metrics(batch["depth"], valid, protocol, alignment))
         else:
             self._normal_tracker.update(prediction, batch["normals"], valid)
+            self._constant_normal_tracker.update(constant_normal_baseline(batch["normals"], valid),
+                                                 batch["normals"], valid)
         if batch_idx == 0 and stage == "val":
             self._log_images(batch, prediction)
 
@@ -257,11 +292,14 @@ class LotusModule(pl.LightningModule):
         for index in range(min(4, prediction.shape[0])):
             rgb = (batch["image"][index].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
             if self.hparams.task == "depth":
-                tiles += [rgb, colorize_depth(prediction[index, 0].cpu(), disparity=disparity)]
+                # GT in the model's own target space (normalised per image) so both columns share one colour scale.
+                target = normalize_depth(batch["depth"][index], batch["valid"][index], self.hparams.norm_type)
+                tiles += [rgb, colorize_depth(((target[0] + 1) / 2).cpu(), disparity=disparity),
+                          colorize_depth(prediction[index, 0].cpu(), disparity=disparity)]
             else:
                 tiles += [rgb, colorize_normals(batch["normals"][index].permute(1, 2, 0).cpu()),
                           colorize_normals(prediction[index].permute(1, 2, 0).cpu())]
-        grid = image_grid(tiles, columns=2 if self.hparams.task == "depth" else 3)
+        grid = image_grid(tiles, columns=3)  # image | ground truth | prediction
         writer.add_image(f"val/{self.hparams.task}", grid, self.global_step, dataformats="HWC")
 
     def _epoch_metrics(self) -> dict[str, float]:
@@ -273,7 +311,9 @@ class LotusModule(pl.LightningModule):
             self._baseline_tracker.reset()
         else:
             metrics = self._normal_tracker.compute()
+            metrics["constant_baseline_mean"] = self._constant_normal_tracker.compute()["mean"]
             self._normal_tracker.reset()
+            self._constant_normal_tracker.reset()
         return metrics
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
