@@ -55,7 +55,7 @@ class LotusPredictor:
         disparity: bool = False,
         lotus_compat: bool = False,
     ):
-        self.model = Lotus(backbone, mode, task).eval()
+        self.model = Lotus(backbone, mode, task)
         self.disparity = disparity
         self.lotus_compat = lotus_compat
 
