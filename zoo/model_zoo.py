@@ -75,3 +75,10 @@ register(ModelEntry(
     checkpoint="teemosliang/SDPose-Wholebody",
     description="SDPose COCO-WholeBody 133 keypoints, SD2 UNet up_blocks.2 features + heatmap head, 1024x768",
 ))
+register(ModelEntry(
+    name="tiny-sdpose-body", family="sdpose", task="pose", config="configs/tiny/sdpose_body.yaml",
+    checkpoint="checkpoints/tiny/sdpose_body",
+    description="Tiny SDPose COCO-17 on the tiny backbone, trained on synthetic figures (96x128 crops)",
+    # OKS AP on 200 held-out figure images (seed 2000000), GT boxes, flip test (see its recipe.json).
+    results=measured_results("checkpoints/tiny/sdpose_body", ("AP", "AP50", "AP75", "AR")),
+))
