@@ -31,15 +31,10 @@ def main(argv: list[str] | None = None) -> None:
 
         lotus.run(threads=args.threads)
     if args.which in ("pose", "all"):
-        from zoo.benchmarks import pose_codec
+        from zoo.benchmarks import pose_codec, pose_model
 
         pose_codec.run(threads=args.threads)
-        try:
-            from zoo.benchmarks import pose_model
-        except ImportError:
-            pose_model = None
-        if pose_model is not None:
-            pose_model.run()
+        pose_model.run()
     if args.which in ("cocood", "all"):
         from zoo.benchmarks import cocood
 

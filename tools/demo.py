@@ -9,6 +9,7 @@ small COCO-OOD with its contact sheet. Pictures and tables go to outputs/demo/.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -88,6 +89,42 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
     return name, metrics
 
 
+def sdpose_demo(name: str, out: Path, images: int) -> tuple[str, dict[str, float]]:
+    """Evaluate a tiny SDPose on held-out synthetic figures and draw skeletons on figures and real photos."""
+    from zoo.data.images import load_rgb_uint8
+    from zoo.data.metainfo import load_metainfo
+    from zoo.data.synthetic.figures import write_coco_figures
+    from zoo.evaluation.coco import CocoKeypointEvaluator
+    from zoo.visualize import draw_skeleton
+
+    predictor = zoo.load(name)
+    ann_file, image_dir = write_coco_figures(out / "figures", images, seed=3_000_000, split="demo",
+                                             width=192, height=192)
+    coco = json.loads(Path(ann_file).read_text())
+    evaluator = CocoKeypointEvaluator(ann_file, metainfo="coco")
+    boxes = {image["id"]: [] for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        boxes[annotation["image_id"]].append([x, y, x + w, y + h])
+    paths = [Path(image_dir) / image["file_name"] for image in coco["images"]]
+    result = predictor([str(p) for p in paths], boxes=[np.array(boxes[i["id"]]) for i in coco["images"]],
+                       flip_test=True)
+    for image, keypoints, scores, found in zip(coco["images"], result.keypoints, result.scores, result.boxes,
+                                               strict=True):
+        xywh = np.concatenate([found[:, :2], found[:, 2:] - found[:, :2]], axis=1)  # [N, 4]
+        evaluator.add(image["id"], keypoints, scores, bboxes=xywh)
+    metrics = {key: value for key, value in evaluator.evaluate().items() if key in ("AP", "AP50", "AR")}
+    metainfo = load_metainfo("coco")
+    tiles = []
+    photos = paths[:2] + sorted((REALDATA / "coco").glob("*.jpg"))[:2]
+    for photo in photos:
+        picture = predictor(str(photo))
+        image = draw_skeleton(load_rgb_uint8(photo), picture.keypoints[0], picture.scores[0], metainfo)
+        tiles.append(np.asarray(Image.fromarray(image).resize((192, 144))))
+    save_png(image_grid(tiles, columns=4), out / f"{name}_skeletons.png")
+    return name, metrics
+
+
 def controlnet_demo(out: Path) -> int:
     """Export the real COCO ground truth as ControlNet OpenPose conditioning images."""
     from zoo.export.controlnet import iter_controlnet_exports, write_controlnet_pose
@@ -113,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--scenes", type=int, default=64, help="held-out synthetic scenes per Lotus model")
+    parser.add_argument("--figures", type=int, default=32, help="held-out synthetic figure images for SDPose")
     args = parser.parse_args(argv)
     out = Path(args.out)
     torch.manual_seed(0)
@@ -121,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         if get_entry(name).checkpoint.startswith("checkpoints/"):
             name, metrics = lotus_demo(name, out, args.scenes)
             report += [f"\n## {name} on {args.scenes} held-out synthetic scenes\n", metrics_markdown(metrics)]
+    for name in zoo.available_models("sdpose"):
+        if get_entry(name).checkpoint.startswith("checkpoints/"):
+            name, metrics = sdpose_demo(name, out, args.figures)
+            report += [f"\n## {name} on {args.figures} held-out synthetic figure images (GT boxes, flip test)\n",
+                       metrics_markdown(metrics)]
     report += [f"\nControlNet OpenPose exports: {controlnet_demo(out)} images in {out / 'controlnet'}\n"]
     report += [f"COCO-OOD contact sheet: {coco_ood_demo(out)}\n"]
     text = "\n".join(report)

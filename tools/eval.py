@@ -5,6 +5,10 @@ Runs the datamodule's test split (held-out data, or a benchmark such as `--data.
 --data.init_args.test_root datasets/nyuv2 --data.init_args.test_filelist datasets/nyuv2/filelist.txt`) through
 Trainer.test and writes `metrics.json` and `metrics.md` to --out. Any LightningCLI override works. Official
 weights: `--model.init_args.backbone checkpoints/lotus-depth-d-v2-0-disparity` and no --ckpt_path.
+
+Out of domain: `--ood-root OUT` (a tools/build_coco_ood.py output) evaluates the pose model on the configured test
+split ("original") and on every COCO-OOD split (same image ids, people and person boxes), then prints and writes
+`ood.json` / `ood.md`: AP per split and the drop relative to the original.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zoo.cli import ZooCLI, metrics_markdown, write_metrics  # noqa: E402
+from zoo.evaluation.ood import drop_table, find_splits  # noqa: E402
+from zoo.utils.files import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -24,15 +30,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--ckpt_path", help="Lightning checkpoint to evaluate; without it, the weights the "
                         "config's model loads (e.g. an official checkpoint folder as the backbone) are evaluated")
     parser.add_argument("--out", default="outputs/eval", help="folder for metrics.json and metrics.md")
+    parser.add_argument("--ood-root", help="COCO-OOD output folder: also evaluate every split and print the drop")
     known, cli_args = parser.parse_known_args(argv)
     if known.ckpt_path is not None and not Path(known.ckpt_path).is_file():
         parser.error(f"--ckpt_path {known.ckpt_path}: no such checkpoint file")
     cli = ZooCLI(args=[*cli_args, "--trainer.logger", "false"], run=False, save_config_callback=None)
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=known.ckpt_path, weights_only=True)
-    metrics = {name: float(value) for result in results for name, value in result.items()}
+
+    def test(datamodule) -> dict[str, float]:  # noqa: ANN001
+        results = cli.trainer.test(cli.model, datamodule=datamodule, ckpt_path=known.ckpt_path, weights_only=True)
+        return {name: float(value) for result in results for name, value in result.items()}
+
+    metrics = test(cli.datamodule)
     json_path, md_path = write_metrics(metrics, known.out)
     print(metrics_markdown(metrics))
     print(f"wrote {json_path} and {md_path}")
+    if known.ood_root:
+        ood = {"original": metrics}
+        for split in find_splits(known.ood_root):
+            # Same datamodule settings (person boxes included); only the test images and their copy of the GT change.
+            settings = {key: value for key, value in cli.datamodule.hparams.items() if not key.startswith("_")}
+            settings.update(test_ann_file=str(split.annotations.resolve()), test_image_root=str(split.images.resolve()))
+            ood[split.name] = test(type(cli.datamodule)(**settings))
+        table = drop_table({name: {"AP": m["test/AP"]} for name, m in ood.items()})
+        atomic_write_json(Path(known.out) / "ood.json", ood)
+        atomic_write_text(Path(known.out) / "ood.md", table)
+        print(table)
     return metrics
 
 

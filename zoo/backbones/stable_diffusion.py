@@ -49,7 +49,7 @@ def _where(source: str, subfolder: str) -> dict[str, str]:
     return {"pretrained_model_name_or_path": source, "subfolder": subfolder}
 
 
-def _resolve_local(source: str) -> str:
+def resolve_source(source: str) -> str:
     """Repo-relative folders (configs say `checkpoints/tiny/backbone`) resolve from any working directory."""
     repo_relative = Path(__file__).resolve().parents[2] / source
     if not Path(source).is_absolute() and not Path(source).exists() and repo_relative.is_dir():
@@ -150,7 +150,7 @@ class StableDiffusionBackbone(nn.Module):
         only the subfolders are read. `with_task_switcher` adds the 4-d class projection when the UNet lacks it
         (new, randomly initialised, as in the official training scripts); `unet_in_channels` widens conv_in.
         """
-        source = _resolve_local(str(source))
+        source = resolve_source(str(source))
         if local_files_only is None:
             local_files_only = not Path(source).is_dir() and os.environ.get("HF_HUB_OFFLINE", "0") == "1"
         if not Path(source).is_dir() and _looks_local(source):

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone, tapped
+from zoo.backbones.stable_diffusion import resolve_source
 from zoo.codecs import flip_heatmaps
 from zoo.heads.heatmap import HeatmapHead, keypoint_mse_loss
 
@@ -201,6 +202,9 @@ class SDPoseModule(pl.LightningModule):
         sd.configure(gradient_checkpointing=gradient_checkpointing)
         # Lightning keeps module modes as they are: from_pretrained leaves the UNet in eval mode.
         self.model = SDPose(sd, self.metainfo.num_keypoints, feature_site).train()
+        head_file = Path(resolve_source(backbone)) / HEAD_FILE
+        if head_file.is_file():  # an exported SDPose folder as the backbone: start from its trained head too
+            self.model.head.load_state_dict(load_file(str(head_file)), strict=True)
         # The head doubles the 1/8 latent grid: heatmaps are 1/4 of the (multiple-of-8) input.
         expected = tuple(-(-size // 8) * 2 for size in input_size)
         if tuple(heatmap_size) != expected:
