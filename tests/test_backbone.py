@@ -219,3 +219,16 @@ def test_channels_last_and_math_attention_give_the_same_outputs(tiny_backbone):
     torch.testing.assert_close(tiny_backbone.unet_forward(latents), reference, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="attention must be"):
         tiny_backbone.configure(attention="flash3")
+
+
+def test_exports_can_reference_the_vae_of_their_base(tiny_backbone, tiny_backbone_dir, tmp_path):
+    tiny_backbone.save_pretrained(tmp_path / "model", include_text_encoder=False, vae_from=str(tiny_backbone_dir))
+    assert not (tmp_path / "model" / "vae").exists()
+    loaded = StableDiffusionBackbone.from_pretrained(tmp_path / "model")
+    for name, tensor in tiny_backbone.vae.state_dict().items():
+        assert torch.equal(tensor, loaded.vae.state_dict()[name]), name
+    # A chain of references resolves too (a model fine-tuned from an exported model).
+    loaded.save_pretrained(tmp_path / "second", include_text_encoder=False, vae_from=str(tmp_path / "model"))
+    again = StableDiffusionBackbone.from_pretrained(tmp_path / "second")
+    images = torch.rand(1, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(again.encode(images), tiny_backbone.encode(images))

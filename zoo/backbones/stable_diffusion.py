@@ -57,6 +57,16 @@ def resolve_source(source: str) -> str:
     return source
 
 
+def _vae_source(source: str) -> str:
+    """Where the VAE of `source` lives: itself, or the base its model_index.json names as `vae_from`."""
+    index = Path(source) / "model_index.json"
+    if Path(source).is_dir() and not (Path(source) / "vae").is_dir() and index.is_file():
+        base = json.loads(index.read_text()).get("vae_from")
+        if base:
+            return _vae_source(resolve_source(base))  # the base may itself reference another
+    return source
+
+
 def _looks_local(source: str) -> bool:
     """True for strings that are paths rather than hub ids ("org/name")."""
     return source.startswith((".", "/", "~")) or source.count("/") != 1
@@ -159,7 +169,7 @@ class StableDiffusionBackbone(nn.Module):
         if torch_dtype is not None:
             common["torch_dtype"] = torch_dtype
         try:
-            vae = AutoencoderKL.from_pretrained(**_where(source, "vae"), **common)
+            vae = AutoencoderKL.from_pretrained(**_where(_vae_source(source), "vae"), **common)
             unet_config = UNet2DConditionModel.load_config(**_where(source, "unet"), local_files_only=local_files_only)
             unet_kwargs: dict[str, Any] = {}
             if with_task_switcher and unet_config.get("class_embed_type") is None:
@@ -194,11 +204,18 @@ class StableDiffusionBackbone(nn.Module):
             backbone.set_unet_in_channels(unet_in_channels)
         return backbone
 
-    def save_pretrained(self, folder: str | os.PathLike, include_text_encoder: bool = True) -> None:
-        """Write a diffusers-style folder: vae/, unet/, scheduler/, [text_encoder/, tokenizer/], empty prompt."""
+    def save_pretrained(
+        self, folder: str | os.PathLike, include_text_encoder: bool = True, vae_from: str | None = None
+    ) -> None:
+        """Write a diffusers-style folder: vae/, unet/, scheduler/, [text_encoder/, tokenizer/], empty prompt.
+
+        `vae_from` names the folder or hub id this (frozen, unchanged) VAE was loaded from: the VAE is then not
+        written again and from_pretrained reads it from there (fine-tuned models of one base share its VAE).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        if vae_from is None:
+            self.vae.save_pretrained(folder / "vae", safe_serialization=True)
         self.unet.save_pretrained(folder / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(folder / "scheduler")
         if include_text_encoder and self.text_encoder is not None:
@@ -207,6 +224,8 @@ class StableDiffusionBackbone(nn.Module):
             self.tokenizer.save_pretrained(folder / "tokenizer")
         save_file({"empty_prompt_embeds": self.empty_prompt_embeds.detach().cpu().contiguous()}, folder / EMPTY_PROMPT_FILE)
         index = {"_class_name": "StableDiffusionBackbone", "_zoo": "zoo.backbones.StableDiffusionBackbone"}
+        if vae_from is not None:
+            index["vae_from"] = vae_from
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     # ------------------------------------------------------------------ latents

@@ -190,6 +190,7 @@ class LotusModule(pl.LightningModule):
         log_images_every_n_val: int = 1,
         lotus_compat: bool = False,
         cache_latents: bool = False,
+        lr_schedule: str = "constant",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -341,11 +342,18 @@ class LotusModule(pl.LightningModule):
         self.log_dict({f"test/{k}": v for k, v in self._epoch_metrics().items()})
 
     # ------------------------------------------------------------------ optimisation / checkpoints
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW on the UNet only, constant learning rate (official: 3e-5, wd 1e-2, eps 1e-8)."""
+    def configure_optimizers(self) -> dict:
+        """AdamW on the UNet only (official: 3e-5 constant, wd 1e-2, eps 1e-8); "cosine" decays to 0 at max_steps."""
         hp = self.hparams
-        return torch.optim.AdamW(self.backbone.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                 betas=tuple(hp.betas), eps=1e-8)
+        if hp.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; got {hp.lr_schedule!r}")
+        optimizer = torch.optim.AdamW(self.backbone.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                      betas=tuple(hp.betas), eps=1e-8)
+        if hp.lr_schedule == "constant":
+            return {"optimizer": optimizer}
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the EMA state with the checkpoint."""
@@ -364,7 +372,8 @@ class LotusModule(pl.LightningModule):
         if self.ema is not None and use_ema:
             self.ema.store(self.backbone.unet.parameters())
             self.ema.copy_to(self.backbone.unet.parameters())
-        self.backbone.save_pretrained(folder, include_text_encoder=False)
+        # The frozen VAE is the one the backbone was loaded from: reference it instead of copying it.
+        self.backbone.save_pretrained(folder, include_text_encoder=False, vae_from=self.hparams.backbone)
         if self.ema is not None and use_ema:
             self.ema.restore(self.backbone.unet.parameters())
         hp = self.hparams

@@ -344,7 +344,8 @@ class SDPoseModule(pl.LightningModule):
         from zoo.utils.files import atomic_write_json
 
         hp = self.hparams
-        self.backbone.save_pretrained(folder, include_text_encoder=False)
+        # The frozen VAE is the one the backbone was loaded from: reference it instead of copying it.
+        self.backbone.save_pretrained(folder, include_text_encoder=False, vae_from=self.hparams.backbone)
         save_head(self.model.head, folder)
         atomic_write_json(Path(folder) / MODEL_CONFIG_FILE, {
             "family": "sdpose", "metainfo": hp.metainfo, "num_keypoints": self.metainfo.num_keypoints,
