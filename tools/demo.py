@@ -54,7 +54,7 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
     from zoo.data.synthetic import SyntheticSceneDataset
     from zoo.evaluation.depth import DepthMetricTracker, constant_baseline_metrics
     from zoo.evaluation.normals import NormalMetricAccumulator
-    from zoo.models.lotus import SYNTHETIC_PROTOCOL
+    from zoo.models.lotus import SYNTHETIC_PROTOCOL, constant_normal_baseline
 
     predictor = zoo.load(name)
     entry = get_entry(name)
@@ -72,10 +72,9 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
         model = NormalMetricAccumulator()
         model.update(prediction, batch["normals"], batch["valid"])
         constant = NormalMetricAccumulator()
-        constant.update(torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand_as(prediction), batch["normals"],
-                        batch["valid"])
+        constant.update(constant_normal_baseline(batch["normals"], batch["valid"]), batch["normals"], batch["valid"])
         metrics = {"mean deg": model.compute()["mean"], "median deg": model.compute()["median"],
-                   "constant (0,0,1) mean deg": constant.compute()["mean"]}
+                   "constant (mean direction) mean deg": constant.compute()["mean"]}
     photos = sorted((REALDATA / "rgbd" / "color").glob("*.jpg"))[:2] + sorted((REALDATA / "coco").glob("*.jpg"))[:2]
     tiles = []
     for photo in photos:
