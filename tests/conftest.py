@@ -21,7 +21,7 @@ def _realdata_root() -> Path:
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     """Root of the real COCO / HumanArt / PoseTrack18 / RGB-D samples (read-only)."""
-    root = _realdata_root()
+    root = _realdata_root().resolve()  # resolved: readers refuse files whose real path leaves the root
     if not root.is_dir():
         pytest.fail(f"real sample data not found at {root}; set ZOO_REALDATA to its folder")
     return root
