@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
-from zoo.benchmarks.timing import best_of
+from zoo.benchmarks.timing import best_of, pinned_threads
 from zoo.codecs import UDPHeatmap, decode_udp_batched
 
 
@@ -35,16 +34,10 @@ def run(
 ) -> dict[str, float]:
     """Time batched decoding vs a per-instance mmpose loop on the same heatmaps; print a table; return timings."""
     # Both sides get the same CPU threads; on a loaded machine extra torch threads only add contention.
-    previous = (torch.get_num_threads(), cv2.getNumThreads())
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    try:
+    with pinned_threads(threads):
         return _run(
             num_instances, num_keypoints, heatmap_size, input_size, sigma, repeats, device, threads, seed
         )
-    finally:
-        torch.set_num_threads(previous[0])
-        cv2.setNumThreads(previous[1])
 
 
 def _run(
