@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -231,7 +232,7 @@ def _rounded(values: np.ndarray, decimals: int) -> list:
     return (np.round(np.asarray(values, dtype=np.float64), decimals) + 0.0).tolist()
 
 
-class _Task:
+class _Task(ABC):
     """How the Annotator drives one predictor: predict a batch, write per-image files, merge at the end."""
 
     kind = ""
@@ -243,9 +244,9 @@ class _Task:
         """Everything the outputs depend on besides the images and weights; a resumed run must match it."""
         return {"task": self.kind, "predictor": type(self.predictor).__name__}
 
+    @abstractmethod
     def predict(self, images: list[np.ndarray], items: list[ImageItem], write: list[bool]) -> list[dict[str, Any]]:
         """Predict a batch and write the files of the images marked in `write`; return each image's record payload."""
-        raise NotImplementedError
 
     def merge(self, records: list[tuple[ImageItem, dict[str, Any]]]) -> dict[str, Path]:
         """Write the task's merged files from all records; return them by name."""
