@@ -51,6 +51,7 @@ def check_tiny_backbone() -> str:
 def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]]:
     """Evaluate a tiny Lotus model on held-out scenes and predict on the real photos."""
     from zoo.data.depth_datamodule import TEST_SEED
+    from zoo.data.images import load_rgb_uint8
     from zoo.data.synthetic import SyntheticSceneDataset
     from zoo.evaluation.depth import DepthMetricTracker, constant_baseline_metrics
     from zoo.evaluation.normals import NormalMetricAccumulator
@@ -81,7 +82,7 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
         result = predictor(photo, processing_resolution=256).prediction[0]
         stem = out / entry.task / photo.stem
         predictor.save(result, stem)
-        rgb = np.asarray(Image.open(photo).convert("RGB").resize((192, 144)))
+        rgb = np.asarray(Image.fromarray(load_rgb_uint8(photo)).resize((192, 144)))
         vis = np.asarray(Image.fromarray(predictor.visualize(result)).resize((192, 144)))
         tiles += [rgb, vis]
     save_png(image_grid(tiles, columns=4), out / f"{name}_photos.png")

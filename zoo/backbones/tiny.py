@@ -16,7 +16,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from zoo.backbones.stable_diffusion import StableDiffusionBackbone, encode_prompts
 from zoo.backbones.task_switcher import TASK_CODE_DIM
-from zoo.data.depth_targets import normalize_depth, target_to_rgb
+from zoo.data.depth_targets import HIGH_QUANTILE, LOW_QUANTILE, RANGE_EPS, normalize_depth, target_to_rgb
+from zoo.evaluation.normals import angular_error
 from zoo.utils.files import atomic_write_json, sha256_file
 
 TEXT_WIDTH = 32
@@ -130,14 +131,12 @@ def evaluate_vae_roundtrip(backbone: StableDiffusionBackbone, scenes: list) -> d
         recon = backbone.decode(backbone.encode(images), size=images.shape[-2:]).clamp(-1, 1)
         # Disparity: invert the normalisation with the same quantiles, score where the target was not clipped.
         disparity = 1.0 / depth.clamp_min(1e-8)
-        quantiles = torch.quantile(disparity[valid & (depth > 0)], torch.tensor([0.02, 0.98]))
-        scale = (quantiles[1] - quantiles[0] + 1e-5) / 2.0
+        quantiles = torch.quantile(disparity[valid & (depth > 0)], torch.tensor([LOW_QUANTILE, HIGH_QUANTILE]))
+        scale = (quantiles[1] - quantiles[0] + RANGE_EPS) / 2.0
         predicted = (recon[0].mean(0, keepdim=True) + 1.0) * scale + quantiles[0]
         inside = valid & (target.abs() < 1.0)
         absrel.append(((predicted - disparity).abs() / disparity)[inside].mean().item())
-        normals = F.normalize(recon[1], dim=0)
-        cosine = (normals * sample["normals"]).sum(0).clamp(-1, 1)[valid[0]]
-        angles.append(torch.rad2deg(torch.acos(cosine)))
+        angles.append(angular_error(recon[1], sample["normals"])[0][valid[0]])
         mse = ((recon[2] - images[2]) / 2).pow(2).mean().item()
         psnr.append(10 * math.log10(1.0 / max(mse, 1e-12)))
     all_angles = torch.cat(angles)
