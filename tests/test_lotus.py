@@ -13,7 +13,7 @@ from zoo.data.depth_datamodule import MixedBatchLoader, hflip_sample
 from zoo.data.depth_targets import normalize_depth
 from zoo.data.images import ImageLoadError
 from zoo.inference.lotus import LotusPredictor
-from zoo.models.lotus import Lotus, decode_prediction, latent_valid_mask
+from zoo.models.lotus.model import Lotus, decode_prediction, latent_valid_mask
 
 
 def test_latent_mask_any_invalid_pixel_invalidates_the_cell():
@@ -259,7 +259,7 @@ def test_latent_cache_gives_the_same_losses_and_skips_the_vae(tiny_backbone_dir,
 
 
 def test_constant_normal_baseline_is_the_mean_direction():
-    from zoo.models.lotus import constant_normal_baseline
+    from zoo.models.lotus.model import constant_normal_baseline
 
     normals = torch.zeros(1, 3, 2, 2)
     normals[0, 2] = 1.0

@@ -15,13 +15,14 @@ from zoo.backbones import StableDiffusionBackbone
 from zoo.codecs import flip_heatmaps
 from zoo.data.metainfo import load_metainfo
 from zoo.heads.heatmap import HeatmapHead, keypoint_mse_loss
-from zoo.models.sdpose import SDPose, SDPoseModule, feature_channels, load_sdpose
-from zoo.models.sdpose_convert import (
+from zoo.models.sdpose import SDPose, SDPoseModule, load_sdpose
+from zoo.models.sdpose.convert import (
     convert_head_state_dict,
     convert_official_sdpose,
     is_official_layout,
     load_official_sdpose,
 )
+from zoo.models.sdpose.model import feature_channels
 
 REPO = Path(__file__).resolve().parent.parent
 COCO = load_metainfo("coco")

@@ -55,7 +55,8 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
     from zoo.data.synthetic import SyntheticSceneDataset
     from zoo.evaluation.depth import DepthMetricTracker, constant_baseline_metrics
     from zoo.evaluation.normals import NormalMetricAccumulator
-    from zoo.models.lotus import SYNTHETIC_PROTOCOL, constant_normal_baseline
+    from zoo.models.lotus.model import constant_normal_baseline
+    from zoo.models.lotus.module import SYNTHETIC_PROTOCOL
 
     predictor = zoo.load(name)
     entry = get_entry(name)

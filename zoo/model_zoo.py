@@ -59,7 +59,7 @@ for _name, _folder, _task, _description in _TINY_LOTUS:
 # ------------------------------------------------------------------------------------------------ SDPose
 register_predictor("sdpose", "zoo.inference.pose:PosePredictor")
 
-# Official checkpoints (teemosliang/*, MIT), loaded from their released layout (zoo.models.sdpose_convert).
+# Official checkpoints (teemosliang/*, MIT), loaded from their released layout (zoo.models.sdpose.convert).
 # Numbers: secondary quotes of the paper (reference notes sdpose_cocood_mmpose.md section 4), 1024x768 crops,
 # COCO val2017 with AP_H_70 detector boxes, HumanArt val with GT boxes; AP/AR in %.
 _SDPOSE_PAPER = "paper (secondary quotes, unverified)"

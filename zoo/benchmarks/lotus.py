@@ -52,7 +52,7 @@ def _measure_training_step(gradient_checkpointing: bool, size: int, batch: int) 
     torch.set_num_threads(1)
     backbone = load_tiny_backbone()
     backbone.configure(gradient_checkpointing=gradient_checkpointing).train()
-    from zoo.models.lotus import Lotus
+    from zoo.models.lotus.model import Lotus
 
     model = Lotus(backbone, "d", "depth")
     latents = backbone.encode(torch.rand(batch, 3, size, size) * 2 - 1)

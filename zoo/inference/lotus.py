@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from zoo.backbones import StableDiffusionBackbone
 from zoo.data.images import ImageInput, load_rgb
-from zoo.models.lotus import Lotus, decode_prediction
+from zoo.models.lotus.model import Lotus, decode_prediction
 from zoo.utils.files import atomic_open
 from zoo.visualize import colorize_depth, colorize_normals
 

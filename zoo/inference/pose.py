@@ -23,7 +23,7 @@ from zoo.data.transforms import (
     decoded_to_crop,
     keypoints_to_image,
 )
-from zoo.models.sdpose import MODEL_CONFIG_FILE, SDPose, load_sdpose
+from zoo.models.sdpose.model import MODEL_CONFIG_FILE, SDPose, load_sdpose
 
 BOX_SOURCES = ("whole_image", "hog")
 
@@ -126,7 +126,7 @@ class PosePredictor:
         if (folder / MODEL_CONFIG_FILE).is_file():
             model, config = load_sdpose(folder)
         else:
-            from zoo.models.sdpose_convert import is_official_layout, load_official_sdpose
+            from zoo.models.sdpose.convert import is_official_layout, load_official_sdpose
 
             if not is_official_layout(folder):
                 raise FileNotFoundError(

@@ -19,7 +19,7 @@ from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone
 from zoo.data.metainfo import load_metainfo
 from zoo.data.transforms import BBOX_PADDING
 from zoo.heads.heatmap import HeatmapHead
-from zoo.models.sdpose import (
+from zoo.models.sdpose.model import (
     HEAD_FILE,
     MODEL_CONFIG_FILE,
     OFFICIAL_FEATURE_SITES,

@@ -1,0 +1,149 @@
+"""Lotus (ICLR 2025): single-step x0 prediction of depth or normals at t=999 on the shared SD backbone.
+
+Lotus-G feeds [image latent, noisy target latent] (8 channels) and starts from pure noise at inference;
+Lotus-D feeds the image latent alone (4 channels) with no noise. Both are trained jointly with RGB
+reconstruction through the task switcher ("detail preserver").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone
+from zoo.data.depth_targets import normalize_depth, target_to_rgb
+
+Mode = Literal["g", "d"]
+LotusTask = Literal["depth", "normals"]
+
+
+def latent_valid_mask(valid: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """Pixel validity [B, 1, H, W] -> latent validity [B, 4, H/8, W/8]: any invalid pixel invalidates its cell."""
+    invalid = F.max_pool2d((~valid).float(), kernel_size=factor, stride=factor, ceil_mode=True)  # [B, 1, h, w]
+    return (invalid < 0.5).expand(-1, 4, -1, -1)
+
+
+class Lotus(nn.Module):
+    """Lotus-G or Lotus-D for one task around a StableDiffusionBackbone."""
+
+    def __init__(self, backbone: StableDiffusionBackbone, mode: Mode = "d", task: LotusTask = "depth"):
+        super().__init__()
+        if mode not in ("g", "d"):
+            raise ValueError(f"mode must be 'g' (generative) or 'd' (regression); got {mode!r}")
+        if task not in ("depth", "normals"):
+            raise ValueError(f"task must be 'depth' or 'normals'; got {task!r}")
+        self.backbone, self.mode, self.task = backbone, mode, task
+        expected_channels = 8 if mode == "g" else 4
+        if backbone.unet.config.in_channels != expected_channels:
+            if mode == "g" and backbone.unet.config.in_channels == 4:
+                backbone.set_unet_in_channels(8)  # the official G surgery: repeat and halve conv_in
+            else:
+                raise ValueError(
+                    f"Lotus-{mode.upper()} needs a UNet with {expected_channels} input channels; "
+                    f"this one has {backbone.unet.config.in_channels}"
+                )
+
+    def unet_input(self, image_latents: torch.Tensor, target_latents: torch.Tensor | None) -> torch.Tensor:
+        """The UNet input: D = image latent [B, 4, h, w]; G = [image latent, target latent] [B, 8, h, w]."""
+        if self.mode == "d":
+            return image_latents
+        if target_latents is None:
+            raise ValueError("Lotus-G needs the noisy target (or pure noise) latent")
+        return torch.cat([image_latents, target_latents], dim=1)
+
+    def predict_latents(
+        self,
+        image_latents: torch.Tensor,
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One UNet call at t=999 with the annotation code: x0 latents [B, 4, h, w].
+
+        For G, `latents` is the starting noise (drawn with `generator` when not given); D ignores both.
+        """
+        noise = None
+        if self.mode == "g":
+            noise = latents
+            if noise is None:
+                noise = torch.randn(image_latents.shape, generator=generator, device=image_latents.device)
+            noise = noise.to(image_latents)
+        sample = self.unet_input(image_latents, noise)
+        return self.backbone.unet_forward(sample, FINAL_TIMESTEP, task="annotation")
+
+    def training_losses(
+        self,
+        image_latents: torch.Tensor,
+        target_latents: torch.Tensor,
+        latent_mask: torch.Tensor,
+        reconstruction_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Joint annotation + RGB reconstruction loss on one duplicated batch (official recipe, MSE on x0)."""
+        batch = image_latents.shape[0]
+        targets = [target_latents]
+        tasks = ["annotation"]
+        if reconstruction_weight > 0:
+            targets.append(image_latents)  # the reconstruction half predicts the clean image latent itself
+            tasks.append("reconstruction")
+        clean = torch.cat(targets)  # [2B, 4, h, w] (or [B, ...] without reconstruction)
+        images = image_latents.repeat(len(targets), 1, 1, 1)
+        noisy = None
+        if self.mode == "g":
+            noise = torch.randn(clean.shape, generator=generator, device=clean.device).to(clean)
+            noisy = self.backbone.add_noise(clean, noise, FINAL_TIMESTEP)
+        codes = torch.cat([self.backbone.task_codes(task, batch) for task in tasks])  # [2B, 4]
+        prediction = self.backbone.unet_forward(
+            self.unet_input(images, noisy), FINAL_TIMESTEP, task=None, class_labels=codes
+        )
+        annotation = F.mse_loss(prediction[:batch][latent_mask], target_latents[latent_mask].float())
+        losses = {"loss_annotation": annotation}
+        total = annotation
+        if reconstruction_weight > 0:
+            reconstruction = F.mse_loss(prediction[batch:], image_latents.float())
+            losses["loss_reconstruction"] = reconstruction
+            total = total + reconstruction_weight * reconstruction
+        losses["loss"] = total
+        return losses
+
+
+def encode_target_distribution(
+    backbone: StableDiffusionBackbone,
+    task: LotusTask,
+    batch: dict[str, torch.Tensor],
+    norm_type: str = "trunc_disparity",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posterior (mean, std) [B, 4, h, w] of a batch's ground truth (depth normalised per image first)."""
+    valid = batch["valid"]
+    if task == "depth":
+        target = torch.stack([normalize_depth(d, v, norm_type) for d, v in zip(batch["depth"], valid, strict=True)])  # [B,1,H,W]
+        images = target_to_rgb(target)
+    else:
+        images = batch["normals"].clamp(-1, 1) * valid  # [B, 3, H, W]
+    return backbone.encode_distribution(images)
+
+
+def constant_normal_baseline(normals: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each image's best single direction: its normalised mean GT normal, everywhere ([B, 3, H, W]).
+
+    The floor a normal model has to beat (stronger than any fixed direction such as (0, 0, 1)).
+    """
+    mean = (normals * valid).sum(dim=(-2, -1), keepdim=True)  # [B, 3, 1, 1]
+    return F.normalize(mean, dim=1, eps=1e-6).expand_as(normals)
+
+
+def decode_prediction(decoded: torch.Tensor, task: LotusTask, compat: bool = False) -> torch.Tensor:
+    """VAE output [B, 3, H, W] in about [-1, 1] -> depth in [0, 1] [B, 1, H, W] or unit normals [B, 3, H, W].
+
+    compat=True reproduces the official post-processing (clamp each channel to [0, 1], then the channel mean;
+    normals x2-1 without renormalisation); the default follows Marigold (mean, clip, (x+1)/2; unit normals).
+    """
+    if task == "depth":
+        if compat:
+            return ((decoded / 2 + 0.5).clamp(0, 1)).mean(dim=1, keepdim=True)
+        return (decoded.mean(dim=1, keepdim=True).clamp(-1, 1) + 1) / 2
+    if compat:
+        return (decoded / 2 + 0.5).clamp(0, 1) * 2 - 1
+    return F.normalize(decoded.clamp(-1, 1), dim=1, eps=1e-6)
