@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Sampler
 
+from zoo.data.coco_files import keypoint_parts
 from zoo.data.synthetic.figures import write_coco_figures
 from zoo.data.topdown import (
-    WHOLEBODY_KEYPOINT_FIELDS,
     CocoPoseDataset,
     CocoWholeBodyPoseDataset,
     HumanArtPoseDataset,
@@ -200,11 +200,10 @@ class PoseDataModule(LightningDataModule):
 def _write_wholebody_layout(body_file: Path, out_file: Path) -> None:
     """Copy a COCO-17 annotation file into the COCO-WholeBody layout with the non-body parts unlabelled."""
     coco = json.loads(body_file.read_text())
-    # Keypoints per whole-body part after the 17 body joints: feet 6, face 68, each hand 21.
-    extra = dict(zip(WHOLEBODY_KEYPOINT_FIELDS[1:], (6, 68, 21, 21), strict=True))
+    extra = keypoint_parts("coco_wholebody")[1:]  # every part after the body joints
     for ann in coco["annotations"]:
-        for name, count in extra.items():
-            ann[name] = [0.0] * (3 * count)
+        for part in extra:
+            ann[part.field] = [0.0] * (3 * part.count)
     atomic_write_json(out_file, coco)
 
 

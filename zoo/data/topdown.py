@@ -7,7 +7,6 @@ skipped in top-down mode, detections keep category 1 above a score threshold and
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,13 +17,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from zoo.data.coco_files import (
+    CocoFileError,
+    CocoImage,
+    Detection,
+    keypoint_parts,
+    read_coco,
+    read_detections,
+)
 from zoo.data.images import load_rgb_uint8
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
 from zoo.data.transforms import BBOX_PADDING, TopDownAugmentation, TopDownTransform, bbox_xywh_to_xyxy
 from zoo.utils.files import safe_join
-
-# COCO-WholeBody stores its 133 keypoints in five fields; mmpose concatenates them in this order.
-WHOLEBODY_KEYPOINT_FIELDS = ("keypoints", "foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts")
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,7 @@ class PoseInstance:
     category_id: int
 
 
-def _read_json(path: str | os.PathLike, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def _image_paths(images: list[dict], image_root: Path, strip_prefixes: Sequence[str]) -> dict[int, Path]:
+def _image_paths(images: Sequence[CocoImage], image_root: Path, strip_prefixes: Sequence[str]) -> dict[int, Path]:
     """Map image id -> file path under `image_root`, refusing names that escape it.
 
     Some releases name files from the dataset's parent folder (HumanArt: "HumanArt/images/..."); when the first
@@ -61,7 +57,7 @@ def _image_paths(images: list[dict], image_root: Path, strip_prefixes: Sequence[
     """
     if not images:
         return {}
-    first = images[0]["file_name"]
+    first = images[0].file_name
     strip = ""
     if not safe_join(image_root, first).is_file():
         strip = next(
@@ -74,11 +70,9 @@ def _image_paths(images: list[dict], image_root: Path, strip_prefixes: Sequence[
         )
     paths = {}
     for image in images:
-        name = image["file_name"]
+        name = image.file_name
         safe_join(image_root, name)  # refuse escaping names even when a prefix is stripped below
-        paths[int(image["id"])] = safe_join(
-            image_root, name[len(strip) :] if name.startswith(strip) else name
-        )
+        paths[image.id] = safe_join(image_root, name[len(strip) :] if name.startswith(strip) else name)
     return paths
 
 
@@ -105,23 +99,19 @@ def load_pose_instances(
     strip_prefixes: Sequence[str] = (),
 ) -> list[PoseInstance]:
     """Read the person instances of a COCO-style keypoint file (GT boxes) or of a detection result file."""
-    coco = _read_json(ann_file, "annotation file")
-    images = {int(image["id"]): image for image in coco.get("images", [])}
-    paths = _image_paths(list(images.values()), Path(image_root), strip_prefixes)
+    coco = read_coco(ann_file, "annotation", annotation_fields=("id", "image_id"))
+    images = coco.images_by_id
+    paths = _image_paths(coco.images, Path(image_root), strip_prefixes)
     if bbox_file is not None:
         return _detection_instances(
-            _read_json(bbox_file, "detection file"), images, paths, num_keypoints, bbox_score_thr
+            read_detections(bbox_file), str(bbox_file), coco.name, images, paths, num_keypoints, bbox_score_thr
         )
     instances = []
-    for ann in coco.get("annotations", []):
+    for index, ann in enumerate(coco.annotations):
         if "bbox" not in ann or any(name not in ann for name in keypoint_fields):
             continue
-        image = images.get(int(ann["image_id"]))
-        if image is None:
-            raise ValueError(
-                f"{ann_file}: annotation {ann.get('id')} refers to unknown image {ann['image_id']}"
-            )
-        width, height = int(image["width"]), int(image["height"])
+        image = images[ann["image_id"]]
+        width, height = image.width, image.height
         # mmpose clips GT boxes to the last pixel centre before taking centre and scale.
         x1, y1, x2, y2 = bbox_xywh_to_xyxy(np.asarray(ann["bbox"][:4], dtype=np.float64))
         bbox = np.array(
@@ -137,8 +127,9 @@ def load_pose_instances(
             -1, 3
         )
         if raw.shape[0] != num_keypoints:
-            raise ValueError(
-                f"{ann_file}: annotation {ann.get('id')} has {raw.shape[0]} keypoints, expected {num_keypoints}"
+            raise CocoFileError(
+                f"{coco.where(index)}: has {raw.shape[0]} keypoints in {', '.join(map(repr, keypoint_fields))}, "
+                f"expected {num_keypoints}"
             )
         visible = (raw[:, 2] > 0).astype(np.float32)  # [K]
         area = ann.get("area")
@@ -146,8 +137,8 @@ def load_pose_instances(
             area = max(float((bbox[2] - bbox[0]) * (bbox[3] - bbox[1])) * 0.53, 1.0)
         instances.append(
             PoseInstance(
-                image_id=int(ann["image_id"]),
-                image_path=paths[int(ann["image_id"])],
+                image_id=ann["image_id"],
+                image_path=paths[ann["image_id"]],
                 image_size=(width, height),
                 bbox=bbox,
                 bbox_score=1.0,
@@ -156,45 +147,45 @@ def load_pose_instances(
                 num_keypoints=int(ann.get("num_keypoints", int(np.count_nonzero(raw[:, :2].max(axis=1))))),
                 area=float(area),
                 iscrowd=bool(ann.get("iscrowd", 0)),
-                instance_id=int(ann["id"]),
-                category_id=int(ann.get("category_id", 1)),
+                instance_id=ann["id"],
+                category_id=ann.get("category_id", 1),
             )
         )
     return [inst for inst in instances if _is_valid_instance(inst)] if skip_invalid else instances
 
 
 def _detection_instances(
-    detections: Any,
-    images: dict[int, dict],
+    detections: list[Detection],
+    det_name: str,
+    ann_name: str,
+    images: dict[int, CocoImage],
     paths: dict[int, Path],
     num_keypoints: int,
     bbox_score_thr: float,
 ) -> list[PoseInstance]:
-    """Person detections (COCO results: image_id, category_id, bbox xywh, score) as instances with dummy keypoints."""
-    if not isinstance(detections, list):
-        raise ValueError(f"detection file must hold a list of detections; got {type(detections).__name__}")
+    """Person detections (category 1 at or above the score threshold) as instances with dummy keypoints."""
     instances = []
     # Ids count every person detection, kept or not, so they stay stable across score thresholds (as mmpose).
     person_index = 0
     for det in detections:
-        if int(det["category_id"]) != 1:
+        if det.category_id != 1:
             continue
         index, person_index = person_index, person_index + 1
-        if float(det["score"]) < bbox_score_thr:
+        if det.score < bbox_score_thr:
             continue
-        image = images.get(int(det["image_id"]))
+        image = images.get(det.image_id)
         if image is None:
-            raise ValueError(
-                f"detection {index} refers to image {det['image_id']}, which the annotation file lacks"
+            raise CocoFileError(
+                f"{det_name}: results[{det.index}]['image_id']: image {det.image_id} is not in {ann_name}"
             )
-        bbox = bbox_xywh_to_xyxy(np.asarray(det["bbox"][:4], dtype=np.float64)).astype(np.float32)
+        bbox = bbox_xywh_to_xyxy(det.bbox).astype(np.float32)
         instances.append(
             PoseInstance(
-                image_id=int(det["image_id"]),
-                image_path=paths[int(det["image_id"])],
-                image_size=(int(image["width"]), int(image["height"])),
+                image_id=det.image_id,
+                image_path=paths[det.image_id],
+                image_size=(image.width, image.height),
                 bbox=bbox,
-                bbox_score=float(det["score"]),
+                bbox_score=det.score,
                 keypoints=np.zeros((num_keypoints, 2), dtype=np.float32),
                 keypoints_visible=np.ones(num_keypoints, dtype=np.float32),
                 num_keypoints=0,
@@ -217,7 +208,6 @@ class TopDownPoseDataset(Dataset):
     "warp_matrix" [2, 3] float64 (image -> crop; `zoo.data.transforms.keypoints_to_image` inverts it).
     """
 
-    keypoint_fields: tuple[str, ...] = ("keypoints",)
     default_metainfo: str = "coco"
     strip_prefixes: tuple[str, ...] = ()
 
@@ -244,7 +234,8 @@ class TopDownPoseDataset(Dataset):
             ann_file,
             image_root,
             num_keypoints=self.metainfo.num_keypoints,
-            keypoint_fields=self.keypoint_fields,
+            # Whole-body keypoints are the parts' fields concatenated in keypoint order, as mmpose reads them.
+            keypoint_fields=tuple(part.field for part in keypoint_parts(self.metainfo)),
             bbox_file=bbox_file,
             bbox_score_thr=bbox_score_thr,
             skip_invalid=skip_invalid,
@@ -319,7 +310,6 @@ class CocoPoseDataset(TopDownPoseDataset):
 class CocoWholeBodyPoseDataset(TopDownPoseDataset):
     """COCO-WholeBody (133 = body 17 + foot 6 + face 68 + hands 2 x 21), top-down."""
 
-    keypoint_fields = WHOLEBODY_KEYPOINT_FIELDS
     default_metainfo = "coco_wholebody"
 
 

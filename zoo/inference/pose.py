@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from zoo.codecs import decode_udp_batched
+from zoo.data.coco_files import read_detections
 from zoo.data.images import load_rgb_uint8
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
 from zoo.data.transforms import (
@@ -46,15 +46,12 @@ def detection_boxes(
     det_file: str | os.PathLike, image_ids: Sequence[int], score_thr: float = 0.0, category_id: int = 1
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Person boxes of a COCO detection result file for `image_ids`: ([N, 4] xyxy per image, [N] scores per image)."""
-    detections = json.loads(Path(det_file).read_text())
-    if not isinstance(detections, list):
-        raise ValueError(f"{det_file}: a detection file holds a list of detections (COCO results format)")
     boxes: dict[int, list[np.ndarray]] = defaultdict(list)
     scores: dict[int, list[float]] = defaultdict(list)
-    for det in detections:
-        if int(det["category_id"]) == category_id and float(det["score"]) >= score_thr:
-            boxes[int(det["image_id"])].append(bbox_xywh_to_xyxy(np.asarray(det["bbox"][:4], dtype=np.float64)))
-            scores[int(det["image_id"])].append(float(det["score"]))
+    for det in read_detections(det_file):
+        if det.category_id == category_id and det.score >= score_thr:
+            boxes[det.image_id].append(bbox_xywh_to_xyxy(det.bbox))
+            scores[det.image_id].append(det.score)
     return (
         [np.asarray(boxes[i], dtype=np.float32).reshape(-1, 4) for i in image_ids],
         [np.asarray(scores[i], dtype=np.float32) for i in image_ids],
