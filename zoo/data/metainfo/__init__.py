@@ -22,6 +22,10 @@ _ALIASES = {
     "human_art": "humanart",
     "coco_wholebody": "coco_wholebody",
     "wholebody": "coco_wholebody",
+    # PoseTrack21 re-annotates the PoseTrack18 videos in the same 17-slot layout.
+    "posetrack18": "posetrack18",
+    "posetrack21": "posetrack18",
+    "posetrack": "posetrack18",
 }
 
 
