@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -13,31 +15,59 @@ ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 # Refuse decompression bombs with a clear message instead of PIL's warning; 16k x 16k is far above any use here.
 MAX_PIXELS = 16384 * 16384
+_SPECIAL_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                  (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
 
 
 class ImageLoadError(ValueError):
     """An image could not be read; the message names the file and the reason."""
 
 
-def read_image_file(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully (EXIF orientation applied) or raise ImageLoadError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: file is empty (0 bytes)")
+def _open_regular(path: Path) -> IO[bytes]:
+    """Open `path` for reading only if it is a regular file, without blocking on a FIFO or device."""
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageLoadError(f"{path}: {image.width}x{image.height} exceeds the {MAX_PIXELS}-pixel limit")
-            image.load()  # Decode now so truncated files fail here, not later.
+        # O_NONBLOCK: opening a FIFO nobody writes to would otherwise wait forever; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ImageLoadError(f"{path}: cannot be opened ({error.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")
+        raise ImageLoadError(f"{path}: not a regular file (a {kind}); only regular files are read")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_image_file(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Open a regular image file fully (EXIF orientation applied, first frame) or raise ImageLoadError naming it.
+
+    Images above `max_pixels` are refused from the header, before anything is decoded (None: only PIL's own
+    decompression-bomb guard).
+    """
+    path = Path(path)
+    handle = _open_regular(path)
+    try:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise ImageLoadError(f"{path}: file is empty (0 bytes)")
+        with Image.open(handle) as image:  # lazy: reads the header only
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageLoadError(f"{path}: image too large ({image.width}x{image.height} is above "
+                                     f"max_pixels={max_pixels})")
+            image.load()  # Decode now so truncated files fail here, not later; animations give their first frame.
             image = ImageOps.exif_transpose(image)
     except ImageLoadError:
         raise
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{path}: image too large ({error})") from error
     except UnidentifiedImageError as error:
         raise ImageLoadError(f"{path}: not an image file PIL can read") from error
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(f"{path}: corrupt or truncated image ({error})") from error
+    finally:
+        handle.close()
     return image
 
 
@@ -90,15 +120,16 @@ def to_rgb_hwc(array: np.ndarray, name: str = "image") -> np.ndarray:
     return array
 
 
-def load_rgb(image: ImageInput, name: str | None = None) -> np.ndarray:
+def load_rgb(image: ImageInput, name: str | None = None, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Load any supported image input as float32 RGB in [0, 1], shape [H, W, 3].
 
     Accepts a path, a PIL image, a numpy array ([H, W], [H, W, C]; uint8/uint16/float in [0, 1]) or a tensor
-    ([C, H, W] or [H, W]; same dtypes). Raises ImageLoadError / ValueError that name the input.
+    ([C, H, W] or [H, W]; same dtypes). Files above `max_pixels` are refused before decoding. Raises
+    ImageLoadError / ValueError that name the input.
     """
     label = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
     if isinstance(image, (str, os.PathLike)):
-        image = read_image_file(image)
+        image = read_image_file(image, max_pixels)
     if isinstance(image, Image.Image):
         array = pil_to_array(image)
     elif isinstance(image, np.ndarray):
