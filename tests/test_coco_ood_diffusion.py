@@ -38,7 +38,8 @@ from zoo.builders.diffusion_styles import (
     register_diffusion_styles,
 )
 from zoo.data.images import load_rgb_uint8
-from zoo.export.controlnet import export_image, person_from_coco, read_coco_poses, render_openpose
+from zoo.export.controlnet import export_image, read_coco_poses
+from zoo.visualize.openpose import person_from_coco, render_openpose
 
 # Two DDIM steps (4 * 0.5) with classifier-free guidance on, at a 64-pixel long side: seconds for the whole module.
 TINY = {"steps": 4, "strength": 0.5, "guidance_scale": 2.0, "max_side": 64}

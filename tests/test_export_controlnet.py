@@ -17,16 +17,18 @@ import pytest
 from PIL import Image
 
 from zoo.export.controlnet import (
-    HAND_EDGE_COLORS,
     ExportInputError,
     ImagePoses,
-    OpenPosePerson,
-    coco17_to_openpose18,
     export_image,
     iter_controlnet_exports,
     openpose_json,
-    person_from_coco,
     read_coco_poses,
+)
+from zoo.visualize.openpose import (
+    HAND_EDGE_COLORS,
+    OpenPosePerson,
+    coco17_to_openpose18,
+    person_from_coco,
     render_openpose,
 )
 

@@ -27,8 +27,9 @@ from PIL import Image
 
 from zoo.builders.coco_ood import CocoOodError
 from zoo.builders.styles import Annotations, Params, Style, register_style
-from zoo.export.controlnet import DEFAULT_THRESHOLD, person_from_coco, read_coco_poses, render_openpose
+from zoo.data.coco_files import person_keypoints, read_coco
 from zoo.utils.files import sha256_file
+from zoo.visualize.openpose import DEFAULT_THRESHOLD, person_from_coco, render_openpose
 
 # Style prompts after COCO-OOD's three style splits (Ukiyo-e, Monet oil painting, colour sketch). The paper used
 # CycleGAN / StyTR-2 / an image editor, not prompts; these texts are this project's wording of the same styles.
@@ -298,12 +299,11 @@ class SDControlNetPoseStyle(_StableDiffusionStyle):
         The people are read exactly as zoo.export.controlnet reads GT (crowd and keypoint-free annotations skipped);
         their normalised coordinates are drawn on the processing canvas, so at the image size this equals the export.
         """
-        # read_coco_poses validates one image's annotations; a placeholder image id ties them together.
-        coco = {"images": [{"id": 0, "file_name": "image", "width": width, "height": height}],
-                "annotations": [{**annotation, "image_id": 0} for annotation in annotations]}
-        (poses,) = read_coco_poses(coco)
+        # The one COCO reader validates this image's annotations; a placeholder image id ties them together.
+        coco = read_coco({"images": [{"id": 0, "file_name": "image", "width": width, "height": height}],
+                          "annotations": [{**annotation, "image_id": 0} for annotation in annotations]})
         people = [person_from_coco(points, width, height, self.threshold, self.hands, self.face)
-                  for points in poses.keypoints]
+                  for points in person_keypoints(coco)[0]]
         canvas_width, canvas_height = size or (width, height)
         return render_openpose(people, canvas_height, canvas_width)
 
