@@ -1,7 +1,8 @@
-"""Named feature taps: forward hooks on any module path of a network, collected per forward call."""
+"""Named feature taps: forward hooks on any module path of a network, collected per forward call and thread."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -35,32 +36,43 @@ def _first_tensor(output: object) -> torch.Tensor:
 
 
 class FeatureTaps:
-    """Forward hooks on named sites; `captured` holds each site's output of the latest forward.
+    """Forward hooks on named sites; `captured` holds each site's output of the latest forward in this thread.
 
-    Under gradient checkpointing an inner module runs again during backward; the hook then overwrites
-    `captured` with the recomputed (numerically identical) tensor, which is harmless because callers
-    consume the features before calling backward.
+    Thread-safe: captures are stored per thread, so two threads running the same network (two predictors sharing
+    one UNet, or one predictor called from two threads) each get exactly the features of their own forward, never
+    the other's. Under gradient checkpointing an inner module runs again during backward; the hook then overwrites
+    the capture with the recomputed (numerically identical) tensor, which is harmless because callers consume the
+    features before calling backward.
     """
 
     def __init__(self, root: nn.Module, sites: Mapping[str, str]):
         self.sites = dict(sites)  # name -> site
-        self.captured: dict[str, torch.Tensor] = {}
+        self._local = threading.local()  # .captured: name -> tensor, one dict per thread
         self._handles = [
             resolve_site(root, site).register_forward_hook(self._hook(name)) for name, site in self.sites.items()
         ]
 
+    @property
+    def captured(self) -> dict[str, torch.Tensor]:
+        """This thread's captured tensors (site name -> output)."""
+        if not hasattr(self._local, "captured"):
+            self._local.captured = {}
+        return self._local.captured
+
     def _hook(self, name: str):
         def store(_module: nn.Module, _inputs: object, output: object) -> None:
+            # Runs in the thread of the forward that produced `output`, so it lands in that thread's dict.
             self.captured[name] = _first_tensor(output)
 
         return store
 
     def pop(self) -> dict[str, torch.Tensor]:
-        """Return the captured tensors and clear them; raises if a site did not run."""
-        missing = [name for name in self.sites if name not in self.captured]
+        """Return this thread's captured tensors and clear them; raises if a site did not run."""
+        captured = self.captured
+        missing = [name for name in self.sites if name not in captured]
         if missing:
             raise RuntimeError(f"feature sites {missing} did not run in the last forward")
-        captured, self.captured = self.captured, {}
+        self._local.captured = {}
         return captured
 
     def remove(self) -> None:
