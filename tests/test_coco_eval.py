@@ -56,8 +56,8 @@ def _gt_predictions(ann_file, parts=("keypoints",)):
 def test_ground_truth_gives_ap_one(realdata, ann, meta):
     evaluator = CocoKeypointEvaluator(realdata / ann, meta)
     for image_id, keypoints, scores, area in _gt_predictions(realdata / ann):
-        evaluator.add(image_id, keypoints[None], scores[None], areas=[area])
-    stats = evaluator.evaluate()
+        evaluator.update(image_id, keypoints[None], scores[None], areas=[area])
+    stats = evaluator.compute()
     assert list(stats) == list(STAT_NAMES)
     assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
     assert stats["AP50"] == pytest.approx(1.0) and stats["AP75"] == pytest.approx(1.0)
@@ -68,8 +68,8 @@ def test_wholebody_ground_truth_gives_ap_one_per_part(realdata):
     evaluator = CocoKeypointEvaluator(ann, "coco_wholebody")
     parts = ("keypoints", "foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts")
     for image_id, keypoints, scores, area in _gt_predictions(ann, parts):
-        evaluator.add(image_id, keypoints[None], scores[None], areas=[area])
-    stats = evaluator.evaluate()
+        evaluator.update(image_id, keypoints[None], scores[None], areas=[area])
+    stats = evaluator.compute()
     for part in ("body", "foot", "face", "left_hand", "right_hand"):
         assert stats[f"{part}/AP"] == pytest.approx(1.0), part
     assert stats["AP"] == pytest.approx(1.0)
@@ -84,8 +84,8 @@ def test_wholebody_part_uses_its_own_sigmas_and_ignore(realdata):
     for image_id, keypoints, scores, area in _gt_predictions(ann, parts):
         keypoints = keypoints.copy()
         keypoints[91:] += rng.normal(0, 15, size=(42, 2))
-        evaluator.add(image_id, keypoints[None], scores[None], areas=[area])
-    stats = evaluator.evaluate()
+        evaluator.update(image_id, keypoints[None], scores[None], areas=[area])
+    stats = evaluator.compute()
     assert stats["body/AP"] == pytest.approx(1.0) and stats["face/AP"] == pytest.approx(1.0)
     assert stats["left_hand/AP"] < 0.9 and stats["right_hand/AP"] < 0.9
 
@@ -94,7 +94,7 @@ def test_results_file_is_coco_format(realdata, tmp_path):
     ann = realdata / "coco" / "test_coco.json"
     evaluator = CocoKeypointEvaluator(ann, "coco")
     image_id, keypoints, scores, area = _gt_predictions(ann)[0]
-    evaluator.add(
+    evaluator.update(
         image_id,
         keypoints[None],
         scores[None] * 0.5,
@@ -102,7 +102,7 @@ def test_results_file_is_coco_format(realdata, tmp_path):
         areas=[area],
         bboxes=[[1.0, 2.0, 30.0, 40.0]],
     )
-    evaluator.evaluate(outfile_prefix=tmp_path / "run")
+    evaluator.compute(outfile_prefix=tmp_path / "run")
     results = json.loads((tmp_path / "run.keypoints.json").read_text())
     assert results == [
         {
@@ -129,7 +129,7 @@ def test_keypoint_threshold_in_score(realdata):
     evaluator = CocoKeypointEvaluator(realdata / "coco" / "test_coco.json", "coco")
     image_id = 785
     scores = np.array([0.1] * 7 + [0.5] * 10)  # only the ten scores above 0.2 count
-    evaluator.add(image_id, np.zeros((1, 17, 2)) + 5, scores[None], bbox_scores=[0.5])
+    evaluator.update(image_id, np.zeros((1, 17, 2)) + 5, scores[None], bbox_scores=[0.5])
     assert evaluator.results()[0]["score"] == pytest.approx(0.25)
 
 
@@ -262,7 +262,7 @@ def test_perturbed_predictions_equal_mmpose_coco_metric(
 
     evaluator = CocoKeypointEvaluator(ann_file, meta)
     for index, (image_id, keypoints, scores, bbox_score, area) in enumerate(preds):
-        evaluator.add(
+        evaluator.update(
             image_id,
             keypoints[None].astype(np.float32),
             scores[None].astype(np.float32),
@@ -270,7 +270,7 @@ def test_perturbed_predictions_equal_mmpose_coco_metric(
             areas=np.float32([area]) * np.float32(1.0),
             instance_ids=[index],
         )
-    stats = evaluator.evaluate()
+    stats = evaluator.compute()
     assert 0.0 < stats["AP"] < 1.0  # the perturbation must actually matter
     assert len(evaluator.results()) < len(preds)  # and OKS-NMS must have removed duplicates
     for ours, theirs in MMPOSE_STATS.items():

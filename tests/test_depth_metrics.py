@@ -12,7 +12,7 @@ from zoo.evaluation.depth import (
     DEPTH_METRICS,
     DEPTH_PROTOCOLS,
     DepthEvalProtocol,
-    DepthMetricTracker,
+    DepthEvaluator,
     align_prediction,
     compute_depth_metrics,
     constant_baseline_metrics,
@@ -71,8 +71,8 @@ def test_metrics_are_per_image_then_averaged() -> None:
     mask = torch.tensor([[[True, False, False]], [[True, True, True]]])
     per_image = compute_depth_metrics(pred, gt, mask)["abs_rel"]
     assert per_image.tolist() == [1.0, 0.0]
-    tracker = DepthMetricTracker()
-    tracker.evaluate_and_update(pred, gt, mask, OPEN, alignment="none")
+    tracker = DepthEvaluator()
+    tracker.update(pred, gt, mask, OPEN, alignment="none")
     assert tracker.compute()["abs_rel"] == pytest.approx(0.5)
     assert tracker.count == 2 and tracker.skipped == 0
 
@@ -157,13 +157,13 @@ def test_degenerate_inputs() -> None:
     assert scale.item() == 0.0 and shift.item() == pytest.approx(3.0)
     torch.testing.assert_close(aligned, torch.full_like(gt, 3.0).double())
     # The tracker skips images without valid pixels and says how many.
-    tracker = DepthMetricTracker()
+    tracker = DepthEvaluator()
     batch_mask = torch.stack([empty[0], ~empty[0]])
-    tracker.evaluate_and_update(torch.stack([gt[0], gt[0]]), torch.stack([gt[0], gt[0]]), batch_mask, OPEN)
+    tracker.update(torch.stack([gt[0], gt[0]]), torch.stack([gt[0], gt[0]]), batch_mask, OPEN)
     assert tracker.count == 1 and tracker.skipped == 1
     assert tracker.compute()["abs_rel"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="no image"):
-        DepthMetricTracker().compute()
+        DepthEvaluator().compute()
     with pytest.raises(ValueError, match="shape mismatch"):
         compute_depth_metrics(gt, gt[..., :2])
     with pytest.raises(TypeError, match="bool"):

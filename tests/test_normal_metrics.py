@@ -9,7 +9,7 @@ import torch
 
 from zoo.evaluation.normals import (
     NORMAL_METRICS,
-    NormalMetricAccumulator,
+    NormalEvaluator,
     angular_error,
     compute_normal_metrics,
     summarize_angular_errors,
@@ -62,7 +62,7 @@ def test_mask_excludes_pixels_and_garbage() -> None:
 
 
 def test_accumulator_pools_pixels_over_images() -> None:
-    accumulator = NormalMetricAccumulator()
+    accumulator = NormalEvaluator()
     accumulator.update(tilted([10.0]), up(1))  # image 1: one pixel
     accumulator.update(tilted([2.0, 2.0, 2.0]), up(3))  # image 2: three pixels
     pooled = accumulator.compute()
@@ -82,7 +82,7 @@ def test_accumulator_matches_direct_metrics_on_random_normals() -> None:
     pred = torch.randn(2, 3, 8, 8, generator=generator)
     gt = torch.randn(2, 3, 8, 8, generator=generator)
     mask = torch.rand(2, 1, 8, 8, generator=generator) > 0.4
-    accumulator = NormalMetricAccumulator()
+    accumulator = NormalEvaluator()
     for index in range(2):
         accumulator.update(pred[index : index + 1], gt[index : index + 1], mask[index : index + 1])
     assert accumulator.compute() == pytest.approx(compute_normal_metrics(pred, gt, mask), abs=1e-3)
@@ -92,7 +92,7 @@ def test_degenerate_inputs() -> None:
     with pytest.raises(ValueError, match="no valid pixels"):
         compute_normal_metrics(tilted([1.0]), up(1), torch.zeros(1, 1, 1, 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="no valid pixels"):
-        NormalMetricAccumulator().compute()
+        NormalEvaluator().compute()
     with pytest.raises(ValueError, match="shape mismatch"):
         angular_error(tilted([1.0, 2.0]), up(1))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
@@ -101,7 +101,7 @@ def test_degenerate_inputs() -> None:
         compute_normal_metrics(tilted([1.0]), up(1), torch.ones(1, 1, 1, 1))
     # A zero-length prediction has no direction: it scores 90 degrees instead of NaN.
     assert angular_error(torch.zeros(1, 3, 1, 1), up(1)).item() == pytest.approx(90.0)
-    accumulator = NormalMetricAccumulator()
+    accumulator = NormalEvaluator()
     accumulator.update(
         tilted([5.0]), up(1), torch.zeros(1, 1, 1, 1, dtype=torch.bool)
     )  # nothing valid: no-op

@@ -170,8 +170,8 @@ def test_shipped_tiny_model_finds_held_out_figures(tmp_path: Path):
     evaluator = CocoKeypointEvaluator(ann_file, "coco")
     for image_id, keypoints, scores in zip(ids, out.keypoints, out.scores, strict=True):
         if len(keypoints):
-            evaluator.add(image_id, keypoints, scores)
-    assert evaluator.evaluate()["AP"] > 0.4
+            evaluator.update(image_id, keypoints, scores)
+    assert evaluator.compute()["AP"] > 0.4
     image = cv2.cvtColor(cv2.imread(str(image_dir / gt["images"][0]["file_name"])), cv2.COLOR_BGR2RGB)
     drawn = draw_skeleton(image, out.keypoints[0], out.scores[0], out.metainfo)
     assert drawn.shape == image.shape and (drawn != image).any()

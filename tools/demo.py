@@ -54,7 +54,7 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
     from zoo.data.images import load_rgb_uint8
     from zoo.data.synthetic import SyntheticSceneDataset
     from zoo.evaluation.depth import DepthMetricTracker, constant_baseline_metrics
-    from zoo.evaluation.normals import NormalMetricAccumulator
+    from zoo.evaluation.normals import NormalEvaluator
     from zoo.models.lotus.model import constant_normal_baseline
     from zoo.models.lotus.module import SYNTHETIC_PROTOCOL
 
@@ -71,9 +71,9 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
         metrics = {"AbsRel": model.compute()["abs_rel"], "delta1": model.compute()["delta1"],
                    "constant AbsRel": baseline.compute()["abs_rel"]}
     else:
-        model = NormalMetricAccumulator()
+        model = NormalEvaluator()
         model.update(prediction, batch["normals"], batch["valid"])
-        constant = NormalMetricAccumulator()
+        constant = NormalEvaluator()
         constant.update(constant_normal_baseline(batch["normals"], batch["valid"]), batch["normals"], batch["valid"])
         metrics = {"mean deg": model.compute()["mean"], "median deg": model.compute()["median"],
                    "constant (mean direction) mean deg": constant.compute()["mean"]}
@@ -113,8 +113,8 @@ def sdpose_demo(name: str, out: Path, images: int) -> tuple[str, dict[str, float
     for image, keypoints, scores, found in zip(coco["images"], result.keypoints, result.scores, result.boxes,
                                                strict=True):
         xywh = np.concatenate([found[:, :2], found[:, 2:] - found[:, :2]], axis=1)  # [N, 4]
-        evaluator.add(image["id"], keypoints, scores, bboxes=xywh)
-    metrics = {key: value for key, value in evaluator.evaluate().items() if key in ("AP", "AP50", "AR")}
+        evaluator.update(image["id"], keypoints, scores, bboxes=xywh)
+    metrics = {key: value for key, value in evaluator.compute().items() if key in ("AP", "AP50", "AR")}
     metainfo = load_metainfo("coco")
     tiles = []
     photos = paths[:2] + sorted((REALDATA / "coco").glob("*.jpg"))[:2]

@@ -6,9 +6,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.data.datamodule import ZooDataModule
 from zoo.data.synthetic import SyntheticSceneDataset
 
 # Held-out synthetic scenes use seeds far from the training range (train seeds are 0..train_size-1).
@@ -97,7 +97,7 @@ class MixedBatchLoader:
                 yield next(iterators[pick])
 
 
-class DepthNormalDataModule(LightningDataModule):
+class DepthNormalDataModule(ZooDataModule):
     """Train/val/test data for depth and normal models.
 
     source="synthetic" (default): rendered scenes, train seeds 0..train_size-1, held-out val and test seeds.
@@ -135,31 +135,33 @@ class DepthNormalDataModule(LightningDataModule):
             raise ValueError("source='hypersim_vkitti' needs hypersim_root and vkitti_root (see datasets/README.md)")
         self.save_hyperparameters()
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+    def _train_loader(self, dataset: Dataset) -> DataLoader:
+        hp = self.hparams
+        return self.loader(dataset, hp.batch_size, hp.num_workers, shuffle=True, drop_last=True,
+                           persistent_workers=True)
 
     def train_dataloader(self) -> DataLoader | MixedBatchLoader:
         hp = self.hparams
         if hp.source == "synthetic":
             scenes = SyntheticSceneDataset(hp.train_size, *hp.image_size, base_seed=hp.seed)
-            return self._loader(AugmentedDataset(scenes, None, hp.flip_p, hp.seed), shuffle=True)
+            return self._train_loader(AugmentedDataset(scenes, None, hp.flip_p, hp.seed))
         from zoo.data.depth_datasets import HypersimDataset, VirtualKITTI2Dataset
 
         hypersim = AugmentedDataset(HypersimDataset(hp.hypersim_root), tuple(hp.hypersim_size), hp.flip_p, hp.seed)
         vkitti = AugmentedDataset(VirtualKITTI2Dataset(hp.vkitti_root), None, hp.flip_p, hp.seed)
-        return MixedBatchLoader([self._loader(hypersim, True), self._loader(vkitti, True)],
+        return MixedBatchLoader([self._train_loader(hypersim), self._train_loader(vkitti)],
                                 [hp.hypersim_probability, 1.0 - hp.hypersim_probability], seed=hp.seed)
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return self._loader(SyntheticSceneDataset(hp.val_size, *hp.image_size, base_seed=VAL_SEED), shuffle=False)
+        scenes = SyntheticSceneDataset(hp.val_size, *hp.image_size, base_seed=VAL_SEED)
+        return self.eval_loader(scenes, hp.batch_size, hp.num_workers, "val")
 
     def test_dataloader(self) -> DataLoader:
         hp = self.hparams
         if hp.test_dataset == "synthetic":
-            return self._loader(SyntheticSceneDataset(hp.test_size, *hp.image_size, base_seed=TEST_SEED),
-                                shuffle=False)
+            scenes = SyntheticSceneDataset(hp.test_size, *hp.image_size, base_seed=TEST_SEED)
+            return self.eval_loader(scenes, hp.batch_size, hp.num_workers, "test")
         from zoo.data.depth_datasets import DEPTH_EVAL_DATASETS, DSINENormalDataset
 
         if hp.test_root is None:
@@ -173,4 +175,4 @@ class DepthNormalDataModule(LightningDataModule):
         else:
             raise ValueError(f"unknown test_dataset {hp.test_dataset!r}; expected 'synthetic', one of "
                              f"{sorted(DEPTH_EVAL_DATASETS)} or 'normals:<set>'")
-        return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=hp.num_workers)
+        return self.eval_loader(dataset, 1, hp.num_workers, hp.test_dataset)

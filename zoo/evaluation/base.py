@@ -36,10 +36,26 @@ def gather_objects(value: Any) -> list[Any]:
 
 
 class Evaluator(ABC):
-    """A metric over a whole split, correct on any number of ranks.
+    """A metric over a whole split: `update` per batch, `compute` (gathered over all ranks first), `reset`."""
 
-    Subclasses store one record per sample with `_add(sample_id, record)` in `update` and turn the merged,
-    ordered records into metrics in `_compute`. `compute()` gathers, de-duplicates and orders them first.
+    @abstractmethod
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Add the outputs of one batch."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]:
+        """Metrics over the samples of all ranks (every rank returns the same dict)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget every sample seen so far."""
+
+
+class RecordEvaluator(Evaluator):
+    """An evaluator whose state is one record per sample.
+
+    Subclasses store records with `_add(sample_id, record)` in `update` and turn the merged, ordered records into
+    metrics in `_compute`. `compute()` gathers, de-duplicates and orders them first.
     """
 
     def __init__(self) -> None:
@@ -52,10 +68,6 @@ class Evaluator(ABC):
     def __len__(self) -> int:
         """Number of samples held on this rank."""
         return len(self._records)
-
-    @abstractmethod
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        """Add the outputs of one batch."""
 
     def _add(self, sample_id: Hashable, record: Any) -> None:
         # The first record of a sample wins: a sample seen twice (padding) is the same sample, not new evidence.
@@ -70,7 +82,7 @@ class Evaluator(ABC):
         return sorted(merged.items(), key=lambda item: _sort_key(item[0]))
 
     def compute(self) -> dict[str, float]:
-        """Metrics over the samples of all ranks (every rank returns the same dict)."""
+        """Metrics over the merged records of all ranks."""
         return self._compute([record for _, record in self.merged_records()])
 
     @abstractmethod

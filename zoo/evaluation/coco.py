@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
+from zoo.evaluation.base import RecordEvaluator
 from zoo.utils.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -86,12 +87,14 @@ class _Instance:
     bbox: np.ndarray | None  # [4] xywh
 
 
-class CocoKeypointEvaluator:
+class CocoKeypointEvaluator(RecordEvaluator):
     """Accumulate top-down predictions, rescore, OKS-NMS and compute COCO keypoint AP/AR like mmpose's CocoMetric.
 
     For COCO-WholeBody metainfo (several parts) it reports the whole-body stats under the plain names and each
     part's stats under "<part>/<stat>" (body, foot, face, left_hand, right_hand), like CocoWholeBodyMetric's
-    per-part COCOeval runs.
+    per-part COCOeval runs. One record per instance id (the top-down sample): `compute()` gathers them from
+    every rank, keeps the first of a repeated id (mmpose de-duplicates by sample id too) and evaluates them in id
+    order, so one process and N processes give the same numbers.
     """
 
     def __init__(
@@ -119,7 +122,7 @@ class CocoKeypointEvaluator:
         self.is_wholebody = len(self.metainfo.parts) > 1
         self._check_gt_layout()
         self._image_ids = {image["id"] for image in self.gt_dataset["images"]}
-        self._instances: list[_Instance] = []
+        super().__init__()
 
     def _check_gt_layout(self) -> None:
         # Fail at construction, not after a long inference run, when the annotation file and metainfo disagree.
@@ -135,14 +138,7 @@ class CocoKeypointEvaluator:
                     f"metainfo {self.metainfo.name!r} expects {self.metainfo.num_keypoints}"
                 )
 
-    def reset(self) -> None:
-        """Forget all added predictions."""
-        self._instances.clear()
-
-    def __len__(self) -> int:
-        return len(self._instances)
-
-    def add(
+    def update(
         self,
         image_id: int,
         keypoints: np.ndarray,
@@ -182,12 +178,13 @@ class CocoKeypointEvaluator:
         if bboxes is not None:
             bboxes = np.asarray(bboxes, dtype=np.float64).reshape(num, 4)
         if instance_ids is None:
-            first = len(self._instances)
+            first = len(self._records)
             instance_ids = range(first, first + num)
         elif len(instance_ids) != num:
             raise ValueError(f"{len(instance_ids)} instance ids for {num} instances")
         for i in range(num):
-            self._instances.append(
+            self._add(
+                int(instance_ids[i]),
                 _Instance(
                     instance_id=int(instance_ids[i]),
                     image_id=int(image_id),
@@ -213,11 +210,13 @@ class CocoKeypointEvaluator:
         return instance.bbox_score * (float(np.mean(confident)) if confident.size else 0.0)
 
     def results(self) -> list[dict[str, Any]]:
-        """Predictions after de-duplication, rescoring and OKS-NMS, in COCO results format."""
+        """Predictions of all ranks after de-duplication, rescoring and OKS-NMS, in COCO results format."""
+        return self._results([instance for _, instance in self.merged_records()])
+
+    def _results(self, instances: list[_Instance]) -> list[dict[str, Any]]:
         by_image: dict[int, dict[int, _Instance]] = defaultdict(dict)
-        for instance in self._instances:
-            # First instance of an id wins, like mmpose's sort-and-unique by sample id.
-            by_image[instance.image_id].setdefault(instance.instance_id, instance)
+        for instance in instances:  # already one per instance id, in id order
+            by_image[instance.image_id][instance.instance_id] = instance
         results = []
         for image_id in by_image:
             instances = [by_image[image_id][key] for key in sorted(by_image[image_id])]
@@ -253,13 +252,18 @@ class CocoKeypointEvaluator:
             result["bbox"] = instance.bbox.tolist()
         return result
 
-    def evaluate(self, outfile_prefix: str | os.PathLike | None = None) -> dict[str, float]:
-        """Write `<prefix>.keypoints.json` when a prefix is given and return the AP/AR stats."""
-        results = self.results()
+    def compute(self, outfile_prefix: str | os.PathLike | None = None) -> dict[str, float]:
+        """AP/AR stats over the predictions of all ranks; writes `<prefix>.keypoints.json` when a prefix is given."""
+        return self._compute([instance for _, instance in self.merged_records()], outfile_prefix)
+
+    def _compute(
+        self, instances: list[_Instance], outfile_prefix: str | os.PathLike | None = None
+    ) -> dict[str, float]:
+        results = self._results(instances)
         if outfile_prefix is not None:
             atomic_write_text(f"{os.fspath(outfile_prefix)}.keypoints.json", json.dumps(results))
         if not results:
-            raise ValueError("no predictions to evaluate: call add() first")
+            raise ValueError("no predictions to evaluate: call update() first")
         whole = (0, self.metainfo.num_keypoints)
         stats = dict(zip(STAT_NAMES, self._evaluate_part(results, whole), strict=True))
         if self.is_wholebody:

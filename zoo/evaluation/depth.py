@@ -16,12 +16,14 @@ accepted too). Work is done in float64 so that sums over millions of pixels stay
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from zoo.evaluation.base import RecordEvaluator
 
 AlignmentSpace = Literal["depth", "disparity", "none"]
 
@@ -371,39 +373,20 @@ def constant_baseline_metrics(
     return evaluate_depth(ones, target_depth, mask, protocol, alignment, max_resolution)
 
 
-class DepthMetricTracker:
-    """Running mean of per-image depth metrics over a dataset (Marigold's MetricTracker); skips empty-mask images."""
+class DepthEvaluator(RecordEvaluator):
+    """Per-image depth metrics averaged over a split (Marigold's MetricTracker), on any number of ranks.
 
-    def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self.count = 0
-        self.skipped = 0
+    One record per image, keyed by its sample id: the metrics of the aligned prediction and, with
+    `constant_baseline`, of the best constant prediction under the same alignment (reported as
+    `constant_baseline_abs_rel`). Images without a valid pixel are skipped and counted (`skipped`).
+    """
 
-    def reset(self) -> None:
-        """Forget all images seen so far."""
-        self._sums.clear()
-        self.count = 0
-        self.skipped = 0
+    def __init__(self, constant_baseline: bool = False) -> None:
+        super().__init__()
+        self.constant_baseline = constant_baseline
+        self._next_id = 0
 
-    def update(self, metrics: Mapping[str, torch.Tensor]) -> None:
-        """Add per-image metrics ({name: [B]}, as from `evaluate_depth`); NaN rows are counted as skipped."""
-        # Only the metric set is averaged; per-image extras such as "scale" and "shift" are not scores.
-        values = {
-            name: torch.as_tensor(value).double().flatten()
-            for name, value in metrics.items()
-            if name in DEPTH_METRICS
-        }
-        if not values:
-            raise ValueError(f"no depth metric among keys {sorted(metrics)}")
-        keep = torch.ones_like(next(iter(values.values())), dtype=torch.bool)
-        for value in values.values():
-            keep &= ~torch.isnan(value)
-        self.skipped += int((~keep).sum())
-        self.count += int(keep.sum())
-        for name, value in values.items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value[keep].sum())
-
-    def evaluate_and_update(
+    def update(
         self,
         prediction: torch.Tensor,
         target_depth: torch.Tensor,
@@ -411,20 +394,49 @@ class DepthMetricTracker:
         protocol: DepthEvalProtocol | str,
         alignment: AlignmentSpace | None = None,
         max_resolution: int | None = None,
+        sample_ids: Sequence[Hashable] | None = None,
     ) -> None:
-        """Score a batch with `evaluate_depth` and add it; images without a valid pixel are skipped and counted."""
+        """Score a batch with `evaluate_depth` ([B, H, W] or [B, 1, H, W]) and keep one record per image."""
         valid = _as_batch(torch.as_tensor(mask), "mask")
+        batch = valid.shape[0]
+        if sample_ids is None:
+            sample_ids = [("call", self._next_id + index) for index in range(batch)]
+            self._next_id += batch
+        if len(sample_ids) != batch:
+            raise ValueError(f"{len(sample_ids)} sample ids for a batch of {batch}")
         has_pixels = valid.flatten(1).any(dim=1)  # [B]
-        self.skipped += int((~has_pixels).sum())
-        if not bool(has_pixels.any()):
-            return
         keep = torch.nonzero(has_pixels).flatten()
-        pred = _as_batch(torch.as_tensor(prediction), "prediction")[keep]
-        gt = _as_batch(torch.as_tensor(target_depth), "target")[keep]
-        self.update(evaluate_depth(pred, gt, valid[keep], protocol, alignment, max_resolution))
+        scores: dict[str, torch.Tensor] = {}
+        baseline: dict[str, torch.Tensor] = {}
+        if keep.numel():
+            pred = _as_batch(torch.as_tensor(prediction), "prediction")[keep]
+            gt = _as_batch(torch.as_tensor(target_depth), "target")[keep]
+            scores = evaluate_depth(pred, gt, valid[keep], protocol, alignment, max_resolution)
+            if self.constant_baseline:
+                baseline = constant_baseline_metrics(gt, valid[keep], protocol, alignment, max_resolution)
+        row = {int(index): position for position, index in enumerate(keep.tolist())}
+        for index, sample_id in enumerate(sample_ids):
+            if index not in row:
+                self._add(sample_id, None)
+                continue
+            record = {name: float(scores[name][row[index]]) for name in DEPTH_METRICS}
+            if baseline:
+                record["constant_baseline_abs_rel"] = float(baseline["abs_rel"][row[index]])
+            self._add(sample_id, record)
 
-    def compute(self) -> dict[str, float]:
-        """Mean of each metric over the images added (raises if none was)."""
-        if self.count == 0:
-            raise ValueError(f"no image was scored ({self.skipped} skipped for lack of valid pixels)")
-        return {name: total / self.count for name, total in self._sums.items()}
+    @property
+    def count(self) -> int:
+        """Images scored on this rank."""
+        return sum(record is not None for record in self._records.values())
+
+    @property
+    def skipped(self) -> int:
+        """Images without a valid pixel on this rank."""
+        return sum(record is None for record in self._records.values())
+
+    def _compute(self, records: list[dict[str, float] | None]) -> dict[str, float]:
+        scored = [record for record in records if record is not None]
+        if not scored:
+            raise ValueError(f"no image was scored ({len(records)} skipped for lack of valid pixels)")
+        # Records arrive in sample-id order, so the sums are the same on one rank or many.
+        return {name: math.fsum(record[name] for record in scored) / len(scored) for name in scored[0]}

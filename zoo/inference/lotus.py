@@ -10,18 +10,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from tqdm import tqdm
 
 from zoo.backbones import StableDiffusionBackbone
 from zoo.data.images import ImageInput, load_rgb
-from zoo.models.lotus.model import Lotus, decode_prediction
+from zoo.models import MODEL_CONFIG_FILE
+from zoo.models.lotus.model import Lotus
 from zoo.utils.files import atomic_open
 from zoo.visualize import colorize_depth, colorize_normals
-
-# Native processing of larger images needs tens of GB of activations; ask for a processing resolution instead.
-MAX_NATIVE_PIXELS = 4096 * 4096
 
 
 @dataclass
@@ -79,13 +75,16 @@ class LotusPredictor:
         device: str | torch.device = "cpu",
         torch_dtype: torch.dtype | None = None,
         lotus_compat: bool = False,
+        vae: Literal["full", "tiny-decode", "tiny"] = "full",
+        tiny_autoencoder: str | None = None,
     ) -> LotusPredictor:
         """Load a folder exported by this project (zoo_model.json) or an official Lotus folder / hub id.
 
         Official checkpoints carry no zoo_model.json: pass mode, task and disparity (the registry does).
+        `vae="tiny-decode"|"tiny"` decodes (and encodes) with the AutoencoderTiny folder `tiny_autoencoder`.
         """
         meta: dict[str, Any] = {}
-        marker = Path(source) / "zoo_model.json"
+        marker = Path(source) / MODEL_CONFIG_FILE
         if marker.is_file():
             meta = json.loads(marker.read_text())
         mode = mode or meta.get("mode")
@@ -93,7 +92,8 @@ class LotusPredictor:
         disparity = meta.get("disparity", False) if disparity is None else disparity
         if mode is None or task is None:
             raise ValueError(f"{source}: no zoo_model.json; pass mode ('g'/'d') and task ('depth'/'normals')")
-        backbone = StableDiffusionBackbone.from_pretrained(source, torch_dtype=torch_dtype)
+        backbone = StableDiffusionBackbone.from_pretrained(source, with_task_switcher=True, torch_dtype=torch_dtype)
+        backbone.use_tiny_autoencoder(tiny_autoencoder, vae)
         return cls(backbone.to(device).eval(), mode, task, disparity, lotus_compat)
 
     # ------------------------------------------------------------------ inputs
@@ -109,16 +109,6 @@ class LotusPredictor:
             raise ValueError("no images given")
         return [torch.from_numpy(load_rgb(image, name=f"image {i}")).permute(2, 0, 1)
                 for i, image in enumerate(images)]
-
-    @staticmethod
-    def _processing_size(height: int, width: int, resolution: int, compat: bool) -> tuple[int, int]:
-        if resolution == 0:
-            if height * width > MAX_NATIVE_PIXELS:
-                raise ValueError(f"{width}x{height} is too large to process natively; pass processing_resolution")
-            return height, width
-        scale = resolution / max(height, width)
-        # Marigold floors; the official Lotus pipeline truncates with int() - the same for positive sizes.
-        return max(1, int(height * scale)), max(1, int(width * scale))
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -157,45 +147,14 @@ class LotusPredictor:
             offset = start
             for group in groups:
                 chunk_latents = None if latents is None else latents[offset : offset + len(group)]
-                prediction, latent = self.predict_tensor(torch.stack(group), processing_resolution,
-                                                         match_input_resolution, generator, chunk_latents)
+                prediction, latent = self.model.predict(torch.stack(group), processing_resolution,
+                                                        match_input_resolution, generator, chunk_latents,
+                                                        compat=self.lotus_compat)
                 predictions.extend(prediction.cpu())
                 out_latents.extend(latent.cpu())
                 offset += len(group)
         return LotusOutput(self._format(predictions, output_type), torch.stack(out_latents)
                            if len({tuple(t.shape) for t in out_latents}) == 1 else None)
-
-    def predict_tensor(
-        self,
-        images: torch.Tensor,
-        resolution: int = 0,
-        match_input: bool = True,
-        generator: torch.Generator | None = None,
-        latents: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch [B, 3, H, W] in [0, 1] -> (prediction [B, C, H', W'], x0 latents [B, 4, h, w]) on the device.
-
-        The core of __call__, also used by LotusModule's evaluation so that both run the same steps.
-        """
-        device = self.backbone.device
-        height, width = images.shape[-2:]
-        size = self._processing_size(height, width, resolution, self.lotus_compat)
-        pixels = images.to(device) * 2 - 1  # [B, 3, H, W] in [-1, 1]
-        if size != (height, width):
-            pixels = F.interpolate(pixels, size, mode="bilinear", antialias=True, align_corners=False)
-        compat = self.lotus_compat
-        image_latents = self.backbone.encode(pixels, sample=compat, pad=not compat)  # [B, 4, h, w]
-        x0 = self.model.predict_latents(image_latents, latents=latents, generator=generator)
-        decoded = self.backbone.decode(x0, size=None if compat else size)  # [B, 3, h*8 | H', w*8 | W']
-        prediction = decode_prediction(decoded, self.task, compat=compat)  # [B, C, ., .]
-        if match_input and prediction.shape[-2:] != (height, width):
-            if compat:
-                prediction = F.interpolate(prediction, (height, width), mode="nearest-exact")
-            else:
-                prediction = MarigoldImageProcessor.resize_antialias(prediction, (height, width), "bilinear")
-                if self.task == "normals":
-                    prediction = F.normalize(prediction, dim=1, eps=1e-6)
-        return prediction, x0
 
     @staticmethod
     def _format(predictions: list[torch.Tensor], output_type: str) -> np.ndarray | torch.Tensor | list:

@@ -11,18 +11,24 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from torch import nn
 
 from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone
+from zoo.backbones.stable_diffusion import LATENT_FACTOR
 from zoo.data.depth_targets import normalize_depth, target_to_rgb
 
 Mode = Literal["g", "d"]
 LotusTask = Literal["depth", "normals"]
 
 
-def latent_valid_mask(valid: torch.Tensor, factor: int = 8) -> torch.Tensor:
+# Native processing of larger images needs tens of GB of activations; ask for a processing resolution instead.
+MAX_NATIVE_PIXELS = 4096 * 4096
+
+
+def latent_valid_mask(valid: torch.Tensor) -> torch.Tensor:
     """Pixel validity [B, 1, H, W] -> latent validity [B, 4, H/8, W/8]: any invalid pixel invalidates its cell."""
-    invalid = F.max_pool2d((~valid).float(), kernel_size=factor, stride=factor, ceil_mode=True)  # [B, 1, h, w]
+    invalid = F.max_pool2d((~valid).float(), LATENT_FACTOR, LATENT_FACTOR, ceil_mode=True)  # [B, 1, h, w]
     return (invalid < 0.5).expand(-1, 4, -1, -1)
 
 
@@ -73,6 +79,41 @@ class Lotus(nn.Module):
         sample = self.unet_input(image_latents, noise)
         return self.backbone.unet_forward(sample, FINAL_TIMESTEP, task="annotation")
 
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        resolution: int = 0,
+        match_input: bool = True,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        compat: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [0, 1] [B, 3, H, W] -> (prediction [B, C, H', W'], x0 latents [B, 4, h, w]) on the device.
+
+        `resolution` is the longest edge the model sees (0 = native); the prediction is resized back to the input
+        size when `match_input`. compat=True reproduces the official pipeline (posterior sample from the global
+        RNG, no padding, per-channel clamp then mean, nearest resize back); the default is deterministic
+        (posterior mode, replicate padding to x8, Marigold post-processing and bilinear resize back).
+        """
+        height, width = images.shape[-2:]
+        size = processing_size(height, width, resolution)
+        pixels = images.to(self.backbone.device)
+        if size != (height, width):
+            pixels = F.interpolate(pixels, size, mode="bilinear", antialias=True, align_corners=False)
+        image_latents = self.backbone.encode_images(pixels, sample=compat, pad=not compat)  # [B, 4, h, w]
+        x0 = self.predict_latents(image_latents, latents=latents, generator=generator)
+        decoded = self.backbone.decode(x0, size=None if compat else size)  # [B, 3, h*8 | H', w*8 | W']
+        prediction = decode_prediction(decoded, self.task, compat=compat)  # [B, C, ., .]
+        if match_input and prediction.shape[-2:] != (height, width):
+            if compat:
+                prediction = F.interpolate(prediction, (height, width), mode="nearest-exact")
+            else:
+                prediction = MarigoldImageProcessor.resize_antialias(prediction, (height, width), "bilinear")
+                if self.task == "normals":
+                    prediction = F.normalize(prediction, dim=1, eps=1e-6)
+        return prediction, x0
+
     def training_losses(
         self,
         image_latents: torch.Tensor,
@@ -94,10 +135,8 @@ class Lotus(nn.Module):
         if self.mode == "g":
             noise = torch.randn(clean.shape, generator=generator, device=clean.device).to(clean)
             noisy = self.backbone.add_noise(clean, noise, FINAL_TIMESTEP)
-        codes = torch.cat([self.backbone.task_codes(task, batch) for task in tasks])  # [2B, 4]
-        prediction = self.backbone.unet_forward(
-            self.unet_input(images, noisy), FINAL_TIMESTEP, task=None, class_labels=codes
-        )
+        # One UNet call: the first half carries the annotation code, the second the reconstruction code.
+        prediction = self.backbone.unet_forward(self.unet_input(images, noisy), FINAL_TIMESTEP, task=tasks)
         annotation = F.mse_loss(prediction[:batch][latent_mask], target_latents[latent_mask].float())
         losses = {"loss_annotation": annotation}
         total = annotation
@@ -107,6 +146,17 @@ class Lotus(nn.Module):
             total = total + reconstruction_weight * reconstruction
         losses["loss"] = total
         return losses
+
+
+def processing_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(H', W') the model sees: the longest edge scaled to `resolution` (0 = native, bounded by MAX_NATIVE_PIXELS)."""
+    if resolution == 0:
+        if height * width > MAX_NATIVE_PIXELS:
+            raise ValueError(f"{width}x{height} is too large to process natively; pass processing_resolution")
+        return height, width
+    scale = resolution / max(height, width)
+    # Marigold floors; the official Lotus pipeline truncates with int() - the same for positive sizes.
+    return max(1, int(height * scale)), max(1, int(width * scale))
 
 
 def encode_target_distribution(

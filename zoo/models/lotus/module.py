@@ -1,20 +1,22 @@
-"""LotusModule: Lightning training and evaluation of Lotus-G/D."""
+"""LotusModule: Lightning training and evaluation of Lotus-G/D on the shared family base."""
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
+from torch import nn
 
 from zoo.backbones import StableDiffusionBackbone
 from zoo.backbones.stable_diffusion import sample_latents
 from zoo.data.depth_targets import is_disparity_norm, normalize_depth
-from zoo.evaluation.depth import (
-    DepthEvalProtocol,
-    DepthMetricTracker,
-    constant_baseline_metrics,
-    get_protocol,
-)
-from zoo.evaluation.normals import NormalMetricAccumulator
+from zoo.evaluation.base import Evaluator, sample_ids
+from zoo.evaluation.depth import DepthEvalProtocol, DepthEvaluator, get_protocol
+from zoo.evaluation.normals import NormalEvaluator
+from zoo.models.base import FamilyModule
 from zoo.models.lotus.model import (
     Lotus,
     LotusTask,
@@ -29,12 +31,14 @@ from zoo.visualize import colorize_depth, colorize_normals, image_grid
 SYNTHETIC_PROTOCOL = DepthEvalProtocol("synthetic", 1e-3, 20.0, None)
 
 
-class LotusModule(pl.LightningModule):
+class LotusModule(FamilyModule):
     """Lightning training/evaluation of Lotus-G/D (official defaults: AdamW 3e-5 constant, wd 1e-2, t=999).
 
     `backbone` is a diffusers folder or hub id (stabilityai/stable-diffusion-2-base for the official recipe,
     checkpoints/tiny/backbone for the embedded default). Gradient clipping (1.0) is a Trainer option.
     """
+
+    family = "lotus"
 
     def __init__(
         self,
@@ -54,25 +58,17 @@ class LotusModule(pl.LightningModule):
         cache_latents: bool = False,
         lr_schedule: str = "constant",
     ):
-        super().__init__()
+        super().__init__(ema_decay, log_images_every_n_val)
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; got {lr_schedule!r}")
         self.save_hyperparameters()
-        sd = StableDiffusionBackbone.from_pretrained(backbone, unet_in_channels=8 if mode == "g" else None)
+        sd = StableDiffusionBackbone.from_pretrained(
+            backbone, with_task_switcher=True, unet_in_channels=8 if mode == "g" else None
+        )
         # diffusers returns loaded models in eval mode; the UNet trains (the frozen VAE stays in eval mode).
         sd.configure(gradient_checkpointing=gradient_checkpointing).train()
         self.model = Lotus(sd, mode, task)
-        self.ema = None
-        if ema_decay is not None:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(sd.unet.parameters(), decay=ema_decay)
-        from zoo.inference.lotus import LotusPredictor
-
-        # Evaluation runs the predictor's own steps on this module's weights (no second copy of inference).
-        self._predictor = LotusPredictor(sd, mode, task, disparity=task == "depth" and is_disparity_norm(norm_type),
-                                         lotus_compat=lotus_compat)
-        self._depth_tracker, self._baseline_tracker = DepthMetricTracker(), DepthMetricTracker()
-        self._normal_tracker, self._constant_normal_tracker = NormalMetricAccumulator(), NormalMetricAccumulator()
-        self._val_runs = 0
+        self.setup_ema()
         # (index, flipped) -> CPU posteriors (image mean, image std, target mean, target std), each [4, h, w].
         self._latent_cache: dict[tuple[int, bool], tuple[torch.Tensor, ...]] = {}
 
@@ -81,25 +77,39 @@ class LotusModule(pl.LightningModule):
         """The shared SD backbone inside the model."""
         return self.model.backbone
 
-    # ------------------------------------------------------------------ steps
+    @property
+    def disparity(self) -> bool:
+        """True when the depth target is a disparity (aligned in disparity space)."""
+        return self.hparams.task == "depth" and is_disparity_norm(self.hparams.norm_type)
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """The UNet's parameters (the VAE is frozen)."""
+        return self.backbone.unet.parameters()
+
+    # ------------------------------------------------------------------ training
     def _posteriors(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """VAE posteriors (image mean, image std, target mean, target std) of a batch, each [B, 4, h, w].
 
         With cache_latents, items seen before (same dataset index and flip) reuse their posteriors: the frozen VAE
         would return the same numbers. Only valid for datasets whose items are fixed per (index, flip).
         """
-        keys = list(zip(batch["index"].tolist(), batch["flipped"].tolist(), strict=True)) if self.hparams.cache_latents else []
+        cache = self.hparams.cache_latents
+        keys = list(zip(batch["index"].tolist(), batch["flipped"].tolist(), strict=True)) if cache else []
         missing = [row for row, key in enumerate(keys) if key not in self._latent_cache]
-        if not self.hparams.cache_latents or missing:
-            rows = missing if self.hparams.cache_latents else list(range(batch["image"].shape[0]))
+        if not cache or missing:
+            rows = missing if cache else list(range(batch["image"].shape[0]))
             part = {name: value[rows] for name, value in batch.items() if isinstance(value, torch.Tensor)}
-            encoded = (*self.backbone.encode_distribution(part["image"] * 2 - 1),
-                       *encode_target_distribution(self.backbone, self.hparams.task, part, self.hparams.norm_type))
-            if not self.hparams.cache_latents:
+            encoded = (
+                *self.backbone.encode_images_distribution(part["image"]),
+                *encode_target_distribution(self.backbone, self.hparams.task, part, self.hparams.norm_type),
+            )
+            if not cache:
                 return encoded
             for position, row in enumerate(rows):
                 self._latent_cache[keys[row]] = tuple(t[position].detach().cpu() for t in encoded)
-        return tuple(torch.stack([self._latent_cache[key][part] for key in keys]).to(self.device) for part in range(4))
+        return tuple(
+            torch.stack([self._latent_cache[key][part] for key in keys]).to(self.device) for part in range(4)
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Encode image and target (posterior samples, as the official scripts), then the joint latent MSE."""
@@ -114,132 +124,77 @@ class LotusModule(pl.LightningModule):
                       batch_size=image_latents.shape[0])
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
-        """Advance the EMA of the UNet after each optimiser step."""
-        if self.ema is not None:
-            self.ema.to(self.device)
-            self.ema.step(self.backbone.unet.parameters())
-
+    # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def predict_batch(
         self, images: torch.Tensor, generator: torch.Generator | None = None, processing_resolution: int = 0
     ) -> torch.Tensor:
         """Images in [0, 1] [B, 3, H, W] -> depth/disparity in [0, 1] [B, 1, H, W] or unit normals [B, 3, H, W]."""
-        return self._predictor.predict_tensor(images, processing_resolution, True, generator)[0]
+        compat = self.hparams.lotus_compat
+        return self.model.predict(images, processing_resolution, True, generator, compat=compat)[0]
 
-    def _evaluate_batch(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+    def make_evaluators(self, stage: str) -> dict[str, Evaluator]:
+        """Depth: per-image Marigold metrics with the best-constant baseline; normals: pooled DSINE metrics."""
+        if self.hparams.task == "depth":
+            return {"depth": DepthEvaluator(constant_baseline=True)}
+        return {"normals": NormalEvaluator(), "constant_normals": NormalEvaluator()}
+
+    def evaluation_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> torch.Tensor:
+        """Predict a held-out batch with the predictor's steps and update the evaluators."""
         # Benchmark readers name their protocol (depth range, crop, processing resolution); synthetic data has none.
         protocol = get_protocol(batch["dataset"][0]) if "dataset" in batch else SYNTHETIC_PROTOCOL
-        # G draws its noise from a generator seeded by the batch index, so evaluation is repeatable.
-        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        # G draws its noise from a generator seeded by the first sample id, so evaluation is repeatable and the
+        # same on any number of ranks.
+        ids = list(sample_ids(batch, batch["image"].shape[0]))
+        generator = torch.Generator(self.device).manual_seed(int(ids[0]))
         prediction = self.predict_batch(batch["image"], generator, protocol.processing_resolution)
         valid = batch["valid"]
         if self.hparams.task == "depth":
-            alignment = "disparity" if is_disparity_norm(self.hparams.norm_type) else "depth"
-            self._depth_tracker.evaluate_and_update(prediction, batch["depth"], valid, protocol, alignment)
-            self._baseline_tracker.update(constant_baseline_metrics(batch["depth"], valid, protocol, alignment))
+            alignment = "disparity" if self.disparity else "depth"
+            self.evaluators["depth"].update(prediction, batch["depth"], valid, protocol, alignment, sample_ids=ids)
         else:
-            self._normal_tracker.update(prediction, batch["normals"], valid)
-            self._constant_normal_tracker.update(constant_normal_baseline(batch["normals"], valid),
-                                                 batch["normals"], valid)
-        if batch_idx == 0 and stage == "val":
-            self._log_images(batch, prediction)
+            self.evaluators["normals"].update(prediction, batch["normals"], valid, sample_ids=ids)
+            constant = constant_normal_baseline(batch["normals"], valid)
+            self.evaluators["constant_normals"].update(constant, batch["normals"], valid, sample_ids=ids)
+        return prediction
 
-    def _log_images(self, batch: dict[str, torch.Tensor], prediction: torch.Tensor) -> None:
-        self._val_runs += 1
-        writer = getattr(self.logger, "experiment", None)
-        if writer is None or not hasattr(writer, "add_image") or self._val_runs % self.hparams.log_images_every_n_val:
-            return
+    def epoch_metrics(self, results: dict[str, dict[str, float]]) -> dict[str, float]:
+        """The task's metrics plus its best-constant baseline (depth AbsRel or normals mean angle)."""
+        if self.hparams.task == "depth":
+            return results["depth"]
+        return {**results["normals"], "constant_baseline_mean": results["constant_normals"]["mean"]}
+
+    def log_pictures(self, batch: dict[str, Any], outputs: torch.Tensor) -> list[tuple[str, np.ndarray]]:
+        """image | ground truth | prediction for up to four validation images."""
         tiles = []
-        disparity = is_disparity_norm(self.hparams.norm_type)
-        for index in range(min(4, prediction.shape[0])):
+        for index in range(min(4, outputs.shape[0])):
             rgb = (batch["image"][index].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
             if self.hparams.task == "depth":
                 # GT in the model's own target space (normalised per image) so both columns share one colour scale.
                 target = normalize_depth(batch["depth"][index], batch["valid"][index], self.hparams.norm_type)
-                tiles += [rgb, colorize_depth(((target[0] + 1) / 2).cpu(), disparity=disparity),
-                          colorize_depth(prediction[index, 0].cpu(), disparity=disparity)]
+                tiles += [rgb, colorize_depth(((target[0] + 1) / 2).cpu(), disparity=self.disparity),
+                          colorize_depth(outputs[index, 0].cpu(), disparity=self.disparity)]
             else:
                 tiles += [rgb, colorize_normals(batch["normals"][index].permute(1, 2, 0).cpu()),
-                          colorize_normals(prediction[index].permute(1, 2, 0).cpu())]
-        grid = image_grid(tiles, columns=3)  # image | ground truth | prediction
-        writer.add_image(f"val/{self.hparams.task}", grid, self.global_step, dataformats="HWC")
+                          colorize_normals(outputs[index].permute(1, 2, 0).cpu())]
+        return [(f"val/{self.hparams.task}", image_grid(tiles, columns=3))]
 
-    def _epoch_metrics(self) -> dict[str, float]:
-        if self.hparams.task == "depth":
-            metrics = self._depth_tracker.compute()
-            baseline = self._baseline_tracker.compute()
-            metrics["constant_baseline_abs_rel"] = baseline["abs_rel"]
-            self._depth_tracker.reset()
-            self._baseline_tracker.reset()
-        else:
-            metrics = self._normal_tracker.compute()
-            metrics["constant_baseline_mean"] = self._constant_normal_tracker.compute()["mean"]
-            self._normal_tracker.reset()
-            self._constant_normal_tracker.reset()
-        return metrics
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Predict the held-out batch and accumulate metrics (and a picture for TensorBoard)."""
-        self._evaluate_batch(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Same as validation on the test split."""
-        self._evaluate_batch(batch, batch_idx, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        """Evaluate the EMA weights when EMA is on."""
-        if self.ema is not None:
-            self.ema.store(self.backbone.unet.parameters())
-            self.ema.copy_to(self.backbone.unet.parameters())
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the dataset-level metrics; restore the raw weights after EMA evaluation."""
-        self.log_dict({f"val/{k}": v for k, v in self._epoch_metrics().items()})
-        if self.ema is not None:
-            self.ema.restore(self.backbone.unet.parameters())
-
-    def on_test_epoch_end(self) -> None:
-        """Log the dataset-level test metrics."""
-        self.log_dict({f"test/{k}": v for k, v in self._epoch_metrics().items()})
-
-    # ------------------------------------------------------------------ optimisation / checkpoints
+    # ------------------------------------------------------------------ optimisation / export
     def configure_optimizers(self) -> dict:
         """AdamW on the UNet only (official: 3e-5 constant, wd 1e-2, eps 1e-8); "cosine" decays to 0 at max_steps."""
         hp = self.hparams
-        if hp.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; got {hp.lr_schedule!r}")
-        optimizer = torch.optim.AdamW(self.backbone.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                      betas=tuple(hp.betas), eps=1e-8)
+        optimizer = self.adamw([{"params": self.backbone.unet.parameters(), "lr": hp.lr}], hp.weight_decay, hp.betas)
         if hp.lr_schedule == "constant":
             return {"optimizer": optimizer}
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the EMA state with the checkpoint."""
-        if self.ema is not None:
-            checkpoint["ema_state"] = self.ema.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the EMA state."""
-        if self.ema is not None and "ema_state" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema_state"])
-
-    def export_pretrained(self, folder: str, use_ema: bool = True) -> None:
-        """Write a predictor-ready folder: the backbone with the trained UNet and zoo_model.json."""
-        from zoo.utils.files import atomic_write_json
-
-        if self.ema is not None and use_ema:
-            self.ema.store(self.backbone.unet.parameters())
-            self.ema.copy_to(self.backbone.unet.parameters())
-        # The frozen VAE is the one the backbone was loaded from: reference it instead of copying it.
+    def export_weights(self, folder: Path) -> None:
+        """The backbone with the trained UNet; the frozen VAE is referenced from the base, not copied."""
         self.backbone.save_pretrained(folder, include_text_encoder=False, vae_from=self.hparams.backbone)
-        if self.ema is not None and use_ema:
-            self.ema.restore(self.backbone.unet.parameters())
+
+    def export_config(self) -> dict[str, Any]:
+        """Mode, task and target normalisation for the predictor."""
         hp = self.hparams
-        atomic_write_json(f"{folder}/zoo_model.json", {
-            "family": "lotus", "mode": hp.mode, "task": hp.task, "norm_type": hp.norm_type,
-            "disparity": hp.task == "depth" and is_disparity_norm(hp.norm_type),
-        })
+        return {"mode": hp.mode, "task": hp.task, "norm_type": hp.norm_type, "disparity": self.disparity}

@@ -1,0 +1,43 @@
+"""The LightningDataModule base of every family: typed items, sample ids and one way to build loaders."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from zoo.data.samples import COLLATE, IndexedDataset, SampleKind
+
+
+class ZooDataModule(LightningDataModule):
+    """Loaders built one way for every family.
+
+    `sample_kind` names the typed item the family's datasets return (zoo.data.samples). Evaluation loaders wrap
+    their dataset so every item carries `sample_id` (its index in the split) and is checked against the kind;
+    under DDP Lightning shards them with its DistributedSampler, whose repeats the evaluators drop by sample id.
+    """
+
+    sample_kind: ClassVar[SampleKind] = "image"
+
+    def loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        num_workers: int = 0,
+        *,
+        shuffle: bool = False,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+        persistent_workers: bool = False,
+    ) -> DataLoader:
+        """A DataLoader over `dataset` with the collate function of the family's sample kind."""
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
+            num_workers=num_workers, persistent_workers=persistent_workers and num_workers > 0,
+            collate_fn=COLLATE[self.sample_kind],
+        )
+
+    def eval_loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, name: str = "eval") -> DataLoader:
+        """An evaluation loader: items in split order, each with its `sample_id`."""
+        return self.loader(IndexedDataset(dataset, self.sample_kind, name), batch_size, num_workers)
