@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from zoo.builders.coco_ood import SplitPaths, split_paths
+from zoo.data.coco_ood import SplitPaths, split_paths
 
 
 def find_splits(out: str | os.PathLike) -> list[SplitPaths]:
