@@ -141,6 +141,9 @@ class StableDiffusionBackbone(nn.Module):
         # A buffer so that it follows .to(device) and is saved in Lightning checkpoints.
         self.register_buffer("empty_prompt_embeds", empty_prompt_embeds.detach().clone(), persistent=True)
         self.autocast_dtype: torch.dtype | None = None
+        # The one memory format of every VAE/UNet input (configure(channels_last=True) switches it).
+        self.channels_last = False
+        self._groupnorm_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -148,7 +151,7 @@ class StableDiffusionBackbone(nn.Module):
         cls,
         source: str | os.PathLike,
         *,
-        with_task_switcher: bool = True,
+        with_task_switcher: bool = False,
         unet_in_channels: int | None = None,
         load_text_encoder: bool = False,
         local_files_only: bool | None = None,
@@ -157,8 +160,10 @@ class StableDiffusionBackbone(nn.Module):
         """Load from a local diffusers folder or a hub id, component by component.
 
         Works for folders whose model_index.json names a pipeline class diffusers lacks (official Lotus/SDPose):
-        only the subfolders are read. `with_task_switcher` adds the 4-d class projection when the UNet lacks it
-        (new, randomly initialised, as in the official training scripts); `unet_in_channels` widens conv_in.
+        only the subfolders are read. `with_task_switcher=True` (the choice of the families that use it: Lotus,
+        SDPose) adds the 4-d class projection when the UNet lacks it (new, randomly initialised, as the official
+        training scripts do with SD2); a plain SD UNet never grows one by default. `unet_in_channels` widens
+        conv_in.
         """
         source = resolve_source(str(source))
         if local_files_only is None:
@@ -255,6 +260,7 @@ class StableDiffusionBackbone(nn.Module):
         pixels = images.to(self.device, self.vae.dtype)
         if pad:
             pixels = replicate_pad(pixels)  # [B, 3, H8, W8]
+        pixels = self._in_memory_format(pixels)
         with torch.no_grad(), self._autocast():
             posterior = self.vae.encode(pixels).latent_dist
         return posterior.mean.float() * self.scaling_factor, posterior.std.float() * self.scaling_factor
@@ -274,10 +280,27 @@ class StableDiffusionBackbone(nn.Module):
         mean, std = self.encode_distribution(images, pad)
         return sample_latents(mean, std, generator) if sample else mean
 
+    def encode_images(
+        self,
+        images: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        pad: bool = True,
+    ) -> torch.Tensor:
+        """Encode images in [0, 1] [B, 3, H, W] (what readers and predictors hold) to scaled latents; see encode."""
+        return self.encode(images * 2 - 1, sample, generator, pad)
+
+    def encode_images_distribution(
+        self, images: torch.Tensor, pad: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scaled VAE posterior (mean, std) of images in [0, 1]; see encode_distribution."""
+        return self.encode_distribution(images * 2 - 1, pad)
+
     def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Decode scaled latents [B, 4, h, w] to images in roughly [-1, 1] [B, 3, 8h, 8w], cropped to `size`."""
+        latents = self._in_memory_format(latents.to(self.vae.dtype) / self.scaling_factor)
         with self._autocast():
-            images = self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample  # [B, 3, 8h, 8w]
+            images = self.vae.decode(latents).sample  # [B, 3, 8h, 8w]
         images = images.float()
         if size is not None:
             images = images[..., : size[0], : size[1]]
@@ -308,23 +331,37 @@ class StableDiffusionBackbone(nn.Module):
         self,
         sample: torch.Tensor,
         timestep: int | torch.Tensor = FINAL_TIMESTEP,
-        task: Task | None = "annotation",
+        task: Task | Sequence[Task] | None = "annotation",
         encoder_hidden_states: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One UNet call on [B, C, h, w] with the empty prompt and the task code unless given; returns [B, 4, h, w]."""
+        """One UNet call on [B, C, h, w] with the empty prompt and the task code unless given; returns [B, 4, h, w].
+
+        `task` may list several tasks for a batch stacked task by task (the first B/T rows carry the first code,
+        ...): one call serves the annotation and the reconstruction halves of a joint training batch.
+        """
         batch = sample.shape[0]
         if encoder_hidden_states is None:
             encoder_hidden_states = self.prompt_embeds(batch)
         if class_labels is None and task is not None and self.unet.config.class_embed_type is not None:
-            class_labels = self.task_codes(task, batch)
+            tasks = [task] if isinstance(task, str) else list(task)
+            if batch % len(tasks):
+                raise ValueError(f"a batch of {batch} cannot be split evenly into the tasks {tasks}")
+            class_labels = torch.cat([self.task_codes(name, batch // len(tasks)) for name in tasks])  # [B, 4]
         if isinstance(timestep, int):
             timestep = torch.full((batch,), timestep, device=sample.device, dtype=torch.long)
+        sample = self._in_memory_format(sample)
         with self._autocast():
             out = self.unet(
                 sample, timestep, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels
             ).sample
         return out.float()
+
+    def _in_memory_format(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` [B, C, h, w] in the declared memory format: results must not depend on the caller's strides."""
+        # A channels-last-strided input switches CPU kernels (GroupNorm above all) to a less precise path.
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return tensor.contiguous(memory_format=layout)
 
     def tap(self, sites: Mapping[str, str]) -> FeatureTaps:
         """Register named feature taps on UNet sites (see zoo.backbones.taps); call .remove() when done."""
@@ -349,6 +386,10 @@ class StableDiffusionBackbone(nn.Module):
 
         autocast_dtype: "bf16"/"fp16"/None for UNet and VAE calls. attention: "sdpa" (PyTorch scaled dot
         product) or "math" (plain processor, for bit-exact comparisons). vae_dtype casts the frozen VAE.
+        channels_last: channels-last weights and inputs (every VAE/UNet input is made contiguous otherwise).
+        PyTorch's CPU GroupNorm is imprecise on channels-last float32 input (tiny VAE, 768x1024 black-bordered
+        crop: latent 2.0e-3 from a float64 computation, against 1.0e-6 contiguous), so on the CPU the GroupNorms
+        still get contiguous input (latent 4.9e-6 from float64); other devices run fully channels-last.
         """
         self.autocast_dtype = _dtype(autocast_dtype)
         if gradient_checkpointing:
@@ -362,9 +403,16 @@ class StableDiffusionBackbone(nn.Module):
         processor = AttnProcessor2_0() if attention == "sdpa" else AttnProcessor()
         self.unet.set_attn_processor(processor)
         self.vae.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+        self.channels_last = channels_last
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.unet.to(memory_format=layout)
+        self.vae.to(memory_format=layout)
+        for handle in self._groupnorm_hooks:
+            handle.remove()
+        self._groupnorm_hooks = []
         if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
-            self.vae.to(memory_format=torch.channels_last)
+            norms = [m for part in (self.unet, self.vae) for m in part.modules() if isinstance(m, nn.GroupNorm)]
+            self._groupnorm_hooks = [norm.register_forward_pre_hook(_contiguous_on_cpu) for norm in norms]
         if compile_unet:
             self.unet = torch.compile(self.unet)
         if vae_dtype is not None:
@@ -378,6 +426,26 @@ class StableDiffusionBackbone(nn.Module):
         if self.text_encoder is not None:
             self.text_encoder.eval()
         return self
+
+    def use_tiny_autoencoder(
+        self, source: str | os.PathLike | nn.Module | None, mode: str = "tiny-decode"
+    ) -> StableDiffusionBackbone:
+        """Route decode ("tiny-decode") or encode and decode ("tiny") through an AutoencoderTiny; "full" undoes it.
+
+        `source`: a TAESD-format folder or hub id (e.g. madebyollin/taesd), or an AutoencoderTiny.
+        """
+        # Imported here: the tiny-autoencoder module builds on this one (MissingWeightsError, source resolution).
+        from zoo.backbones.autoencoder_tiny import route_vae
+
+        self.vae = route_vae(self.vae, source, mode)
+        return self
+
+
+def _contiguous_on_cpu(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """GroupNorm pre-hook: contiguous input on the CPU, whose channels-last GroupNorm loses about 3 digits."""
+    if args and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu":
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Sampler
 
 from zoo.data.coco_files import keypoint_parts
+from zoo.data.datamodule import ZooDataModule
 from zoo.data.synthetic.figures import write_coco_figures
 from zoo.data.topdown import (
     CocoPoseDataset,
@@ -61,7 +61,7 @@ def figure_split(cache_dir: str | os.PathLike, split: str, num_images: int, seed
     return Path(cache_dir) / f"{split}_seed{seed}_n{num_images}_{size[0]}x{size[1]}"
 
 
-class PoseDataModule(LightningDataModule):
+class PoseDataModule(ZooDataModule):
     """Top-down train/val/test crops with keypoints in crop pixels and the meta the evaluator needs.
 
     source="synthetic" (default): COCO-format figure images (zoo.data.synthetic.figures) written once under
@@ -177,24 +177,21 @@ class PoseDataModule(LightningDataModule):
             seed=self.hparams.seed if train else None,
         )
 
-    def _loader(self, dataset: TopDownPoseDataset, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
-        hp = self.hparams
-        # No persistent workers: each epoch's workers must copy the dataset after set_epoch.
-        return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=hp.num_workers)
-
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented crops; the last incomplete batch is dropped."""
+        hp = self.hparams
         dataset = self.dataset("train")
-        return self._loader(dataset, EpochSampler(dataset, self.hparams.seed), drop_last=True)
+        # No persistent workers: each epoch's workers must copy the dataset after set_epoch.
+        return self.loader(dataset, hp.batch_size, hp.num_workers, sampler=EpochSampler(dataset, hp.seed),
+                           drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         """Held-out crops in file order."""
-        return self._loader(self.dataset("val"))
+        return self.eval_loader(self.dataset("val"), self.hparams.batch_size, self.hparams.num_workers, "val")
 
     def test_dataloader(self) -> DataLoader:
         """Test crops in file order."""
-        return self._loader(self.dataset("test"))
+        return self.eval_loader(self.dataset("test"), self.hparams.batch_size, self.hparams.num_workers, "test")
 
 
 def _write_wholebody_layout(body_file: Path, out_file: Path) -> None:

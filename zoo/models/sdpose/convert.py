@@ -19,9 +19,9 @@ from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone
 from zoo.data.metainfo import load_metainfo
 from zoo.data.transforms import BBOX_PADDING
 from zoo.heads.heatmap import HeatmapHead
+from zoo.models import MODEL_CONFIG_FILE
 from zoo.models.sdpose.model import (
     HEAD_FILE,
-    MODEL_CONFIG_FILE,
     OFFICIAL_FEATURE_SITES,
     SDPose,
     feature_channels,
@@ -103,7 +103,7 @@ def load_official_sdpose(
     folder = Path(folder)
     if not is_official_layout(folder):
         raise FileNotFoundError(f"{folder} lacks unet/ or {HEAD_FILE}: not an official SDPose checkpoint")
-    backbone = StableDiffusionBackbone.from_pretrained(folder, torch_dtype=torch_dtype)
+    backbone = StableDiffusionBackbone.from_pretrained(folder, with_task_switcher=True, torch_dtype=torch_dtype)
     state = convert_head_state_dict(load_file(str(folder / HEAD_FILE)))
     config = official_config(backbone.unet, state)
     deconv = [int(state["deconv_layers.0.weight"].shape[1])]

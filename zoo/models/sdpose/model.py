@@ -21,10 +21,10 @@ from torch import nn
 from zoo.backbones import FINAL_TIMESTEP, StableDiffusionBackbone, tapped
 from zoo.codecs import flip_heatmaps
 from zoo.heads.heatmap import HeatmapHead, keypoint_mse_loss
+from zoo.models import MODEL_CONFIG_FILE
 
 # The exported/official layout: the diffusers backbone folders plus the head where the official loader reads it.
 HEAD_FILE = "decoder/decoder.safetensors"
-MODEL_CONFIG_FILE = "zoo_model.json"
 
 # The released checkpoints' feature sites (reference §1.3): last up block for body, second-to-last for whole-body.
 OFFICIAL_FEATURE_SITES = {"coco": "up_blocks.3", "coco_wholebody": "up_blocks.2"}
@@ -70,11 +70,9 @@ class SDPose(nn.Module):
 
     def _unet(self, latents: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """One UNet call on the latents repeated once per task: (UNet output [T*B, 4, h, w], features [T*B, C, h, w])."""
-        batch = latents.shape[0]
-        codes = torch.cat([self.backbone.task_codes(task, batch) for task in tasks])  # [T*B, 4]
         sample = latents.repeat(len(tasks), 1, 1, 1)  # [T*B, 4, h, w]; no noise at t=999 (Lotus-D style)
         with tapped(self.backbone.unet, {"features": self.feature_site}) as taps:
-            output = self.backbone.unet_forward(sample, FINAL_TIMESTEP, task=None, class_labels=codes)
+            output = self.backbone.unet_forward(sample, FINAL_TIMESTEP, task=tasks)
             features = taps.pop()["features"]
         return output, features
 
@@ -82,15 +80,34 @@ class SDPose(nn.Module):
         # Backbone autocast may hand over bf16 features; the head runs in its own dtype.
         return self.head(features.to(self.head.final_layer.weight.dtype))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Crops in [0, 1] [B, 3, H, W] -> heatmaps [B, K, H/4, W/4]."""
-        latents = self.backbone.encode(images * 2 - 1)  # [B, 4, H/8, W/8], posterior mode
+    def forward(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Crops in [0, 1] [B, 3, H, W] -> heatmaps [B, K, H/4, W/4] (posterior mode; `sample` draws the latent)."""
+        latents = self.backbone.encode_images(images, sample, generator)  # [B, 4, H/8, W/8]
         _, features = self._unet(latents, ["annotation"])
         return self._head(features)
 
     @torch.no_grad()
-    def predict_heatmaps(self, images: torch.Tensor, flip_indices: list[int] | tuple[int, ...] | None = None) -> torch.Tensor:
-        """Heatmaps [B, K, H/4, W/4]; with `flip_indices`, averaged with the mirrored crops' (flip test, one call)."""
+    def predict_heatmaps(
+        self,
+        images: torch.Tensor,
+        flip_indices: list[int] | tuple[int, ...] | None = None,
+        official: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Heatmaps [B, K, H/4, W/4]; with `flip_indices`, averaged with the mirrored crops' (flip test, one call).
+
+        official=True runs as the official evaluation: a VAE posterior sample (from `generator`, the global RNG
+        when None), and under flip test the mirrored crops as a second encode and UNet call after the first, so
+        that the noise draws follow the official order.
+        """
+        if official:
+            heatmaps = self(images, sample=True, generator=generator)
+            if flip_indices is None:
+                return heatmaps
+            mirrored = self(images.flip(-1), sample=True, generator=generator)
+            return (heatmaps + flip_heatmaps(mirrored, flip_indices)) * 0.5
         if flip_indices is None:
             return self(images)
         batch = images.shape[0]
@@ -113,7 +130,7 @@ class SDPose(nn.Module):
         Lotus); with `reconstruction_weight` 0 the reconstruction half, its target encoding and its term are gone.
         """
         batch = images.shape[0]
-        latents = self.backbone.encode(images * 2 - 1)  # [B, 4, h, w] of the corrupted network input
+        latents = self.backbone.encode_images(images)  # [B, 4, h, w] of the corrupted network input
         reconstruct = reconstruction_weight > 0
         if reconstruct and clean_images is None:
             raise ValueError("the reconstruction branch needs the clean crops (batch['clean_image'])")
@@ -123,7 +140,7 @@ class SDPose(nn.Module):
         losses = {"loss_keypoint": loss_keypoint}
         total = loss_keypoint
         if reconstruct:
-            clean_latents = self.backbone.encode(clean_images * 2 - 1)  # [B, 4, h, w], the pre-corruption crop
+            clean_latents = self.backbone.encode_images(clean_images)  # [B, 4, h, w], the pre-corruption crop
             losses["loss_reconstruction"] = F.mse_loss(output[batch:], clean_latents)
             total = total + reconstruction_weight * losses["loss_reconstruction"]
         losses["loss"] = total
@@ -144,7 +161,7 @@ def load_sdpose(folder: str | os.PathLike, torch_dtype: torch.dtype | None = Non
     config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
     if config.get("family") != "sdpose":
         raise ValueError(f"{folder / MODEL_CONFIG_FILE} describes family {config.get('family')!r}, not 'sdpose'")
-    backbone = StableDiffusionBackbone.from_pretrained(folder, torch_dtype=torch_dtype)
+    backbone = StableDiffusionBackbone.from_pretrained(folder, with_task_switcher=True, torch_dtype=torch_dtype)
     state = load_file(str(folder / HEAD_FILE))
     head = HeatmapHead(feature_channels(backbone.unet, config["feature_site"]), config["num_keypoints"])
     head.load_state_dict(state, strict=True)
