@@ -18,6 +18,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from zoo.data.coco_files import CocoFileError, keypoint_parts, read_coco
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
 from zoo.evaluation.base import RecordEvaluator
 from zoo.utils.files import atomic_write_text
@@ -28,14 +29,8 @@ logger = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 SCORE_MODES = ("bbox", "keypoint", "bbox_keypoint", "bbox_rle")
 NMS_MODES = ("oks_nms", "none")
-# COCO-WholeBody stores each part under its own annotation key; the body keeps COCO's "keypoints".
-WHOLEBODY_KEYS = {
-    "body": "keypoints",
-    "foot": "foot_kpts",
-    "face": "face_kpts",
-    "left_hand": "lefthand_kpts",
-    "right_hand": "righthand_kpts",
-}
+# Ground-truth fields that pycocotools reads from every annotation.
+GT_FIELDS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
 
 
 @contextlib.contextmanager
@@ -112,29 +107,28 @@ class CocoKeypointEvaluator(RecordEvaluator):
             raise ValueError(f"nms_mode must be one of {NMS_MODES}, got {nms_mode!r}")
         self.metainfo = load_metainfo(metainfo) if isinstance(metainfo, str) else metainfo
         self.ann_file = Path(ann_file)
-        self.gt_dataset = json.loads(self.ann_file.read_text())
-        if "annotations" not in self.gt_dataset:
-            raise ValueError(f"{self.ann_file} has no 'annotations': ground truth is needed for evaluation")
+        gt = read_coco(self.ann_file, require_annotations=True, annotation_fields=GT_FIELDS)
+        if not isinstance(gt.data.get("categories"), list):
+            raise CocoFileError(f"{gt.name}: lacks the 'categories' list that COCO evaluation needs")
+        self.gt_dataset = gt.data
+        # Each part's keypoints under its annotation field, in keypoint order (body only: COCO's "keypoints").
+        self._parts = keypoint_parts(self.metainfo)
         self.score_mode = score_mode
         self.keypoint_score_thr = keypoint_score_thr
         self.nms_mode = nms_mode
         self.nms_thr = nms_thr
         self.is_wholebody = len(self.metainfo.parts) > 1
         self._check_gt_layout()
-        self._image_ids = {image["id"] for image in self.gt_dataset["images"]}
+        self._image_ids = {image.id for image in gt.images}
         super().__init__()
 
     def _check_gt_layout(self) -> None:
         # Fail at construction, not after a long inference run, when the annotation file and metainfo disagree.
-        for ann in self.gt_dataset["annotations"]:
-            num = (
-                sum(len(ann.get(WHOLEBODY_KEYS[part], [])) // 3 for part in self.metainfo.parts)
-                if self.is_wholebody
-                else len(ann["keypoints"]) // 3
-            )
+        for index, ann in enumerate(self.gt_dataset["annotations"]):
+            num = sum(len(ann.get(part.field, [])) // 3 for part in self._parts)
             if num != self.metainfo.num_keypoints:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann.get('id')} has {num} keypoints, "
+                raise CocoFileError(
+                    f"{self.ann_file}: annotations[{index}] (id {ann['id']}) has {num} keypoints, "
                     f"metainfo {self.metainfo.name!r} expects {self.metainfo.num_keypoints}"
                 )
 
@@ -243,11 +237,8 @@ class CocoKeypointEvaluator(RecordEvaluator):
             "category_id": instance.category_id,
             "score": score,
         }
-        if self.is_wholebody:
-            for part, (start, end) in self.metainfo.parts.items():
-                result[WHOLEBODY_KEYS[part]] = triplets[start:end].ravel().tolist()
-        else:
-            result["keypoints"] = triplets.ravel().tolist()
+        for part in self._parts:
+            result[part.field] = triplets[part.slice].ravel().tolist()
         if instance.bbox is not None:
             result["bbox"] = instance.bbox.tolist()
         return result
@@ -274,15 +265,9 @@ class CocoKeypointEvaluator(RecordEvaluator):
                 )
         return stats
 
-    def _flat_gt(self, ann: dict[str, Any]) -> list[float]:
-        if not self.is_wholebody:
-            return list(ann["keypoints"])
-        return [value for part in self.metainfo.parts for value in ann[WHOLEBODY_KEYS[part]]]
-
-    def _flat_result(self, result: dict[str, Any]) -> list[float]:
-        if not self.is_wholebody:
-            return result["keypoints"]
-        return [value for part in self.metainfo.parts for value in result[WHOLEBODY_KEYS[part]]]
+    def _flat(self, record: dict[str, Any]) -> list[float]:
+        """The keypoint triplets of a GT annotation or a result, parts concatenated in keypoint order."""
+        return [value for part in self._parts for value in record[part.field]]
 
     def _evaluate_part(self, results: list[dict[str, Any]], span: tuple[int, int]) -> list[float]:
         # pycocotools sees one keypoint set per run: the slice [start, end) of every GT and result.
@@ -293,8 +278,8 @@ class CocoKeypointEvaluator(RecordEvaluator):
         gt_dataset = {key: value for key, value in self.gt_dataset.items() if key != "annotations"}
         gt_anns = []
         for ann in self.gt_dataset["annotations"]:
-            part = self._flat_gt(ann)[3 * start : 3 * end]
-            gt_ann = {key: ann[key] for key in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")}
+            part = self._flat(ann)[3 * start : 3 * end]
+            gt_ann = {key: ann[key] for key in GT_FIELDS}
             gt_ann["keypoints"] = part
             gt_ann["num_keypoints"] = int(np.count_nonzero(np.asarray(part[2::3]) > 0))
             gt_anns.append(gt_ann)
@@ -302,7 +287,7 @@ class CocoKeypointEvaluator(RecordEvaluator):
 
         dt_anns = []
         for index, result in enumerate(results):
-            flat = self._flat_result(result)
+            flat = self._flat(result)
             part = flat[3 * start : 3 * end]
             if not np.any(np.asarray(part[2::3]) > 0):
                 continue
