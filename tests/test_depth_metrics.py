@@ -8,20 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.evaluation.depth import (
-    DEPTH_METRICS,
+from zoo.data.depth_protocols import (
     DEPTH_PROTOCOLS,
     DepthEvalProtocol,
+    eval_region_mask,
+    get_protocol,
+    valid_depth_mask,
+)
+from zoo.evaluation.depth import (
+    DEPTH_METRICS,
     DepthEvaluator,
     align_prediction,
     compute_depth_metrics,
     constant_baseline_metrics,
-    eval_region_mask,
     evaluate_depth,
     fit_scale_shift,
-    get_protocol,
     resize_prediction,
-    valid_depth_mask,
 )
 
 # Five pixels, one row: ratios max(p/g, g/p) are 1, 4/3, 2, 1, 1.8.

@@ -12,19 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo.data.depth_datasets import (
+from zoo.data.depth_benchmarks import (
     DEPTH_EVAL_DATASETS,
-    DatasetFileError,
     DIODEDepthDataset,
-    DSINENormalDataset,
     ETH3DDepthDataset,
-    HypersimDataset,
     KITTIDepthDataset,
     NYUv2DepthDataset,
     ScanNetDepthDataset,
-    VirtualKITTI2Dataset,
-    hypersim_distance_to_depth,
 )
+from zoo.data.depth_files import DatasetFileError
+from zoo.data.depth_training import HypersimDataset, VirtualKITTI2Dataset, hypersim_distance_to_depth
+from zoo.data.normal_benchmarks import DSINENormalDataset
 
 
 def write_rgb(path: Path, height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.data.depth_datasets import DatasetFileError
+from zoo.data.depth_files import DatasetFileError
+from zoo.data.depth_protocols import DepthEvalProtocol
 from zoo.data.rgbd import (
     RealRGBDDataset,
     load_rgbd_frame,
@@ -17,7 +18,7 @@ from zoo.data.rgbd import (
     read_redwood_depth,
     sun_raw_to_depth,
 )
-from zoo.evaluation.depth import DEPTH_METRICS, DepthEvalProtocol, evaluate_depth
+from zoo.evaluation.depth import DEPTH_METRICS, evaluate_depth
 
 # Indoor sensor protocol for these frames: the NYU/ScanNet depth range, no crop.
 INDOOR = DepthEvalProtocol("indoor-rgbd", 1e-3, 10.0, None)

@@ -145,7 +145,7 @@ class DepthNormalDataModule(ZooDataModule):
         if hp.source == "synthetic":
             scenes = SyntheticSceneDataset(hp.train_size, *hp.image_size, base_seed=hp.seed)
             return self._train_loader(AugmentedDataset(scenes, None, hp.flip_p, hp.seed))
-        from zoo.data.depth_datasets import HypersimDataset, VirtualKITTI2Dataset
+        from zoo.data.depth_training import HypersimDataset, VirtualKITTI2Dataset
 
         hypersim = AugmentedDataset(HypersimDataset(hp.hypersim_root), tuple(hp.hypersim_size), hp.flip_p, hp.seed)
         vkitti = AugmentedDataset(VirtualKITTI2Dataset(hp.vkitti_root), None, hp.flip_p, hp.seed)
@@ -162,7 +162,8 @@ class DepthNormalDataModule(ZooDataModule):
         if hp.test_dataset == "synthetic":
             scenes = SyntheticSceneDataset(hp.test_size, *hp.image_size, base_seed=TEST_SEED)
             return self.eval_loader(scenes, hp.batch_size, hp.num_workers, "test")
-        from zoo.data.depth_datasets import DEPTH_EVAL_DATASETS, DSINENormalDataset
+        from zoo.data.depth_benchmarks import DEPTH_EVAL_DATASETS
+        from zoo.data.normal_benchmarks import DSINENormalDataset
 
         if hp.test_root is None:
             raise ValueError(f"test_dataset={hp.test_dataset!r} needs test_root (see datasets/README.md)")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo.data.depth_datasets import DatasetFileError, read_rgb_tensor
+from zoo.data.depth_files import DatasetFileError, read_rgb_tensor
 from zoo.data.images import ImageLoadError, pil_to_array, read_image_file
 
 RGBDFormat = Literal["redwood", "tum", "sun", "nyu"]

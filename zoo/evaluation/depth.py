@@ -1,4 +1,4 @@
-"""Affine-invariant depth evaluation: the Marigold metric set, least-squares alignment and per-dataset protocols.
+"""Affine-invariant depth evaluation: the Marigold metric set and least-squares alignment under a dataset protocol.
 
 Follows the protocol that Marigold and Lotus share (reference notes `lotus_marigold.md` §2.1–2.3):
 
@@ -9,6 +9,8 @@ Follows the protocol that Marigold and Lotus share (reference notes `lotus_marig
 3. the aligned depth is clipped to the dataset's [min_depth, max_depth], then to >= 1e-6;
 4. each metric is computed per image on the valid mask, and a dataset's score is the mean over images.
 
+The protocols themselves (depth range, crops, eval masks) are dataset facts in `zoo.data.depth_protocols`.
+
 All functions take batches: prediction, ground truth and mask are [B, H, W] or [B, 1, H, W] (a single [H, W] image is
 accepted too). Work is done in float64 so that sums over millions of pixels stay exact enough.
 """
@@ -17,15 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from zoo.data.depth_protocols import AlignmentSpace, DepthEvalProtocol, get_protocol
 from zoo.evaluation.base import RecordEvaluator
-
-AlignmentSpace = Literal["depth", "disparity", "none"]
 
 # Metric keys in reporting order, with the names Marigold's `metric.py` gives them.
 DEPTH_METRICS: tuple[str, ...] = (
@@ -60,85 +59,6 @@ HIGHER_IS_BETTER = frozenset({"delta1", "delta2", "delta3"})
 MIN_ALIGNED_DISPARITY = 1e-3
 # Final floor on the prediction so that log and 1/x stay finite (Marigold clips to 1e-6 after the range clip).
 MIN_EVAL_DEPTH = 1e-6
-
-
-@dataclass(frozen=True)
-class DepthEvalProtocol:
-    """Per-dataset evaluation settings: valid depth range, crop or eval mask, resolution and alignment defaults."""
-
-    name: str
-    min_depth: float  # valid GT is min_depth < d < max_depth (strict, as Marigold's `_get_valid_mask`)
-    max_depth: float
-    depth_scale: float | None  # PNG value / depth_scale = metres; None for float formats
-    eval_mask: Literal["nyu_eigen", "kitti_eigen"] | None = None
-    kb_crop: bool = (
-        False  # KITTI benchmark crop (bottom-centre 352 x 1216) of RGB and GT before anything else
-    )
-    processing_resolution: int = 0  # Lotus' processing_res: longest edge the model sees; 0 = native
-    alignment_max_resolution: int | None = None  # LS solved on a copy downsampled to this longest edge
-    alignment: AlignmentSpace = (
-        "depth"  # default space; disparity models (Lotus v2) evaluate with "disparity"
-    )
-    num_images: int | None = None  # size of the standard test split, for checking a download
-
-
-# Lotus' depth eval configs (`datasets/eval/depth/configs/*.yaml`), reference §2.3.
-DEPTH_PROTOCOLS: dict[str, DepthEvalProtocol] = {
-    "nyuv2": DepthEvalProtocol("nyuv2", 1e-3, 10.0, 1000.0, eval_mask="nyu_eigen", num_images=654),
-    "kitti": DepthEvalProtocol(
-        "kitti", 1e-5, 80.0, 256.0, eval_mask="kitti_eigen", kb_crop=True, num_images=652
-    ),
-    "eth3d": DepthEvalProtocol(
-        "eth3d",
-        1e-5,
-        math.inf,
-        None,
-        processing_resolution=768,
-        alignment_max_resolution=1024,
-        num_images=454,
-    ),
-    "scannet": DepthEvalProtocol("scannet", 1e-3, 10.0, 1000.0, num_images=800),
-    "diode": DepthEvalProtocol("diode", 0.6, 350.0, None, processing_resolution=640, num_images=771),
-}
-
-# Eigen et al.'s NYUv2 evaluation crop: rows 45:471, cols 41:601 of the 480 x 640 frame.
-NYU_EIGEN_CROP = (45, 471, 41, 601)
-# Eigen valid region of KITTI as fractions of the (benchmark-cropped) GT height and width (BTS / Marigold).
-KITTI_EIGEN_FRACTIONS = (0.3324324, 0.91351351, 0.0359477, 0.96405229)
-KB_CROP_SIZE = (352, 1216)
-
-
-def get_protocol(name: str) -> DepthEvalProtocol:
-    """Look up a dataset's depth protocol by name (nyuv2, kitti, eth3d, scannet, diode)."""
-    key = name.lower()
-    if key not in DEPTH_PROTOCOLS:
-        raise KeyError(f"unknown depth protocol {name!r}; known: {', '.join(DEPTH_PROTOCOLS)}")
-    return DEPTH_PROTOCOLS[key]
-
-
-def eval_region_mask(
-    height: int, width: int, kind: str | None, device: torch.device | None = None
-) -> torch.Tensor:
-    """Boolean [H, W] mask of the evaluated region: Eigen crop (NYU), Eigen mask (KITTI) or everything."""
-    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
-    if kind is None:
-        mask[:] = True
-    elif kind == "nyu_eigen":
-        top, bottom, left, right = NYU_EIGEN_CROP
-        mask[top:bottom, left:right] = True
-    elif kind == "kitti_eigen":
-        top, bottom, left, right = KITTI_EIGEN_FRACTIONS
-        mask[int(top * height) : int(bottom * height), int(left * width) : int(right * width)] = True
-    else:
-        raise ValueError(f"unknown eval mask {kind!r}; expected 'nyu_eigen', 'kitti_eigen' or None")
-    return mask
-
-
-def valid_depth_mask(depth: torch.Tensor, protocol: DepthEvalProtocol) -> torch.Tensor:
-    """GT validity under a protocol: finite, inside (min_depth, max_depth) and inside the eval region."""
-    region = eval_region_mask(depth.shape[-2], depth.shape[-1], protocol.eval_mask, depth.device)
-    in_range = (depth > protocol.min_depth) & (depth < protocol.max_depth) & torch.isfinite(depth)
-    return in_range & region
 
 
 def resize_prediction(prediction: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

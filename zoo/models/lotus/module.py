@@ -12,9 +12,10 @@ from torch import nn
 
 from zoo.backbones import StableDiffusionBackbone
 from zoo.backbones.stable_diffusion import sample_latents
+from zoo.data.depth_protocols import DepthEvalProtocol, get_protocol
 from zoo.data.depth_targets import is_disparity_norm, normalize_depth
 from zoo.evaluation.base import Evaluator, sample_ids
-from zoo.evaluation.depth import DepthEvalProtocol, DepthEvaluator, get_protocol
+from zoo.evaluation.depth import DepthEvaluator
 from zoo.evaluation.normals import NormalEvaluator
 from zoo.models.base import FamilyModule
 from zoo.models.lotus.model import (
