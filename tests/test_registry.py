@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import zoo
-from zoo.registry import MEASURED_DATASET, REPO_ROOT, get_entry, model_zoo_markdown
+from zoo.registry import MEASURED_DATASET, REPO_ROOT, families, get_entry, model_zoo_markdown
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 from model_zoo_table import BEGIN, END, replace_table  # noqa: E402
@@ -20,12 +20,46 @@ def test_readme_table_is_generated_from_the_registry():
 
 
 def test_every_entry_names_an_existing_config_and_a_known_family():
-    from zoo.registry import PREDICTORS
-
     for name in zoo.available_models():
         entry = get_entry(name)
         assert (REPO_ROOT / entry.config).is_file(), f"{name}: config {entry.config} missing"
-        assert entry.family in PREDICTORS, f"{name}: family {entry.family} has no predictor"
+        assert entry.family in families(), f"{name}: unknown family {entry.family}"
+
+
+def test_every_family_spec_resolves_its_classes():
+    for spec in families().values():
+        for part in ("model", "module", "datamodule", "predictor"):
+            assert isinstance(spec.resolve(part), type), f"{spec.name}: {part}"
+        if spec.annotator_adapter is not None:
+            assert isinstance(spec.resolve("annotator_adapter"), type), spec.name
+        assert spec.resolve("module").family == spec.name, f"{spec.name}: module.family"
+
+
+def test_model_zoo_is_pure_data():
+    import ast
+
+    source = (REPO_ROOT / "zoo" / "model_zoo.py").read_text()
+    imports = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert imports == [], "zoo/model_zoo.py must import nothing: it is data the registry reads"
+
+
+def test_importing_zoo_reads_no_model_file(tmp_path):
+    import subprocess
+
+    # A fresh interpreter that records every open() of a metrics.json during `import zoo`.
+    code = (
+        "import builtins, io\n"
+        "seen = []\n"
+        "real = io.open\n"
+        "def spy(file, *a, **k):\n"
+        "    seen.append(str(file))\n"
+        "    return real(file, *a, **k)\n"
+        "builtins.open = io.open = spy\n"
+        "import zoo\n"
+        "print([f for f in seen if f.endswith('.json')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_shipped_models_carry_the_numbers_measured_for_them():
@@ -33,7 +67,7 @@ def test_shipped_models_carry_the_numbers_measured_for_them():
     assert shipped, "no tiny model is registered"
     for entry in shipped:
         metrics = json.loads((REPO_ROOT / entry.checkpoint / "metrics.json").read_text())
-        measured = entry.results[MEASURED_DATASET]
+        measured = entry.all_results()[MEASURED_DATASET]
         assert measured, f"{entry.name}: no measured results"
         for metric, value in measured.items():
             assert metrics[metric] == pytest.approx(value, abs=1e-4), f"{entry.name}: {metric}"

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zoo.cli import ZooCLI, metrics_markdown, write_metrics  # noqa: E402
 from zoo.evaluation.ood import drop_table, find_splits  # noqa: E402
+from zoo.registry import get_family  # noqa: E402
 from zoo.utils.files import atomic_write_json, atomic_write_text  # noqa: E402
 
 
@@ -45,13 +46,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(metrics_markdown(metrics))
     print(f"wrote {json_path} and {md_path}")
     if known.ood_root:
+        family = getattr(cli.model, "family", "")
+        ood_spec = get_family(family).ood if family else None
+        if ood_spec is None:
+            raise SystemExit(f"--ood-root: family {family or type(cli.model).__name__!r} has no COCO-OOD evaluation")
         ood = {"original": metrics}
         for split in find_splits(known.ood_root):
             # Same datamodule settings (person boxes included); only the test images and their copy of the GT change.
             settings = {key: value for key, value in cli.datamodule.hparams.items() if not key.startswith("_")}
-            settings.update(test_ann_file=str(split.annotations.resolve()), test_image_root=str(split.images.resolve()))
+            settings.update({ood_spec.ann_field: str(split.annotations.resolve()),
+                             ood_spec.image_field: str(split.images.resolve())})
             ood[split.name] = test(type(cli.datamodule)(**settings))
-        table = drop_table({name: {"AP": m["test/AP"]} for name, m in ood.items()})
+        metric = ood_spec.metric
+        table = drop_table({name: {metric: m[f"test/{metric}"]} for name, m in ood.items()}, metric=metric)
         atomic_write_json(Path(known.out) / "ood.json", ood)
         atomic_write_text(Path(known.out) / "ood.md", table)
         print(table)

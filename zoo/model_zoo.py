@@ -1,84 +1,125 @@
-"""Every named model of the zoo. Families add their entries here (see zoo.registry)."""
+"""Every family and named model of the zoo, as plain data (read by zoo.registry; imports nothing from zoo).
 
-from zoo.registry import ModelEntry, measured_results, register, register_predictor
+A family names its classes as "module:attribute" targets; a model names its family, the config that trains it,
+its checkpoint (a hub id, or a folder under checkpoints/ for the models that ship here) and its results.
+"""
 
-# ------------------------------------------------------------------------------------------------ Lotus
-register_predictor("lotus", "zoo.inference.lotus:LotusPredictor")
-
-# Official checkpoints (jingheya/*, Apache-2.0). Their numbers are secondary quotes of the paper's tables
-# (reference notes lotus_marigold.md section 3): AbsRel and delta1 in %, normals mean angular error in degrees.
-_LOTUS_PAPER = "paper (secondary quotes, unverified)"
-register(ModelEntry(
-    name="lotus-depth-d", family="lotus", task="depth", config="configs/lotus/lotus_depth_d.yaml",
-    checkpoint="jingheya/lotus-depth-d-v2-0-disparity",
-    description="Lotus-D affine-invariant disparity (regression, single step)",
-    predictor_kwargs={"mode": "d", "task": "depth", "disparity": True},
-    results={"NYUv2": {"AbsRel%": 5.1, "delta1%": 97.2}, "KITTI": {"AbsRel%": 8.1, "delta1%": 93.1},
-             "ETH3D": {"AbsRel%": 6.1, "delta1%": 97.0}, "ScanNet": {"AbsRel%": 5.5, "delta1%": 96.5},
-             "DIODE": {"AbsRel%": 22.8, "delta1%": 73.8}},
-    results_source=_LOTUS_PAPER,
-))
-register(ModelEntry(
-    name="lotus-depth-g", family="lotus", task="depth", config="configs/lotus/lotus_depth_g.yaml",
-    checkpoint="jingheya/lotus-depth-g-v2-1-disparity",
-    description="Lotus-G affine-invariant disparity (generative, single step from noise)",
-    predictor_kwargs={"mode": "g", "task": "depth", "disparity": True},
-    results={"NYUv2": {"AbsRel%": 5.4, "delta1%": 96.6}, "KITTI": {"AbsRel%": 11.3}},
-    results_source=_LOTUS_PAPER,
-))
-register(ModelEntry(
-    name="lotus-normal-d", family="lotus", task="normals", config="configs/lotus/lotus_normal_d.yaml",
-    checkpoint="jingheya/lotus-normal-d-v1-1", description="Lotus-D surface normals (camera-aligned training)",
-    predictor_kwargs={"mode": "d", "task": "normals"},
-    results={"NYUv2": {"mean_deg": 16.2}, "ScanNet": {"mean_deg": 14.3}, "Sintel": {"mean_deg": 32.3}},
-    results_source=_LOTUS_PAPER,
-))
-register(ModelEntry(
-    name="lotus-normal-g", family="lotus", task="normals", config="configs/lotus/lotus_normal_g.yaml",
-    checkpoint="jingheya/lotus-normal-g-v1-1", description="Lotus-G surface normals (camera-aligned training)",
-    predictor_kwargs={"mode": "g", "task": "normals"},
-    results={"NYUv2": {"mean_deg": 17.5}, "ScanNet": {"mean_deg": 18.1}, "iBims": {"mean_deg": 19.2},
-             "Sintel": {"mean_deg": 35.7}},
-    results_source=_LOTUS_PAPER,
-))
-
-# Tiny Lotus models trained here (tools/train_tiny.py, configs/tiny/) on synthetic scenes.
-_TINY_LOTUS = (
-    ("tiny-lotus-depth-d", "lotus_depth_d", "depth", "Lotus-D disparity on the tiny backbone, 64x64 synthetic scenes"),
-    ("tiny-lotus-normal-d", "lotus_normal_d", "normals", "Lotus-D normals on the tiny backbone, 64x64 synthetic scenes"),
+# ------------------------------------------------------------------------------------------------ families
+_DEPTH_SMOKE = (
+    "--data.init_args.source", "synthetic", "--data.init_args.image_size", "[32, 32]",
+    "--data.init_args.train_size", "4", "--data.init_args.val_size", "2", "--data.init_args.test_size", "2",
+    "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
 )
+_POSE_SMOKE = (
+    "--data.init_args.source", "synthetic", "--data.init_args.input_size", "[48, 64]",
+    "--data.init_args.train_images", "2", "--data.init_args.val_images", "1", "--data.init_args.test_images", "1",
+    "--data.init_args.figure_size", "[64, 64]", "--data.init_args.batch_size", "2",
+    "--data.init_args.num_workers", "0", "--data.init_args.cache_dir", "{tmp}/cache",
+    # Model sizes follow the shrunken crops.
+    "--model.init_args.input_size", "[48, 64]", "--model.init_args.heatmap_size", "[12, 16]",
+    "--model.init_args.sigma", "2.0",
+)
+
+FAMILIES = (
+    {
+        "name": "lotus",
+        "model": "zoo.models.lotus.model:Lotus",
+        "module": "zoo.models.lotus.module:LotusModule",
+        "datamodule": "zoo.data.depth_datamodule:DepthNormalDataModule",
+        "predictor": "zoo.inference.lotus:LotusPredictor",
+        "output_kind": "dense",
+        "annotator_adapter": "zoo.inference.annotate.adapters:DenseAdapter",
+        "smoke_overrides": _DEPTH_SMOKE,
+    },
+    {
+        "name": "sdpose",
+        "model": "zoo.models.sdpose.model:SDPose",
+        "module": "zoo.models.sdpose.module:SDPoseModule",
+        "datamodule": "zoo.data.pose_datamodule:PoseDataModule",
+        "predictor": "zoo.inference.pose:PosePredictor",
+        "output_kind": "keypoints",
+        "annotator_adapter": "zoo.inference.annotate.adapters:PoseAdapter",
+        "smoke_overrides": _POSE_SMOKE,
+        "ood": {"metric": "AP", "ann_field": "test_ann_file", "image_field": "test_image_root"},
+    },
+)
+
+# ------------------------------------------------------------------------------------------------ models
+# Official Lotus checkpoints (jingheya/*, Apache-2.0). Their numbers are secondary quotes of the paper's tables
+# (reference notes lotus_marigold.md section 3): AbsRel and delta1 in %, normals mean angular error in degrees.
+_PAPER = "paper (secondary quotes, unverified)"
 _DEPTH_METRICS = ("abs_rel", "delta1", "constant_baseline_abs_rel")
 _NORMAL_METRICS = ("mean", "median", "pct_11.25", "constant_baseline_mean")
-for _name, _folder, _task, _description in _TINY_LOTUS:
-    register(ModelEntry(
-        name=_name, family="lotus", task=_task, config=f"configs/tiny/{_folder}.yaml",
-        checkpoint=f"checkpoints/tiny/{_folder}", description=_description,
-        results=measured_results(f"checkpoints/tiny/{_folder}", _DEPTH_METRICS if _task == "depth" else _NORMAL_METRICS),
-    ))
 
-# ------------------------------------------------------------------------------------------------ SDPose
-register_predictor("sdpose", "zoo.inference.pose:PosePredictor")
-
-# Official checkpoints (teemosliang/*, MIT), loaded from their released layout (zoo.models.sdpose.convert).
-# Numbers: secondary quotes of the paper (reference notes sdpose_cocood_mmpose.md section 4), 1024x768 crops,
-# COCO val2017 with AP_H_70 detector boxes, HumanArt val with GT boxes; AP/AR in %.
-_SDPOSE_PAPER = "paper (secondary quotes, unverified)"
-register(ModelEntry(
-    name="sdpose-body", family="sdpose", task="pose", config="configs/sdpose/sdpose_body_1024x768.yaml",
-    checkpoint="teemosliang/SDPose-Body",
-    description="SDPose COCO-17 body, SD2 UNet up_blocks.3 features + heatmap head, 1024x768 top-down",
-    results={"COCO val2017": {"AP%": 81.3, "AR%": 85.2}, "HumanArt val": {"AP%": 71.2, "AR%": 73.9}},
-    results_source=_SDPOSE_PAPER,
-))
-register(ModelEntry(
-    name="sdpose-wholebody", family="sdpose", task="pose", config="configs/sdpose/sdpose_wholebody_1024x768.yaml",
-    checkpoint="teemosliang/SDPose-Wholebody",
-    description="SDPose COCO-WholeBody 133 keypoints, SD2 UNet up_blocks.2 features + heatmap head, 1024x768",
-))
-register(ModelEntry(
-    name="tiny-sdpose-body", family="sdpose", task="pose", config="configs/tiny/sdpose_body.yaml",
-    checkpoint="checkpoints/tiny/sdpose_body",
-    description="Tiny SDPose COCO-17 on the tiny backbone, trained on synthetic figures (96x128 crops)",
-    # OKS AP on 200 held-out figure images (seed 2000000), GT boxes, flip test (see its recipe.json).
-    results=measured_results("checkpoints/tiny/sdpose_body", ("AP", "AP50", "AP75", "AR")),
-))
+MODELS = (
+    {
+        "name": "lotus-depth-d", "family": "lotus", "task": "depth", "config": "configs/lotus/lotus_depth_d.yaml",
+        "checkpoint": "jingheya/lotus-depth-d-v2-0-disparity",
+        "description": "Lotus-D affine-invariant disparity (regression, single step)",
+        "predictor_kwargs": {"mode": "d", "task": "depth", "disparity": True},
+        "results": {"NYUv2": {"AbsRel%": 5.1, "delta1%": 97.2}, "KITTI": {"AbsRel%": 8.1, "delta1%": 93.1},
+                    "ETH3D": {"AbsRel%": 6.1, "delta1%": 97.0}, "ScanNet": {"AbsRel%": 5.5, "delta1%": 96.5},
+                    "DIODE": {"AbsRel%": 22.8, "delta1%": 73.8}},
+        "results_source": _PAPER,
+    },
+    {
+        "name": "lotus-depth-g", "family": "lotus", "task": "depth", "config": "configs/lotus/lotus_depth_g.yaml",
+        "checkpoint": "jingheya/lotus-depth-g-v2-1-disparity",
+        "description": "Lotus-G affine-invariant disparity (generative, single step from noise)",
+        "predictor_kwargs": {"mode": "g", "task": "depth", "disparity": True},
+        "results": {"NYUv2": {"AbsRel%": 5.4, "delta1%": 96.6}, "KITTI": {"AbsRel%": 11.3}},
+        "results_source": _PAPER,
+    },
+    {
+        "name": "lotus-normal-d", "family": "lotus", "task": "normals",
+        "config": "configs/lotus/lotus_normal_d.yaml", "checkpoint": "jingheya/lotus-normal-d-v1-1",
+        "description": "Lotus-D surface normals (camera-aligned training)",
+        "predictor_kwargs": {"mode": "d", "task": "normals"},
+        "results": {"NYUv2": {"mean_deg": 16.2}, "ScanNet": {"mean_deg": 14.3}, "Sintel": {"mean_deg": 32.3}},
+        "results_source": _PAPER,
+    },
+    {
+        "name": "lotus-normal-g", "family": "lotus", "task": "normals",
+        "config": "configs/lotus/lotus_normal_g.yaml", "checkpoint": "jingheya/lotus-normal-g-v1-1",
+        "description": "Lotus-G surface normals (camera-aligned training)",
+        "predictor_kwargs": {"mode": "g", "task": "normals"},
+        "results": {"NYUv2": {"mean_deg": 17.5}, "ScanNet": {"mean_deg": 18.1}, "iBims": {"mean_deg": 19.2},
+                    "Sintel": {"mean_deg": 35.7}},
+        "results_source": _PAPER,
+    },
+    # Tiny Lotus models trained here (tools/train_tiny.py, configs/tiny/) on synthetic scenes.
+    {
+        "name": "tiny-lotus-depth-d", "family": "lotus", "task": "depth",
+        "config": "configs/tiny/lotus_depth_d.yaml", "checkpoint": "checkpoints/tiny/lotus_depth_d",
+        "description": "Lotus-D disparity on the tiny backbone, 64x64 synthetic scenes",
+        "measured_metrics": _DEPTH_METRICS,
+    },
+    {
+        "name": "tiny-lotus-normal-d", "family": "lotus", "task": "normals",
+        "config": "configs/tiny/lotus_normal_d.yaml", "checkpoint": "checkpoints/tiny/lotus_normal_d",
+        "description": "Lotus-D normals on the tiny backbone, 64x64 synthetic scenes",
+        "measured_metrics": _NORMAL_METRICS,
+    },
+    # Official SDPose checkpoints (teemosliang/*, MIT), loaded from their released layout (zoo.models.sdpose.convert).
+    # Numbers: secondary quotes of the paper (reference notes sdpose_cocood_mmpose.md section 4), 1024x768 crops,
+    # COCO val2017 with AP_H_70 detector boxes, HumanArt val with GT boxes; AP/AR in %.
+    {
+        "name": "sdpose-body", "family": "sdpose", "task": "pose",
+        "config": "configs/sdpose/sdpose_body_1024x768.yaml", "checkpoint": "teemosliang/SDPose-Body",
+        "description": "SDPose COCO-17 body, SD2 UNet up_blocks.3 features + heatmap head, 1024x768 top-down",
+        "results": {"COCO val2017": {"AP%": 81.3, "AR%": 85.2}, "HumanArt val": {"AP%": 71.2, "AR%": 73.9}},
+        "results_source": _PAPER,
+    },
+    {
+        "name": "sdpose-wholebody", "family": "sdpose", "task": "pose",
+        "config": "configs/sdpose/sdpose_wholebody_1024x768.yaml", "checkpoint": "teemosliang/SDPose-Wholebody",
+        "description": "SDPose COCO-WholeBody 133 keypoints, SD2 UNet up_blocks.2 features + heatmap head, 1024x768",
+    },
+    {
+        "name": "tiny-sdpose-body", "family": "sdpose", "task": "pose", "config": "configs/tiny/sdpose_body.yaml",
+        "checkpoint": "checkpoints/tiny/sdpose_body",
+        "description": "Tiny SDPose COCO-17 on the tiny backbone, trained on synthetic figures (96x128 crops)",
+        # OKS AP on 200 held-out figure images (seed 2000000), GT boxes, flip test (see its recipe.json).
+        "measured_metrics": ("AP", "AP50", "AP75", "AR"),
+    },
+)

@@ -1,95 +1,171 @@
-"""The model zoo: one entry per named model, the single source of truth for names, checkpoints and results."""
+"""The model zoo: family specs and named models, the single source of truth for the tools and the README.
+
+The data lives in `zoo/model_zoo.py` (plain dicts, imports nothing from zoo); this module turns it into typed
+specs on first use, resolves the classes a spec names lazily (so `import zoo` stays light and reads no file), and
+builds predictors (`zoo.load`). Adding a family means: its folder under zoo/models/, its configs, one spec in
+model_zoo.py and its tests (see CONTRIBUTING.md).
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from zoo.models import MODEL_CONFIG_FILE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MEASURED_DATASET = "synthetic held-out"
+
+
+@dataclass(frozen=True)
+class OodSpec:
+    """How tools/eval.py --ood-root evaluates a family on COCO-OOD splits."""
+
+    metric: str  # the test metric the drop table compares, without the "test/" prefix
+    ann_field: str  # datamodule argument holding the test ground truth
+    image_field: str  # datamodule argument holding the test image folder
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What the tools need to know about a family, by "module:attribute" targets resolved on use."""
+
+    name: str
+    model: str  # the nn.Module with the inference core
+    module: str  # the LightningModule (tools/train.py, tools/eval.py)
+    datamodule: str  # its LightningDataModule
+    predictor: str  # the inference API class (from_pretrained)
+    output_kind: str  # what a prediction is: "dense", "keypoints", "video_keypoints", "text", "image"
+    annotator_adapter: str | None = None  # the Annotator's TaskAdapter for this family, if it annotates images
+    # LightningCLI overrides that shrink a real-size recipe to a one-step smoke run on the tiny backbone
+    # (tests/test_configs.py; "{tmp}" is replaced by a temporary folder).
+    smoke_overrides: tuple[str, ...] = ()
+    ood: OodSpec | None = None
+
+    def resolve(self, part: str) -> Any:
+        """The class named by one of the target fields ("model", "module", "datamodule", "predictor", ...)."""
+        target = getattr(self, part)
+        if not isinstance(target, str) or ":" not in target:
+            raise ValueError(f"family {self.name!r} has no importable {part!r} ({target!r})")
+        module_name, _, attribute = target.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A named model: its family, task, training config, checkpoint source and measured results."""
+    """A named model: its family, task, training config, checkpoint source and results."""
 
     name: str
-    family: str  # key of PREDICTORS, e.g. "lotus", "sdpose"
+    family: str
     task: str  # "depth", "normals", "pose", ...
     config: str  # repo-relative path of the YAML recipe that trains it
     checkpoint: str  # hub id (e.g. "jingheya/lotus-depth-d-v2-0-disparity") or repo-relative folder
     description: str
     predictor_kwargs: dict[str, Any] = field(default_factory=dict)
-    # dataset -> metric -> value. `results_source` says whether we measured them or copied the paper's table.
+    # dataset -> metric -> value, quoted from a paper (`results_source` says so).
     results: dict[str, dict[str, float]] = field(default_factory=dict)
     results_source: str = "measured here"
+    # For models trained here: the metrics of `<checkpoint>/metrics.json` shown as MEASURED_DATASET results.
+    measured_metrics: tuple[str, ...] = ()
 
     @property
     def is_local(self) -> bool:
         """True when the checkpoint ships inside this repository."""
-        return (REPO_ROOT / self.checkpoint).exists() or self.checkpoint.startswith("checkpoints/")
+        return self.checkpoint.startswith("checkpoints/")
 
     def checkpoint_path(self) -> str:
         """Absolute folder for local checkpoints, else the hub id."""
         return str(REPO_ROOT / self.checkpoint) if self.is_local else self.checkpoint
 
-
-# Family -> "module:Class" of its predictor; imported lazily so `import zoo` stays light.
-PREDICTORS: dict[str, str] = {}
-
-_ENTRIES: dict[str, ModelEntry] = {}
-
-
-def register_predictor(family: str, target: str) -> None:
-    """Declare the predictor class ("module:Class") that serves every model of `family`."""
-    PREDICTORS[family] = target
+    def all_results(self) -> dict[str, dict[str, float]]:
+        """Quoted results, plus the measured ones read from the checkpoint's metrics.json (read on call)."""
+        if not self.measured_metrics:
+            return dict(self.results)
+        path = REPO_ROOT / self.checkpoint / "metrics.json"
+        values = json.loads(path.read_text()) if path.is_file() else {}
+        measured = {name: round(float(values[name]), 4) for name in self.measured_metrics if name in values}
+        return {**self.results, MEASURED_DATASET: measured} if measured else dict(self.results)
 
 
-def register(entry: ModelEntry) -> ModelEntry:
-    """Add a model to the zoo; names are unique."""
-    if entry.name in _ENTRIES:
-        raise ValueError(f"model {entry.name!r} is registered twice")
-    _ENTRIES[entry.name] = entry
-    return entry
+def _build(cls: type, record: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(record) - known)
+    if unknown:
+        raise ValueError(f"zoo/model_zoo.py {where}: unknown fields {unknown}; known: {sorted(known)}")
+    return cls(**record)
 
 
-MEASURED_DATASET = "synthetic held-out"
+@functools.cache
+def _zoo() -> tuple[dict[str, FamilySpec], dict[str, ModelEntry]]:
+    from zoo import model_zoo
+
+    families: dict[str, FamilySpec] = {}
+    for record in model_zoo.FAMILIES:
+        record = dict(record)
+        if record.get("ood") is not None:
+            record["ood"] = OodSpec(**record["ood"])
+        record["smoke_overrides"] = tuple(record.get("smoke_overrides", ()))
+        spec = _build(FamilySpec, record, f"family {record.get('name')!r}")
+        if spec.name in families:
+            raise ValueError(f"family {spec.name!r} is registered twice")
+        families[spec.name] = spec
+    models: dict[str, ModelEntry] = {}
+    for record in model_zoo.MODELS:
+        record = dict(record)
+        record["measured_metrics"] = tuple(record.get("measured_metrics", ()))
+        entry = _build(ModelEntry, record, f"model {record.get('name')!r}")
+        if entry.name in models:
+            raise ValueError(f"model {entry.name!r} is registered twice")
+        if entry.family not in families:
+            raise ValueError(f"model {entry.name!r} names unknown family {entry.family!r}")
+        models[entry.name] = entry
+    return families, models
 
 
-def measured_results(folder: str, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """The held-out metrics that tools/train_tiny.py stored beside a shipped model (`<folder>/metrics.json`)."""
-    path = REPO_ROOT / folder / "metrics.json"
-    if not path.is_file():
-        return {}
-    values = json.loads(path.read_text())
-    return {MEASURED_DATASET: {name: round(float(values[name]), 4) for name in metrics if name in values}}
+def families() -> dict[str, FamilySpec]:
+    """Every family spec by name."""
+    return dict(_zoo()[0])
 
 
-def _ensure_entries() -> None:
-    # The entries live in zoo/model_zoo.py so this module stays the mechanism only.
-    importlib.import_module("zoo.model_zoo")
+def get_family(name: str) -> FamilySpec:
+    """The spec of family `name`; the error lists the known ones."""
+    specs = _zoo()[0]
+    if name not in specs:
+        raise KeyError(f"unknown family {name!r}; known families: {', '.join(sorted(specs))}")
+    return specs[name]
+
+
+def family_of_module(class_path: str) -> FamilySpec:
+    """The family whose LightningModule is `class_path` (dotted, as in a config; imports it)."""
+    module_name, _, attribute = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), attribute)
+    for spec in _zoo()[0].values():
+        if spec.resolve("module") is cls:
+            return spec
+    raise KeyError(f"no family has the LightningModule {class_path!r}")
 
 
 def available_models(family: str | None = None) -> list[str]:
     """Names of all registered models (optionally of one family), sorted."""
-    _ensure_entries()
-    return sorted(name for name, entry in _ENTRIES.items() if family is None or entry.family == family)
+    return sorted(name for name, entry in _zoo()[1].items() if family is None or entry.family == family)
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry of `name`; the error lists the known names."""
-    _ensure_entries()
-    if name not in _ENTRIES:
+    models = _zoo()[1]
+    if name not in models:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(available_models())}")
-    return _ENTRIES[name]
+    return models[name]
 
 
-def _import_target(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+def tiny_models() -> list[ModelEntry]:
+    """The models that ship in this repository (retrained by `make tiny-models`), sorted by name."""
+    return [get_entry(name) for name in available_models() if get_entry(name).is_local]
 
 
 def load(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
@@ -98,42 +174,41 @@ def load(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     A folder must contain `zoo_model.json` naming its family (written when a model is exported).
     Keyword arguments (device, dtype, ...) go to the predictor's `from_pretrained`.
     """
-    _ensure_entries()
     name = str(name_or_path)
-    if name in _ENTRIES:
-        entry = _ENTRIES[name]
-        if entry.family not in PREDICTORS:
-            raise KeyError(f"model {name!r} belongs to family {entry.family!r}, which has no predictor yet")
-        predictor_cls = _import_target(PREDICTORS[entry.family])
+    models = _zoo()[1]
+    if name in models:
+        entry = models[name]
+        predictor_cls = get_family(entry.family).resolve("predictor")
         return predictor_cls.from_pretrained(entry.checkpoint_path(), **{**entry.predictor_kwargs, **kwargs})
     folder = Path(name)
-    marker = folder / "zoo_model.json"
+    marker = folder / MODEL_CONFIG_FILE
     if folder.is_dir() and marker.is_file():
-        family = json.loads(marker.read_text())["family"]
-        if family not in PREDICTORS:
-            raise KeyError(f"{marker}: family {family!r} has no predictor; known: {sorted(PREDICTORS)}")
-        return _import_target(PREDICTORS[family]).from_pretrained(str(folder), **kwargs)
+        try:
+            family = json.loads(marker.read_text())["family"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{marker}: not a zoo model description (needs a JSON object with 'family')") from error
+        return get_family(family).resolve("predictor").from_pretrained(str(folder), **kwargs)
     raise KeyError(
         f"{name!r} is neither a registered model ({', '.join(available_models()) or 'none'}) "
-        f"nor a folder with zoo_model.json"
+        f"nor a folder with {MODEL_CONFIG_FILE}"
     )
 
 
 def model_zoo_markdown() -> str:
     """The README's model-zoo table, generated from the registry."""
-    _ensure_entries()
     lines = [
         "| model | family | task | checkpoint | results | source of numbers |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in available_models():
-        entry = _ENTRIES[name]
+        entry = get_entry(name)
+        shown = entry.all_results()
         results = "; ".join(
             f"{dataset}: " + ", ".join(f"{metric} {value:.4g}" for metric, value in sorted(metrics.items()))
-            for dataset, metrics in sorted(entry.results.items())
+            for dataset, metrics in sorted(shown.items())
         )
         lines.append(
             f"| `{name}` | {entry.family} | {entry.task} | `{entry.checkpoint}` | {results or '—'} | "
-            f"{entry.results_source if entry.results else '—'} |"
+            f"{entry.results_source if shown else '—'} |"
         )
     return "\n".join(lines) + "\n"
