@@ -1,4 +1,4 @@
-"""PoseTrack mAP: poseval's semantics on hand-built frames, the real PoseTrack18 sample, the evaluator and the tool.
+"""PoseTrack mAP: poseval semantics on hand-built frames, the real PoseTrack18 sample, evaluator and tool.
 
 Expected APs below are worked out by hand from poseval's rules (VOC AP over the ranked joints of all frames).
 """
