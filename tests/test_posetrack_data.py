@@ -15,6 +15,7 @@ from zoo.data.posetrack import (
     clip_frame_indices,
     read_posetrack_annotations,
 )
+from zoo.data.samples import check_item
 from zoo.data.synthetic.moving_figures import posetrack_category, render_moving_video, write_posetrack_videos
 from zoo.data.transforms import TopDownAugmentation, keypoints_to_image, warp_image
 from zoo.data.video import FolderFrames, Mp4Frames, VideoDecodeError, open_video
@@ -130,6 +131,8 @@ def test_every_frame_of_a_clip_is_cropped_with_the_same_box(tmp_path):
         assert len(dataset) == 2  # the labelled frames 0 and 4
         last = dataset[1]
         assert last["frame_indices"].tolist() == [3, 4, 4] and last["frame_index"] == 4
+        check_item("clip", last, "posetrack clip")
+        assert last["key_index"] == 1
         frames = FolderFrames(tmp_path / "root" / "images" / "val" / VIDEO.name)
         matrix = last["warp_matrix"].numpy()
         for position, index in enumerate(last["frame_indices"].tolist()):

@@ -315,10 +315,10 @@ def _detection_instances(
 class PoseTrackClipDataset(Dataset):
     """Top-down PoseTrack clips: each item is one person of a labelled key frame with its neighbouring frames.
 
-    Items are dicts: "frames" [T, 3, h, w] float in [0, 1] (frame order = `offsets`; the key frame is where
-    the offset is 0), "keypoints" [17, 2] (key frame, crop pixels), "keypoints_visible" [17], "warp_matrix"
-    [2, 3] float64 (image -> crop, the same for every frame), "flip", "rotation", "center" [2], "scale" [2],
-    "bbox" [4] (x1, y1, x2, y2 in the key frame), "bbox_score", "image_size" [2] (w, h), "sample_id" (the
+    Items are `zoo.data.samples.ClipItem` dicts: "frames" [T, 3, h, w] float in [0, 1] (frame order =
+    `offsets`), "key_index" (where the offset is 0), "keypoints" [17, 2] (key frame, crop pixels),
+    "keypoints_visible" [17], "warp_matrix" [2, 3] float64 (image -> crop, the same for every frame), "flip",
+    "rotation", "center" [2], "scale" [2], "bbox" [4] (x1, y1, x2, y2 in the key frame), "bbox_score", "image_size" [2] (w, h), "sample_id" (the
     dataset index, which evaluators key their state by), "image_id", "annotation_id", "track_id", "video"
     (frame folder name), "frame_index", "frame_indices" [T] (after clamping at the video's ends).
 
@@ -458,6 +458,7 @@ class PoseTrackClipDataset(Dataset):
         image = instance.image
         return {
             "frames": torch.from_numpy(np.ascontiguousarray(clip)).float().div_(255.0),  # [T, 3, h, w]
+            "key_index": self.offsets.index(0),
             "keypoints": torch.from_numpy(sample["keypoints"]),  # [17, 2]
             "keypoints_visible": torch.from_numpy(sample["keypoints_visible"]),  # [17]
             "warp_matrix": torch.from_numpy(geometry.matrix()),  # [2, 3] float64
