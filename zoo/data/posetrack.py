@@ -9,8 +9,8 @@ head_bottom and head_top sit in the COCO eye slots and the ears are never annota
 
 A clip is the key frame t and its neighbours t + offset (default -1, 0, +1); a neighbour past either end of
 the video repeats the nearest frame, as FAMI-Pose pads with the key frame. One enlarged person box (x1.25,
-aspect fixed) of the key frame crops every frame through the shared affine path of `zoo.data.transforms`, and one
-augmentation draw covers the whole clip, so all frames of an item share the same geometry and colours.
+aspect fixed) of the key frame crops every frame through the shared affine path of `zoo.data.transforms`, and
+one augmentation draw covers the whole clip, so all frames of an item share the same geometry and colours.
 """
 
 from __future__ import annotations
@@ -318,9 +318,10 @@ class PoseTrackClipDataset(Dataset):
     Items are `zoo.data.samples.ClipItem` dicts: "frames" [T, 3, h, w] float in [0, 1] (frame order =
     `offsets`), "key_index" (where the offset is 0), "keypoints" [17, 2] (key frame, crop pixels),
     "keypoints_visible" [17], "warp_matrix" [2, 3] float64 (image -> crop, the same for every frame), "flip",
-    "rotation", "center" [2], "scale" [2], "bbox" [4] (x1, y1, x2, y2 in the key frame), "bbox_score", "image_size" [2] (w, h), "sample_id" (the
-    dataset index, which evaluators key their state by), "image_id", "annotation_id", "track_id", "video"
-    (frame folder name), "frame_index", "frame_indices" [T] (after clamping at the video's ends).
+    "rotation", "center" [2], "scale" [2], "bbox" [4] (x1, y1, x2, y2 in the key frame), "bbox_score",
+    "image_size" [2] (w, h), "sample_id" (the dataset index, which evaluators key their state by), "image_id",
+    "annotation_id", "track_id", "video" (frame folder name), "frame_index", "frame_indices" [T] (after
+    clamping at the video's ends).
 
     `frames="files"` reads the neighbours as image files next to the key frame (PoseTrack's layout);
     `frames="video"` decodes them from `<frame folder>/<folder name>.mp4` or `<frame folder>.mp4`.
