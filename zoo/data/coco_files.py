@@ -1,10 +1,10 @@
 """The one reader of COCO files: image lists and annotations, results and person-detection files.
 
-Every tool and dataset that takes a COCO file reads it here, so a malformed file fails the same way everywhere,
-before any work starts, with an error that names the file, the record and the field (`images[3]['width']`):
-missing keys, wrong lengths, non-numeric or non-finite numbers, ids of the wrong type (`true` is not an id and
-`"367"` is not a coordinate), duplicate ids, annotations of unknown images, absurd image sizes, JSON nested too
-deeply to parse and, where the caller needs it, empty ground truth.
+Every tool and dataset that takes a COCO file reads it here, so a malformed file fails the same way
+everywhere, before any work starts, with an error that names the file, the record and the field
+(`images[3]['width']`): missing keys, wrong lengths, non-numeric or non-finite numbers, ids of the wrong type
+(`true` is not an id and `"367"` is not a coordinate), duplicate ids, annotations of unknown images, absurd
+image sizes, JSON nested too deeply to parse and, where the caller needs it, empty ground truth.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ _KEYPOINT_FIELDS = tuple(field for field, _ in PART_FIELDS.values())
 
 
 class CocoFileError(ValueError):
-    """A COCO annotation, results or detection file is malformed; the message names the file, record and field."""
+    """A COCO annotation, results or detection file is malformed; the message names file, record and field."""
 
 
 class CocoFileNotFoundError(CocoFileError, FileNotFoundError):
@@ -50,7 +50,7 @@ class CocoFileNotFoundError(CocoFileError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class KeypointPart:
-    """One part of a keypoint layout: its metainfo name, annotation field, validity flag and keypoint range."""
+    """One part of a keypoint layout: metainfo name, annotation field, validity flag and keypoint range."""
 
     name: str
     field: str
@@ -70,7 +70,7 @@ class KeypointPart:
 
 
 def keypoint_parts(metainfo: PoseMetainfo | str) -> tuple[KeypointPart, ...]:
-    """The parts of a metainfo's keypoint layout with the annotation fields that store them, in keypoint order."""
+    """A metainfo's keypoint parts with the annotation fields storing them, in keypoint order."""
     metainfo = load_metainfo(metainfo) if isinstance(metainfo, str) else metainfo
     unknown = sorted(set(metainfo.parts) - set(PART_FIELDS))
     if unknown:
@@ -83,7 +83,7 @@ def keypoint_parts(metainfo: PoseMetainfo | str) -> tuple[KeypointPart, ...]:
 
 @dataclass(frozen=True)
 class CocoImage:
-    """One validated `images[]` record; width and height are None only where the caller allowed them missing."""
+    """One validated `images[]` record; width and height are None only where the caller allows it."""
 
     index: int  # position in the file's `images` list, for messages
     id: int
@@ -188,7 +188,7 @@ def _check_bbox(record: dict[str, Any], where: str) -> None:
 
 
 def _check_record_fields(record: dict[str, Any], where: str) -> None:
-    """Check the COCO fields a record has, whichever of them it has; requiring fields is the caller's business."""
+    """Check whichever COCO fields a record has; which fields are required is the caller's business."""
     for key in ("id", "category_id", "num_keypoints"):
         if key in record:
             _check_id(record, key, where)
@@ -214,7 +214,8 @@ def _check_size(image: dict[str, Any], where: str) -> tuple[int, int]:
                 f"{_field(where, key)}: must be a positive integer of at most {MAX_IMAGE_SIDE}; got {value!r}"
             )
     if image["width"] * image["height"] > MAX_PIXELS:
-        raise CocoFileError(f"{where}: {image['width']}x{image['height']} exceeds the {MAX_PIXELS}-pixel limit")
+        size = f"{image['width']}x{image['height']}"
+        raise CocoFileError(f"{where}: {size} exceeds the {MAX_PIXELS}-pixel limit")
     return image["width"], image["height"]
 
 
@@ -256,8 +257,8 @@ def read_coco(
     """Read and validate a COCO annotation file (or an already parsed dict); `what` names it in messages.
 
     Images need an integer id, a file name and (`require_size`) a width and height. Annotations are optional
-    unless `require_annotations` (ground truth for an evaluation: a missing or empty list is an error); each one
-    needs `annotation_fields`, refers to a known image, and every COCO field it has is checked.
+    unless `require_annotations` (ground truth for an evaluation: a missing or empty list is an error); each
+    one needs `annotation_fields`, refers to a known image, and every COCO field it has is checked.
     """
     data, name = read_json(source, what)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -280,7 +281,8 @@ def read_coco(
         _check_record_fields(ann, where)
         if "image_id" in ann:
             if _check_id(ann, "image_id", where) not in known:
-                raise CocoFileError(f"{_field(where, 'image_id')}: image {ann['image_id']} is not in 'images'")
+                unknown = ann["image_id"]
+                raise CocoFileError(f"{_field(where, 'image_id')}: image {unknown} is not in 'images'")
         if "id" in ann:
             if ann["id"] in seen:
                 raise CocoFileError(f"{_field(where, 'id')}: duplicate annotation id {ann['id']}")
@@ -289,7 +291,7 @@ def read_coco(
 
 
 def annotation_keypoints(coco: CocoFile, index: int) -> np.ndarray:
-    """Keypoints [K, 3] of annotation `index`: COCO-17 or COCO-WholeBody-133, a part flagged invalid zeroed."""
+    """Keypoints [K, 3] of annotation `index`: COCO-17 or COCO-WholeBody-133, parts flagged invalid zeroed."""
     ann, where = coco.annotations[index], coco.where(index)
     parts = keypoint_parts("coco_wholebody")
     if not any(part.field in ann for part in parts[1:]):
@@ -318,7 +320,7 @@ def annotation_keypoints(coco: CocoFile, index: int) -> np.ndarray:
 
 
 def person_keypoints(coco: CocoFile) -> dict[int, list[np.ndarray]]:
-    """The people of every image as [K, 3] pixel keypoints; crowd regions and keypoint-less annotations skipped."""
+    """The people of every image as [K, 3] pixel keypoints; crowds and keypoint-less annotations skipped."""
     people: dict[int, list[np.ndarray]] = {image.id: [] for image in coco.images}
     for index, ann in enumerate(coco.annotations):
         if ann.get("iscrowd", 0) or "keypoints" not in ann:
@@ -332,10 +334,11 @@ def read_results(
     what: str = "results",
     required: Sequence[str] = ("image_id",),
 ) -> tuple[list[dict[str, Any]], str]:
-    """Read and validate a COCO results list (detections or keypoints) and return it with its name for messages."""
+    """Read and validate a COCO results list (detections or keypoints) and its name for messages."""
     data, name = read_json(source, what)
     if not isinstance(data, list):
-        raise CocoFileError(f"{name}: expected a COCO results list of {{image_id, ...}}; got {type(data).__name__}")
+        kind = type(data).__name__
+        raise CocoFileError(f"{name}: expected a COCO results list of {{image_id, ...}}; got {kind}")
     for index, record in enumerate(data):
         where = f"{name}: results[{index}]"
         if not isinstance(record, dict):
@@ -350,10 +353,11 @@ def read_results(
 
 
 def read_detections(source: str | os.PathLike | list[dict[str, Any]]) -> list[Detection]:
-    """Read and validate a person-detection file (COCO results: image_id, category_id, bbox x y w h, score)."""
+    """Read and validate a person-detection file (COCO results: image_id, category_id, bbox xywh, score)."""
     records, _ = read_results(source, "detection", ("image_id", "category_id", "bbox", "score"))
     return [
-        Detection(index, r["image_id"], np.asarray(r["bbox"], dtype=np.float64), float(r["score"]), r["category_id"])
+        Detection(index, r["image_id"], np.asarray(r["bbox"], dtype=np.float64), float(r["score"]),
+                  r["category_id"])
         for index, r in enumerate(records)
     ]
 

@@ -1,9 +1,10 @@
 """Depth benchmark sets in the layout of Marigold's packaged eval sets: NYUv2, KITTI, ETH3D, ScanNet, DIODE.
 
-Each set is a root folder and a file list ("rgb depth [extra...]", datasets/README.md) evaluated under its protocol
-(`zoo.data.depth_protocols`: depth range, crop, eval mask). Items are dicts: "image" float32 [3, H, W] in [0, 1],
-"depth" float32 [1, H, W] metres (0 where unknown), "valid" bool [1, H, W] (the protocol's mask), "path",
-"depth_path" and "dataset". Broken files raise DatasetFileError naming the file; entries escaping the root are refused.
+Each set is a root folder and a file list ("rgb depth [extra...]", datasets/README.md) evaluated under its
+protocol (`zoo.data.depth_protocols`: depth range, crop, eval mask). Items are dicts: "image" float32 [3, H,
+W] in [0, 1], "depth" float32 [1, H, W] metres (0 where unknown), "valid" bool [1, H, W] (the protocol's
+mask), "path", "depth_path" and "dataset". Broken files raise DatasetFileError naming the file; entries
+escaping the root are refused.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from zoo.utils.files import safe_join
 class MarigoldDepthEvalDataset(Dataset):
     """A Marigold-layout depth eval set: rows "rgb depth [...]" relative to `root`, decoded by the protocol.
 
-    Items carry "valid" = the protocol's mask (depth range, Eigen crop / mask, DIODE's own mask) and "dataset" (the
-    protocol's name; the DepthEvalProtocol itself is `dataset.protocol`). Rows whose depth column is "None" (KITTI frames without GT) are skipped and counted in
-    `skipped_without_gt`.
+    Items carry "valid" = the protocol's mask (depth range, Eigen crop / mask, DIODE's own mask) and "dataset"
+    (the protocol's name; the DepthEvalProtocol itself is `dataset.protocol`). Rows whose depth column is
+    "None" (KITTI frames without GT) are skipped and counted in `skipped_without_gt`.
     """
 
     def __init__(
@@ -49,7 +50,8 @@ class MarigoldDepthEvalDataset(Dataset):
             if len(row) < 2:
                 raise DatasetFileError(f"{filelist}: row {' '.join(row)!r} needs an RGB and a depth column")
         self.skipped_without_gt = sum(1 for row in rows if row[1] == "None")
-        # Resolve every path up front so that a list escaping the root fails at construction, not mid-evaluation.
+        # Resolve every path up front so that a list escaping the root fails at construction, not
+        # mid-evaluation.
         self.samples = [
             (safe_join(self.root, row[0]), safe_join(self.root, row[1])) for row in rows if row[1] != "None"
         ]
@@ -61,7 +63,7 @@ class MarigoldDepthEvalDataset(Dataset):
         return len(self.samples)
 
     def read_depth(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
-        """Decode the GT depth of one sample to [H, W] metres (0 or inf where unknown); image_size is the RGB's (H, W)."""
+        """GT depth of one sample as [H, W] metres (0 or inf where unknown); image_size is the RGB (H, W)."""
         depth_path = self.samples[index][1]
         if self.protocol.depth_scale is None:
             raise TypeError(f"{type(self).__name__} must decode {self.protocol.name} depth files")
@@ -110,7 +112,7 @@ class NYUv2DepthDataset(MarigoldDepthEvalDataset):
 
 
 class KITTIDepthDataset(MarigoldDepthEvalDataset):
-    """KITTI Eigen test split (652 with GT): depth PNG / 256, 1e-5 < d < 80, benchmark crop 352 x 1216, Eigen mask.
+    """KITTI Eigen test split (652 with GT): depth PNG / 256, 1e-5 < d < 80, crop 352 x 1216, Eigen mask.
 
     The third column (focal length) is kept in `extra`; rows with depth "None" are skipped.
     """
@@ -127,7 +129,7 @@ class ScanNetDepthDataset(MarigoldDepthEvalDataset):
 
 
 class ETH3DDepthDataset(MarigoldDepthEvalDataset):
-    """ETH3D (454): depth is raw little-endian float32 at the RGB size (6048 x 4032), inf = no depth; d > 1e-5."""
+    """ETH3D (454): depth is raw little-endian float32 at the RGB size (6048 x 4032), inf = none; d > 1e-5."""
 
     def __init__(self, root: PathLike, filelist: PathLike | Sequence[str]) -> None:
         super().__init__(root, filelist, "eth3d")
@@ -141,7 +143,8 @@ class ETH3DDepthDataset(MarigoldDepthEvalDataset):
         expected = width * height * 4
         if depth_path.stat().st_size != expected:
             raise DatasetFileError(
-                f"{depth_path}: {depth_path.stat().st_size} bytes; expected {expected} for float32 at {width}x{height}"
+                f"{depth_path}: {depth_path.stat().st_size} bytes; "
+                f"expected {expected} for float32 at {width}x{height}"
             )
         depth = np.fromfile(depth_path, dtype="<f4").reshape(height, width)
         return np.where(np.isinf(depth), 0.0, depth).astype(np.float32)

@@ -1,4 +1,4 @@
-"""File readers shared by the depth and normal dataset readers: RGB, 16-bit depth PNG, .npy, HDF5 and file lists.
+"""File readers shared by the depth and normal datasets: RGB, 16-bit depth PNG, .npy, HDF5 and file lists.
 
 Broken files raise DatasetFileError naming the file.
 """
@@ -31,15 +31,16 @@ def read_rgb_tensor(path: PathLike) -> torch.Tensor:
 
 
 def read_depth_png(path: PathLike, scale: float) -> np.ndarray:
-    """Read a single-channel 16-bit depth PNG and divide by `scale` (1000: mm, 256: KITTI, 100: cm) -> [H, W] metres."""
+    """Read a 16-bit depth PNG divided by `scale` (1000: mm, 256: KITTI, 100: cm) as [H, W] metres."""
     try:
         array = pil_to_array(read_image_file(path))
     except ImageLoadError as error:
         raise DatasetFileError(str(error)) from error
-    # PIL gives uint16 for 16-bit PNGs, or int32 (mode "I") on some builds; an 8-bit or colour file is not depth.
+    # PIL gives uint16 for 16-bit PNGs, or int32 (mode "I") on some builds; 8-bit or colour is not depth.
     if array.ndim != 2 or array.dtype not in (np.uint16, np.int32):
         raise DatasetFileError(
-            f"{path}: expected a single-channel 16-bit depth PNG; got dtype {array.dtype}, shape {array.shape}"
+            f"{path}: expected a single-channel 16-bit depth PNG; "
+            f"got dtype {array.dtype}, shape {array.shape}"
         )
     return array.astype(np.float32) / np.float32(scale)
 
@@ -83,7 +84,7 @@ def read_array(path: Path, what: str) -> np.ndarray:
 
 
 def read_filelist(filelist: PathLike | Sequence[str]) -> list[list[str]]:
-    """Split a Marigold/DSINE file list (a path or lines) into whitespace-separated columns; skips blanks and #."""
+    """Split a Marigold/DSINE file list (path or lines) into whitespace-separated columns; skip blanks, #."""
     if isinstance(filelist, (str, os.PathLike)) and Path(filelist).is_file():
         lines = Path(filelist).read_text(encoding="utf-8").splitlines()
     elif isinstance(filelist, (str, os.PathLike)):

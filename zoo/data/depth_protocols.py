@@ -1,7 +1,7 @@
-"""Depth evaluation protocols of the benchmark sets: valid depth range, crops and eval masks, processing defaults.
+"""Depth evaluation protocols of the benchmarks: valid depth range, crops, eval masks, processing defaults.
 
-These are facts about the datasets (Lotus' depth eval configs, reference notes `lotus_marigold.md` §2.3): the readers
-apply the crops and masks, and `zoo.evaluation.depth` scores predictions under the same protocol.
+These are facts about the datasets (Lotus' depth eval configs, reference notes `lotus_marigold.md` §2.3): the
+readers apply the crops and masks, and `zoo.evaluation.depth` scores predictions under the same protocol.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ AlignmentSpace = Literal["depth", "disparity", "none"]
 
 @dataclass(frozen=True)
 class DepthEvalProtocol:
-    """Per-dataset evaluation settings: valid depth range, crop or eval mask, resolution and alignment defaults."""
+    """Per-dataset evaluation settings: depth range, crop or eval mask, resolution, alignment defaults."""
 
     name: str
     min_depth: float  # valid GT is min_depth < d < max_depth (strict, as Marigold's `_get_valid_mask`)

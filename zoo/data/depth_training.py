@@ -1,9 +1,10 @@
 """Depth and normal training sets of Lotus: Hypersim and Virtual KITTI 2 (layouts in datasets/README.md).
 
-Hypersim: planar depth from distance-to-camera, outward camera-space normals. Virtual KITTI 2: depth PNG in cm,
-valid and sky masks. Items are dicts: "image" float32 [3, H, W] in [0, 1], "depth" float32 [1, H, W] metres (0
-where unknown), "valid" bool [1, H, W], optional "normals" float32 [3, H, W] (DSINE/Lotus orientation), "path" and
-the extras named in each class docstring. Broken files raise DatasetFileError naming the file.
+Hypersim: planar depth from distance-to-camera, outward camera-space normals. Virtual KITTI 2: depth PNG in
+cm, valid and sky masks. Items are dicts: "image" float32 [3, H, W] in [0, 1], "depth" float32 [1, H, W]
+metres (0 where unknown), "valid" bool [1, H, W], optional "normals" float32 [3, H, W] (DSINE/Lotus
+orientation), "path" and the extras named in each class docstring. Broken files raise DatasetFileError naming
+the file.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ VKITTI_CONDITIONS = (
 
 
 def hypersim_distance_to_depth(distance: np.ndarray, focal: float = HYPERSIM_FOCAL) -> np.ndarray:
-    """Convert Hypersim distance-to-camera [H, W] to planar depth: d * f / ||(x, y, f)|| with x, y at pixel centres."""
+    """Hypersim distance-to-camera [H, W] as planar depth: d * f / ||(x, y, f)||, x and y at pixel centres."""
     height, width = distance.shape
     x = np.linspace(-0.5 * width + 0.5, 0.5 * width - 0.5, width, dtype=np.float32)  # [W]
     y = np.linspace(-0.5 * height + 0.5, 0.5 * height - 0.5, height, dtype=np.float32)  # [H]
@@ -60,11 +61,11 @@ def hypersim_distance_to_depth(distance: np.ndarray, focal: float = HYPERSIM_FOC
 
 
 def orient_normals_to_camera(normals: np.ndarray, depth: np.ndarray, focal: float) -> np.ndarray:
-    """Flip normals [H, W, 3] (x left, y up, z back) that face away from the camera, as GeoWizard/Lotus align them.
+    """Flip normals [H, W, 3] (x left, y up, z back) facing away from the camera, as GeoWizard/Lotus do.
 
-    The pixel's 3D point in camera coordinates (x right, y down, z forward) is depth * K^-1 [u, v, 1] with principal
-    point (W/2, H/2); a normal n is flipped where n . p < 0 in those mixed axes, which after negating x, y and z
-    into the normal's frame means the normal points along the viewing ray.
+    The pixel's 3D point in camera coordinates (x right, y down, z forward) is depth * K^-1 [u, v, 1] with
+    principal point (W/2, H/2); a normal n is flipped where n . p < 0 in those mixed axes, which after
+    negating x, y and z into the normal's frame means the normal points along the viewing ray.
     """
     height, width = depth.shape
     u = (np.arange(width, dtype=np.float32) - width / 2) / focal  # [W]
@@ -76,13 +77,14 @@ def orient_normals_to_camera(normals: np.ndarray, depth: np.ndarray, focal: floa
 
 
 class HypersimDataset(Dataset):
-    """Hypersim frames: tonemapped RGB, planar depth from `depth_meters`, outward camera-space normals from `normal_cam`.
+    """Hypersim frames: tonemapped RGB, planar depth (`depth_meters`), outward camera normals (`normal_cam`).
 
-    Finds `*.tonemap.jpg` under `root` (or reads `root/metadata.jsonl` as written by Lotus' process_hypersim.py).
-    Normals: x negated (inward to outward, DSINE/Lotus orientation); `align_normals=True` also flips normals that
-    face away from the camera (Lotus' `--align_cam_normal`). "valid" marks finite, positive depth (Lotus filters NaN
-    frames offline and uses no mask; frames kept with NaN pixels get them masked here rather than poisoning losses).
-    The focal length 886.81 px is Hypersim's at 1024 px width; other widths scale it.
+    Finds `*.tonemap.jpg` under `root` (or reads `root/metadata.jsonl` as written by Lotus'
+    process_hypersim.py). Normals: x negated (inward to outward, DSINE/Lotus orientation);
+    `align_normals=True` also flips normals that face away from the camera (Lotus' `--align_cam_normal`).
+    "valid" marks finite, positive depth (Lotus filters NaN frames offline and uses no mask; frames kept with
+    NaN pixels get them masked here rather than poisoning losses). The focal length 886.81 px is Hypersim's at
+    1024 px width; other widths scale it.
     """
 
     def __init__(self, root: PathLike, load_normals: bool = True, align_normals: bool = False) -> None:
@@ -157,9 +159,10 @@ class HypersimDataset(Dataset):
 class VirtualKITTI2Dataset(Dataset):
     """Virtual KITTI 2 frames with depth in metres, "valid" (1e-5 < d < 80), "sky" (d >= 80) and "loss_mask".
 
-    "loss_mask" = valid | sky is what Lotus trains on: sky is kept and lands at the far end after normalisation.
-    `kb_crop=True` (Lotus' VKITTITransform) cuts the bottom-centre 352 x 1216 window of every map.
-    `load_normals=True` reads Lotus' precomputed `frames/normal/Camera_c/normal_XXXXX.png` (8-bit, n = v / 127.5 - 1).
+    "loss_mask" = valid | sky is what Lotus trains on: sky is kept and lands at the far end after
+    normalisation. `kb_crop=True` (Lotus' VKITTITransform) cuts the bottom-centre 352 x 1216 window of every
+    map. `load_normals=True` reads Lotus' precomputed `frames/normal/Camera_c/normal_XXXXX.png` (8-bit, n = v
+    / 127.5 - 1).
     """
 
     def __init__(

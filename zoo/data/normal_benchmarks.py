@@ -1,8 +1,9 @@
-"""Surface-normal benchmark sets in the layout of DSINE's `dsine_eval`: NYUv2, ScanNet, iBims-1, Sintel, OASIS.
+"""Surface-normal benchmarks in the layout of DSINE's `dsine_eval`: NYUv2, ScanNet, iBims-1, Sintel, OASIS.
 
-Each set is `<name>/<scene>/<id>_img.png` with `<id>_normal.*` and optionally `<id>_intrins.npy` (datasets/README.md).
-Items are dicts: "image" float32 [3, H, W] in [0, 1], "normals" float32 [3, H, W] (DSINE/Lotus orientation), "valid"
-bool [1, H, W], "path", and "intrinsics" [3, 3] where given. Broken files raise DatasetFileError naming the file.
+Each set is `<name>/<scene>/<id>_img.png` with `<id>_normal.*` and optionally `<id>_intrins.npy`
+(datasets/README.md). Items are dicts: "image" float32 [3, H, W] in [0, 1], "normals" float32 [3, H, W]
+(DSINE/Lotus orientation), "valid" bool [1, H, W], "path", and "intrinsics" [3, 3] where given. Broken files
+raise DatasetFileError naming the file.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def read_oasis_normals(path: PathLike, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """OASIS ROI normals: the pickled box is pasted into an [H, W, 3] map, x and y negated to LUB; mask = ROI != 0."""
+    """OASIS ROI normals: the pickled box in an [H, W, 3] map, x and y negated (LUB); mask = ROI != 0."""
     try:
         with open(path, "rb") as handle:
             entry = _NumpyOnlyUnpickler(handle).load()
@@ -107,8 +108,8 @@ def read_exr_normals(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if bgr is None:
         raise DatasetFileError(
-            f"{path}: OpenCV could not read this EXR (this OpenCV build may lack OpenEXR); convert it once to "
-            f"{converted.name} ([H, W, 3] float32, RGB order) as datasets/README.md describes"
+            f"{path}: OpenCV could not read this EXR (this OpenCV build may lack OpenEXR); convert it once "
+            f"to {converted.name} ([H, W, 3] float32, RGB order) as datasets/README.md describes"
         )
     if bgr.ndim != 3 or bgr.shape[-1] < 3:
         raise DatasetFileError(f"{path}: expected a 3-channel EXR; got shape {bgr.shape}")
@@ -118,10 +119,10 @@ def read_exr_normals(path: Path) -> np.ndarray:
 class DSINENormalDataset(Dataset):
     """One DSINE normal eval set (nyuv2, scannet, ibims, sintel, oasis) under `root` = dsine_eval/<name>.
 
-    Samples are `<scene>/<id>_img.png` entries of `split_file` (DSINE's split list), or every `*_img.*` under root.
-    GT: 8-bit PNG (n = v / 255 * 2 - 1, valid where the PNG is non-zero) for NYUv2/ScanNet; float EXR (valid where
-    |n| > 0.5) for iBims/Sintel; pickled ROI (valid inside the ROI, x and y negated) for OASIS. Items add
-    "intrinsics" [3, 3] when `<id>_intrins.npy` exists.
+    Samples are `<scene>/<id>_img.png` entries of `split_file` (DSINE's split list), or every `*_img.*` under
+    root. GT: 8-bit PNG (n = v / 255 * 2 - 1, valid where the PNG is non-zero) for NYUv2/ScanNet; float EXR
+    (valid where |n| > 0.5) for iBims/Sintel; pickled ROI (valid inside the ROI, x and y negated) for OASIS.
+    Items add "intrinsics" [3, 3] when `<id>_intrins.npy` exists.
     """
 
     def __init__(self, root: PathLike, name: str, split_file: PathLike | Sequence[str] | None = None) -> None:

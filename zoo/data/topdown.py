@@ -1,8 +1,8 @@
 """Top-down COCO-style keypoint datasets (COCO body, COCO-WholeBody, HumanArt): one person crop per item.
 
 Instances come from ground-truth boxes or from a person-detection result file (COCO results format), with
-mmpose's BaseCocoStyleDataset semantics: GT boxes are clipped to the image, crowd and keypoint-less instances are
-skipped in top-down mode, detections keep category 1 above a score threshold and carry dummy keypoints.
+mmpose's BaseCocoStyleDataset semantics: GT boxes are clipped to the image, crowd and keypoint-less instances
+are skipped in top-down mode, detections keep category 1 above a score threshold and carry dummy keypoints.
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ class PoseInstance:
     category_id: int
 
 
-def _image_paths(images: Sequence[CocoImage], image_root: Path, strip_prefixes: Sequence[str]) -> dict[int, Path]:
+def _image_paths(
+    images: Sequence[CocoImage], image_root: Path, strip_prefixes: Sequence[str]
+) -> dict[int, Path]:
     """Map image id -> file path under `image_root`, refusing names that escape it.
 
-    Some releases name files from the dataset's parent folder (HumanArt: "HumanArt/images/..."); when the first
-    image is missing as named but exists without one of `strip_prefixes`, that prefix is dropped for every image.
+    Some releases name files from the dataset's parent folder (HumanArt: "HumanArt/images/..."); when the
+    first image is missing as named but exists without one of `strip_prefixes`, that prefix is dropped for
+    every image.
     """
     if not images:
         return {}
@@ -104,7 +107,13 @@ def load_pose_instances(
     paths = _image_paths(coco.images, Path(image_root), strip_prefixes)
     if bbox_file is not None:
         return _detection_instances(
-            read_detections(bbox_file), str(bbox_file), coco.name, images, paths, num_keypoints, bbox_score_thr
+            read_detections(bbox_file),
+            str(bbox_file),
+            coco.name,
+            images,
+            paths,
+            num_keypoints,
+            bbox_score_thr,
         )
     instances = []
     for index, ann in enumerate(coco.annotations):
@@ -127,9 +136,9 @@ def load_pose_instances(
             -1, 3
         )
         if raw.shape[0] != num_keypoints:
+            fields = ", ".join(map(repr, keypoint_fields))
             raise CocoFileError(
-                f"{coco.where(index)}: has {raw.shape[0]} keypoints in {', '.join(map(repr, keypoint_fields))}, "
-                f"expected {num_keypoints}"
+                f"{coco.where(index)}: has {raw.shape[0]} keypoints in {fields}, expected {num_keypoints}"
             )
         visible = (raw[:, 2] > 0).astype(np.float32)  # [K]
         area = ann.get("area")
@@ -201,11 +210,12 @@ def _detection_instances(
 class TopDownPoseDataset(Dataset):
     """COCO-style top-down keypoint dataset: each item is one person crop with keypoints in crop pixels.
 
-    Items are dicts of tensors: "image" [3, h, w] float in [0, 1] (the network input, corrupted when training),
-    "clean_image" [3, h, w] (the crop before the corruption block), "keypoints" [K, 2] (crop pixels),
-    "keypoints_visible" [K], and the meta the evaluator needs: "image_id", "instance_id", "bbox" [4] (x1, y1, x2,
-    y2 in the image), "bbox_score", "area", "center" [2], "scale" [2], "rotation", "flip", "image_size" [2] (w, h),
-    "warp_matrix" [2, 3] float64 (image -> crop; `zoo.data.transforms.keypoints_to_image` inverts it).
+    Items are dicts of tensors: "image" [3, h, w] float in [0, 1] (the network input, corrupted when
+    training), "clean_image" [3, h, w] (the crop before the corruption block), "keypoints" [K, 2] (crop
+    pixels), "keypoints_visible" [K], and the meta the evaluator needs: "image_id", "instance_id", "bbox" [4]
+    (x1, y1, x2, y2 in the image), "bbox_score", "area", "center" [2], "scale" [2], "rotation", "flip",
+    "image_size" [2] (w, h), "warp_matrix" [2, 3] float64 (image -> crop;
+    `zoo.data.transforms.keypoints_to_image` inverts it).
     """
 
     default_metainfo: str = "coco"
@@ -260,8 +270,8 @@ class TopDownPoseDataset(Dataset):
         return len(self.instances)
 
     def _rng(self, index: int) -> np.random.Generator:
-        # Seeded: the same (seed, epoch, index) gives the same crop in any worker; unseeded: fresh OS entropy, so
-        # forked DataLoader workers never repeat each other's draws.
+        # Seeded: the same (seed, epoch, index) gives the same crop in any worker; unseeded: fresh OS entropy,
+        # so forked DataLoader workers never repeat each other's draws.
         if self.seed is None:
             return np.random.default_rng()
         return np.random.default_rng([self.seed, self.epoch, index])
@@ -317,5 +327,6 @@ class HumanArtPoseDataset(TopDownPoseDataset):
     """HumanArt (COCO-17 keypoints on art, virtual and real humans), top-down."""
 
     default_metainfo = "humanart"
-    # File names start with "HumanArt/images/": `image_root` may be the dataset's parent folder or its images folder.
+    # File names start with "HumanArt/images/": `image_root` may be the dataset's parent folder or its images
+    # folder.
     strip_prefixes = ("HumanArt/images/",)
