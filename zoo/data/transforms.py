@@ -174,9 +174,129 @@ def decoded_to_crop(keypoints: np.ndarray, input_size: tuple[int, int]) -> np.nd
     return np.asarray(keypoints, dtype=np.float64) * (size - 1) / size
 
 
+def udp_heatmap_to_crop(points: np.ndarray, heatmap_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """Heatmap-pixel keypoints [..., K, 2] -> crop pixels under UDP (pixel centres onto pixel centres), float64."""
+    factor = (np.asarray(input_size, dtype=np.float64) - 1) / (np.asarray(heatmap_size, dtype=np.float64) - 1)
+    return np.asarray(points, dtype=np.float64) * factor
+
+
 def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """Warp an image [H, W, C] with an affine [2, 3] to `output_size` (w, h), bilinear, zero border (as mmpose)."""
     return cv2.warpAffine(image, matrix, (int(output_size[0]), int(output_size[1])), flags=cv2.INTER_LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------------- official paths
+# The official SDPose-OOD evaluation runs mmpose's top-down path on float32 numpy values (numpy 1.26 there): box,
+# centre and scale are float32 arrays and the UDP warp matrix is stored in float32. The functions below evaluate the
+# same expressions on the same dtypes, so that the crops match pixel for pixel; the default path above works in
+# float64, which moves a few hundred crop pixels of a 768x1024 crop by up to 5 grey levels.
+
+
+def official_box_xyxy(bbox_xywh: Sequence[float], image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A COCO (x, y, w, h) box as the official loader reads it: float32 (x1, y1, x2, y2), shape [4].
+
+    With `image_size` (w, h) it is a ground-truth box: corners computed in float64 and clipped to the last pixel
+    centre (w - 1, h - 1). Without it it is a detection box: cast to float32 first, added in float32, not clipped.
+    """
+    x, y, w, h = (float(v) for v in bbox_xywh[:4])
+    if image_size is None:
+        box = np.array([x, y, w, h], dtype=np.float32)
+        box[2:] += box[:2]
+        return box
+    width, height = image_size
+    corners = [np.clip(x, 0, width - 1), np.clip(y, 0, height - 1), np.clip(x + w, 0, width - 1),
+               np.clip(y + h, 0, height - 1)]
+    return np.array(corners, dtype=np.float32)
+
+
+def official_center_scale(
+    bbox_xyxy: np.ndarray, input_size: tuple[int, int], padding: float = BBOX_PADDING
+) -> tuple[np.ndarray, np.ndarray]:
+    """Box centre and padded, aspect-fixed scale (w, h) in float32 arrays [2], as mmpose's eval pipeline has them."""
+    box = np.asarray(bbox_xyxy, dtype=np.float32).reshape(4)
+    center = (box[2:] + box[:2]) * 0.5
+    scale = (box[2:] - box[:2]) * padding
+    aspect = input_size[0] / input_size[1]
+    # Array operations (not scalars): numpy keeps them in float32 under both its old and new promotion rules.
+    w, h = scale[:1], scale[1:]
+    scale = np.where(w > h * aspect, np.concatenate([w, w / aspect]), np.concatenate([h * aspect, h]))
+    return center, scale
+
+
+def official_udp_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """The UDP image -> crop affine [2, 3] in float32 from float32 centre/scale [2] (no rotation, as at eval)."""
+    cx, sx, sy = center[0], scale[0], scale[1]  # numpy float32 scalars, as the official code indexes them
+    factor_x = (output_size[0] - 1) / sx
+    factor_y = (output_size[1] - 1) / sy
+    matrix = np.zeros((2, 3), dtype=np.float32)
+    # The official formula works on the doubled centre (its `input_size`): -0.5 * (2c) is exactly -c.
+    matrix[0, 0] = factor_x
+    matrix[0, 2] = factor_x * (-0.5 * (cx * 2) + 0.5 * sx)
+    matrix[1, 1] = factor_y
+    matrix[1, 2] = factor_y * (-0.5 * (center[1] * 2) + 0.5 * sy)
+    return matrix
+
+
+def official_keypoints_to_image(
+    heatmap_points: np.ndarray,
+    heatmap_size: tuple[int, int],
+    input_size: tuple[int, int],
+    center: np.ndarray,
+    scale: np.ndarray,
+) -> np.ndarray:
+    """Heatmap-pixel keypoints [..., K, 2] -> image pixels as the official code maps them, in float64.
+
+    mmpose's UDPHeatmap.decode scales by input_size / (heatmap - 1) (x768/191, x1024/255), and the mapping back
+    `kpt / input_size * scale + center - scale / 2` compensates: the result is `heatmap / (heatmap - 1) * scale
+    + center - scale / 2`, the exact UDP inverse. `center`, `scale` [..., 2] are float32, broadcast per instance.
+    """
+    size = np.asarray(input_size)
+    decoded = np.asarray(heatmap_points, dtype=np.float32) / (np.asarray(heatmap_size) - 1) * size  # float64
+    scale = np.asarray(scale, dtype=np.float32)[..., None, :]
+    return decoded / size * scale + np.asarray(center, dtype=np.float32)[..., None, :] - 0.5 * scale
+
+
+def stretch_crop(
+    image: np.ndarray, bbox_xyxy: Sequence[float], input_size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The official demo's crop: the box truncated to integers and clamped to the image, stretched to `input_size`
+    (w, h) with PIL bilinear, no padding and no aspect fix. Returns the crop [h, w, 3] and its region (x, y, w, h).
+
+    A box that clamps to nothing falls back to the whole image, as the demo does.
+    """
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in bbox_xyxy[:4])
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
+    if x2 <= x1 or y2 <= y1:
+        x1, y1, x2, y2 = 0, 0, width, height
+    crop = Image.fromarray(image).crop((x1, y1, x2, y2)).resize(tuple(input_size), Image.BILINEAR)
+    return np.asarray(crop), (x1, y1, x2 - x1, y2 - y1)
+
+
+def stretched_to_image(
+    heatmap_points: np.ndarray,
+    heatmap_size: tuple[int, int],
+    region: np.ndarray,
+    input_size: tuple[int, int],
+    official: bool = False,
+) -> np.ndarray:
+    """Heatmap-pixel keypoints [..., K, 2] of stretch crops with regions (x, y, w, h) [..., 4] -> image pixels.
+
+    official=True is the demo's mapping of the decoded input pixels (x768/191): `kpt * w / 768 + x`, which ignores
+    both the decode's 768/767 factor and the half-pixel offset of the resize. Otherwise the UDP crop pixel
+    u = heatmap * 767/191 maps through the resize's pixel centres: `x + (u + 0.5) * w / 768 - 0.5`.
+    """
+    points = np.asarray(heatmap_points, dtype=np.float32)
+    region = np.asarray(region, dtype=np.float64)[..., None, :]
+    size = np.asarray(input_size)
+    stretch = region[..., 2:] / size
+    if official:
+        decoded = points / (np.asarray(heatmap_size) - 1) * size  # float64, as mmpose's UDPHeatmap.decode
+        return decoded * stretch + region[..., :2]
+    crop_points = udp_heatmap_to_crop(points, heatmap_size, input_size)
+    return region[..., :2] + (crop_points + 0.5) * stretch - 0.5
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Top-down pose prediction API: person boxes -> aspect-preserving UDP crops -> SDPose heatmaps -> image keypoints."""
+"""Top-down pose prediction API: person boxes -> aspect-preserving UDP crops -> SDPose heatmaps -> image keypoints.
+
+`sdpose_compat=True` reproduces the official SDPose-OOD numbers; `crop_mode="stretch"` the official demo's crops.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +17,28 @@ import torch
 
 from zoo.codecs import decode_udp_batched
 from zoo.data.coco_files import read_detections
-from zoo.data.images import load_rgb_uint8
+from zoo.data.images import ImageLoadError, load_rgb_uint8
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
 from zoo.data.transforms import (
     BBOX_PADDING,
     TopDownTransform,
     bbox_xywh_to_xyxy,
-    decoded_to_crop,
     keypoints_to_image,
+    official_center_scale,
+    official_keypoints_to_image,
+    official_udp_warp_matrix,
+    stretch_crop,
+    stretched_to_image,
+    udp_heatmap_to_crop,
+    warp_image,
 )
-from zoo.models.sdpose.model import MODEL_CONFIG_FILE, SDPose, load_sdpose
+from zoo.models import MODEL_CONFIG_FILE
+from zoo.models.sdpose.model import SDPose, load_sdpose
 
 BOX_SOURCES = ("whole_image", "hog")
+# "affine": mmpose's aspect-preserving UDP crop of the 1.25x box (training and the official evaluation);
+# "stretch": the official demo's crop of the integer box stretched to the input size.
+CROP_MODES = ("affine", "stretch")
 
 
 @dataclass
@@ -77,6 +90,17 @@ def hog_person_boxes(image: np.ndarray, score_thr: float = 0.0) -> tuple[np.ndar
     return bbox_xywh_to_xyxy(rects[keep]).astype(np.float32), weights[keep]
 
 
+def read_image_opencv(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 [H, W, 3] decoded as the official evaluation does: OpenCV's `imdecode` (BGR), reordered to RGB."""
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ImageLoadError(f"{path}: OpenCV cannot decode this file (empty, corrupt or not an image)")
+    return np.ascontiguousarray(image[..., ::-1])
+
+
 def _local_folder(source: str | os.PathLike) -> Path:
     """A local folder as is; a hub id ("teemosliang/SDPose-Body") from the Hugging Face cache or a download."""
     if Path(source).is_dir():
@@ -100,24 +124,56 @@ class PosePredictor:
 
     Crops of all persons of all images in a call are pooled and run `batch_size` at a time, so one backbone call
     serves persons from several images.
+
+    The default mode is deterministic and exact in its own terms: PIL decoding (EXIF orientation applied), box,
+    centre, scale and warp matrix in float64, the VAE posterior mode, one batched call for crops and mirrored
+    crops under flip test, and the exact inverse affine back to the image. `sdpose_compat=True` reproduces the
+    official SDPose-OOD evaluation instead: files decoded by OpenCV (BGR -> RGB), float32 box arithmetic and warp
+    matrix, a VAE posterior *sample* (global RNG unless `generator`), the mirrored crops as a second encode and
+    UNet call, and the official float64 mapping back. The official evaluation runs with flip_test=True.
+    `crop_mode="stretch"` crops as the official demo does (integer box clamped to the image, stretched to the
+    input size with PIL bilinear; the demo runs without flip test); with sdpose_compat it also maps keypoints back
+    with the demo's formula, otherwise through the resize's pixel centres.
     """
 
-    def __init__(self, model: SDPose, config: dict[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: SDPose,
+        config: dict[str, Any],
+        device: str | torch.device = "cpu",
+        sdpose_compat: bool = False,
+        crop_mode: str = "affine",
+    ) -> None:
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}; got {crop_mode!r}")
+        self.sdpose_compat = sdpose_compat
+        self.crop_mode = crop_mode
         self.model = model.eval().to(device)
         self.config = config
         self.device = torch.device(device)
         self.metainfo = load_metainfo(config["metainfo"])
         self.input_size = tuple(int(v) for v in config["input_size"])  # (w, h)
+        default_heatmap = [v // 4 for v in self.input_size]  # SDPose heatmaps are at 1/4 of the input
+        self.heatmap_size = tuple(int(v) for v in config.get("heatmap_size", default_heatmap))  # (w, h)
         self.blur_kernel_size = int(config.get("blur_kernel_size", 11))
-        self.transform = TopDownTransform(self.input_size, padding=float(config.get("bbox_padding", BBOX_PADDING)))
+        self.padding = float(config.get("bbox_padding", BBOX_PADDING))
+        self.transform = TopDownTransform(self.input_size, padding=self.padding)
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+        cls,
+        folder: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        sdpose_compat: bool = False,
+        crop_mode: str = "affine",
+        vae: str = "full",
+        tiny_autoencoder: str | os.PathLike | None = None,
     ) -> PosePredictor:
         """Load an exported folder (zoo_model.json) or an official SDPose checkpoint folder (decoder/ + unet/).
 
-        `dtype` ("bf16", "fp16", torch dtype) runs the UNet and VAE under autocast.
+        `dtype` ("bf16", "fp16", torch dtype) runs the UNet and VAE under autocast; see the class for the modes.
+        `vae="tiny"` encodes the crops with the AutoencoderTiny folder `tiny_autoencoder` (pose never decodes).
         """
         folder = _local_folder(folder)
         if (folder / MODEL_CONFIG_FILE).is_file():
@@ -133,7 +189,8 @@ class PosePredictor:
             model, config = load_official_sdpose(folder)
         if dtype is not None:
             model.backbone.configure(autocast_dtype=dtype)
-        return cls(model, config, device)
+        model.backbone.use_tiny_autoencoder(tiny_autoencoder, vae)
+        return cls(model, config, device, sdpose_compat, crop_mode)
 
     # ------------------------------------------------------------------ boxes
     def _boxes(
@@ -157,8 +214,9 @@ class PosePredictor:
                 raise ValueError("box_scores must hold one score per box")
             return out, scores
         if box_source == "whole_image":
-            # UDP pixel-centre extent: the box spans pixel centres 0 .. W-1, as GT boxes are clipped.
-            out = [np.array([[0, 0, im.shape[1] - 1, im.shape[0] - 1]], dtype=np.float32) for im in images]
+            # Affine: the UDP pixel-centre extent 0 .. W-1, as GT boxes are clipped; stretch: the demo's full image.
+            last = 1 if self.crop_mode == "affine" else 0
+            out = [np.array([[0, 0, im.shape[1] - last, im.shape[0] - last]], dtype=np.float32) for im in images]
             return out, [np.ones(1, dtype=np.float32) for _ in images]
         if box_source == "hog":
             pairs = [hog_person_boxes(im) for im in images]
@@ -175,49 +233,83 @@ class PosePredictor:
         box_source: str = "whole_image",
         flip_test: bool = False,
         batch_size: int = 16,
+        generator: torch.Generator | None = None,
     ) -> PoseOutput:
         """Predict keypoints of the persons in `images` (a path, PIL, array or tensor, or a list of them).
 
         boxes: one [N, 4] (x1, y1, x2, y2) array per image (N may be 0); without them `box_source` supplies
         them: "whole_image" (one person per image) or "hog" (OpenCV's people detector). For a COCO detection
         file use `detection_boxes(det_file, image_ids)`. flip_test averages with mirrored crops (2x cost).
+        generator: the RNG of the posterior samples under sdpose_compat (the global RNG when None; with the same
+        seed and batch_size the draws are the official evaluation's).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         single = not isinstance(images, (list, tuple))
-        arrays = [load_rgb_uint8(image) for image in ([images] if single else images)]  # [H, W, 3] each
+        arrays = [self._load(image) for image in ([images] if single else images)]  # [H, W, 3] each
         person_boxes, person_scores = self._boxes(arrays, boxes, box_scores, box_source)
         counts = [len(b) for b in person_boxes]
-        crops, matrices = [], []
+        crops, frames = [], []
         for image, image_boxes in zip(arrays, person_boxes, strict=True):
             for box in image_boxes:
-                sample = self.transform(image, box, np.zeros((self.metainfo.num_keypoints, 2)),
-                                        np.zeros(self.metainfo.num_keypoints))
-                crops.append(sample["image"])
-                matrices.append(sample["geometry"].matrix())
+                crop, frame = self._crop(image, box)
+                crops.append(crop)
+                frames.append(frame)
         keypoints = np.zeros((0, self.metainfo.num_keypoints, 2), dtype=np.float32)
         scores = np.zeros((0, self.metainfo.num_keypoints), dtype=np.float32)
         if crops:
-            keypoints, scores = self._predict_crops(np.stack(crops), np.stack(matrices), flip_test, batch_size)
+            heatmap_points, scores = self._predict_crops(np.stack(crops), flip_test, batch_size, generator)
+            keypoints = self._to_image(heatmap_points, np.stack(frames))
         splits = np.cumsum(counts)[:-1]
         return PoseOutput(
             keypoints=np.split(keypoints, splits), scores=np.split(scores, splits),
             boxes=person_boxes, box_scores=person_scores, metainfo=self.metainfo,
         )
 
+    def _load(self, image: Any) -> np.ndarray:
+        """One input -> RGB uint8 [H, W, 3]; files through OpenCV for the official evaluation path."""
+        if self.sdpose_compat and self.crop_mode == "affine" and isinstance(image, (str, os.PathLike)):
+            return read_image_opencv(image)
+        return load_rgb_uint8(image)
+
+    def _crop(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One person crop uint8 [h, w, 3] and what maps it back: affine [2, 3], centre + scale [4] or region [4]."""
+        if self.crop_mode == "stretch":
+            crop, region = stretch_crop(image, box, self.input_size)
+            return crop, np.asarray(region, dtype=np.float64)
+        if self.sdpose_compat:
+            center, scale = official_center_scale(box, self.input_size, self.padding)  # float32 [2] each
+            matrix = official_udp_warp_matrix(center, scale, self.input_size)  # float32 [2, 3]
+            return warp_image(image, matrix, self.input_size), np.concatenate([center, scale])
+        sample = self.transform(image, box, np.zeros((self.metainfo.num_keypoints, 2)),
+                                np.zeros(self.metainfo.num_keypoints))
+        return sample["image"], sample["geometry"].matrix()
+
+    def _to_image(self, heatmap_points: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Heatmap-pixel keypoints [M, K, 2] -> image pixels [M, K, 2] float32, with each crop's frame."""
+        size = self.heatmap_size
+        if self.crop_mode == "stretch":
+            points = stretched_to_image(heatmap_points, size, frames, self.input_size, self.sdpose_compat)
+        elif self.sdpose_compat:
+            points = official_keypoints_to_image(heatmap_points, size, self.input_size, frames[:, :2], frames[:, 2:])
+        else:
+            points = keypoints_to_image(udp_heatmap_to_crop(heatmap_points, size, self.input_size), frames)
+        return points.astype(np.float32)
+
     def _predict_crops(
-        self, crops: np.ndarray, matrices: np.ndarray, flip_test: bool, batch_size: int
+        self, crops: np.ndarray, flip_test: bool, batch_size: int, generator: torch.Generator | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Crops uint8 [M, h, w, 3] with image->crop affines [M, 2, 3] -> image keypoints [M, K, 2], scores [M, K]."""
+        """Crops uint8 [M, h, w, 3] -> heatmap-pixel keypoints [M, K, 2] and scores [M, K] (heatmap maxima)."""
         flip_indices = self.metainfo.flip_indices if flip_test else None
         keypoints, scores = [], []
         for start in range(0, len(crops), batch_size):
             chunk = torch.from_numpy(crops[start : start + batch_size]).to(self.device)
             chunk = chunk.permute(0, 3, 1, 2).float() / 255.0  # [b, 3, h, w] in [0, 1]
-            heatmaps = self.model.predict_heatmaps(chunk, flip_indices)  # [b, K, h/4, w/4]
-            decoded, confidence = decode_udp_batched(heatmaps, self.input_size, self.blur_kernel_size)
+            if self.sdpose_compat:
+                heatmaps = self.model.predict_heatmaps(chunk, flip_indices, official=True, generator=generator)
+            else:
+                heatmaps = self.model.predict_heatmaps(chunk, flip_indices)  # [b, K, h/4, w/4]
+            decoded, confidence = decode_udp_batched(heatmaps, None, self.blur_kernel_size)
             keypoints.append(decoded.cpu().numpy())
             scores.append(confidence.cpu().numpy())
-        crop_points = decoded_to_crop(np.concatenate(keypoints), self.input_size)  # [M, K, 2] crop pixels
-        image_points = keypoints_to_image(crop_points, matrices)
-        return image_points.astype(np.float32), np.concatenate(scores).astype(np.float32)
+        return np.concatenate(keypoints), np.concatenate(scores).astype(np.float32)
