@@ -1,11 +1,12 @@
-"""Pictures of predictions (depth, normals, heatmaps, skeletons, grids) and the OpenPose conditioning canvas."""
+"""Pictures of predictions (depth, normals, heatmaps, skeletons, grids) and the OpenPose canvas."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-# Name -> module; resolved on first use so that the OpenPose renderer does not import diffusers' image processor.
+# Name -> module; resolved on first use so that the OpenPose renderer does not import diffusers' image
+# processor.
 _EXPORTS = {
     "colorize_depth": "zoo.visualize.pictures",
     "colorize_normals": "zoo.visualize.pictures",

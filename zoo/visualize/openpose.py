@@ -1,9 +1,10 @@
 """OpenPose pictures: COCO keypoints to OpenPose-18 and the ControlNet OpenPose conditioning canvas.
 
-Rendering follows controlnet_aux's `open_pose.draw_poses` (the "5th edit" of the ControlNet annotator, what ComfyUI
-and diffusers users feed to ControlNet) so that a rendered image equals that library's output pixel for pixel.
-Coordinates inside a person are normalised (x / width, y / height) exactly as controlnet_aux stores them, because its
-pixel positions are truncations of `normalised * size` and we must truncate the same numbers.
+Rendering follows controlnet_aux's `open_pose.draw_poses` (the "5th edit" of the ControlNet annotator, what
+ComfyUI and diffusers users feed to ControlNet) so that a rendered image equals that library's output pixel
+for pixel. Coordinates inside a person are normalised (x / width, y / height) exactly as controlnet_aux stores
+them, because its pixel positions are truncations of `normalised * size` and we must truncate the same
+numbers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from zoo.data.metainfo import load_metainfo
 
 # OpenPose "COCO-18" body order (CMU POSE_COCO_BODY_PARTS without Background).
 OPENPOSE18_NAMES: tuple[str, ...] = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
+    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist",
+    "left_shoulder", "left_elbow", "left_wrist",
     "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
     "right_eye", "left_eye", "right_ear", "left_ear",
 )  # fmt: skip
@@ -47,7 +49,8 @@ COCO17_TO_OPENPOSE18: tuple[int | None, ...] = (
     3,
 )
 
-# The 17 limbs every renderer draws (the PAF-only ear-shoulder pairs 18 and 19 are never drawn); limb i uses colour i.
+# The 17 limbs every renderer draws (the PAF-only ear-shoulder pairs 18 and 19 are never drawn); limb i uses
+# colour i.
 BODY_LIMBS: tuple[tuple[int, int], ...] = (
     (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
     (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
@@ -62,7 +65,8 @@ LIMB_FILL_FACTOR = 0.6  # limbs are filled with int(colour * 0.6): dimmer sticks
 STICK_WIDTH = 4  # ellipse minor semi-axis in pixels
 BODY_JOINT_RADIUS = 4
 
-# OpenPose hand order: 0 wrist, 1-4 thumb, 5-8 index, 9-12 middle, 13-16 ring, 17-20 pinky (COCO-WholeBody uses it too).
+# OpenPose hand order: 0 wrist, 1-4 thumb, 5-8 index, 9-12 middle, 13-16 ring, 17-20 pinky (COCO-WholeBody
+# uses it too).
 HAND_EDGES: tuple[tuple[int, int], ...] = (
     (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10),
     (10, 11), (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20),
@@ -72,8 +76,8 @@ HAND_JOINT_RADIUS = 4
 HAND_JOINT_COLOR = (0, 0, 255)
 FACE_POINT_RADIUS = 3
 FACE_POINT_COLOR = (255, 255, 255)
-# Hands and face hide a point whose truncated pixel x or y is not above this (controlnet_aux's `eps`), so a point on
-# row or column 0 is not drawn; missing points are encoded there as -1 and vanish by the same test.
+# Hands and face hide a point whose truncated pixel x or y is not above this (controlnet_aux's `eps`), so a
+# point on row or column 0 is not drawn; missing points are encoded there as -1 and vanish by the same test.
 HAND_FACE_EPS = 0.01
 
 DEFAULT_THRESHOLD = 0.3  # DWPose's cut: a keypoint whose score is not above it is missing
@@ -81,7 +85,7 @@ DEFAULT_THRESHOLD = 0.3  # DWPose's cut: a keypoint whose score is not above it 
 
 @dataclass(frozen=True)
 class OpenPosePerson:
-    """One person in OpenPose layout, coordinates normalised to [0, 1] (x / width, y / height), NaN where missing."""
+    """One person in OpenPose layout: coordinates normalised (x / width, y / height), NaN if missing."""
 
     body: np.ndarray  # [18, 2]
     left_hand: np.ndarray | None = None  # [21, 2]
@@ -99,8 +103,8 @@ def _present(points: np.ndarray, threshold: float) -> np.ndarray:
 def coco17_to_openpose18(keypoints: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Reorder COCO-17 keypoints [17, 3] (x, y, score) into OpenPose-18 [18, 3], adding the neck.
 
-    A keypoint whose score is not above `threshold` is missing: its row is (NaN, NaN, 0). The neck is the midpoint of
-    the two shoulders, present only when both are, with the lower of their scores.
+    A keypoint whose score is not above `threshold` is missing: its row is (NaN, NaN, 0). The neck is the
+    midpoint of the two shoulders, present only when both are, with the lower of their scores.
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
     if keypoints.shape != (17, 3):
@@ -127,7 +131,8 @@ def person_from_coco(
 ) -> OpenPosePerson:
     """Build an OpenPosePerson from pixel keypoints: COCO-17 [17, 3] or COCO-WholeBody-133 [133, 3].
 
-    Hands and face come only from whole-body keypoints; a part with no point above `threshold` is absent (None).
+    Hands and face come only from whole-body keypoints; a part with no point above `threshold` is absent
+    (None).
     """
     wholebody = load_metainfo("coco_wholebody")
     # The body comes first in the whole-body layout, so both layouts start with the COCO-17 keypoints.
@@ -174,7 +179,7 @@ HAND_EDGE_COLORS: tuple[tuple[float, float, float], ...] = tuple(
 
 
 def _draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
-    """Draw the 17 limbs (filled ellipses at 0.6 colour) and then the 18 joints (full-colour discs) in place."""
+    """Draw the 17 limbs (filled ellipses at 0.6 colour), then the 18 joints (full-colour discs) in place."""
     height, width = canvas.shape[:2]
     present = ~np.isnan(body).any(axis=1)
     for (a, b), color in zip(BODY_LIMBS, BODY_COLORS[: len(BODY_LIMBS)], strict=True):
@@ -184,7 +189,8 @@ def _draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
         ya, yb = body[a, 1] * float(height), body[b, 1] * float(height)
         length = ((ya - yb) ** 2 + (xa - xb) ** 2) ** 0.5
         angle = math.degrees(math.atan2(ya - yb, xa - xb))
-        # Centre, axes and angle are truncated to integers before OpenCV sees them, as in the reference renderer.
+        # Centre, axes and angle are truncated to integers before OpenCV sees them, as in the reference
+        # renderer.
         polygon = cv2.ellipse2Poly(
             (int((xa + xb) / 2), int((ya + yb) / 2)), (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1
         )
@@ -195,7 +201,7 @@ def _draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
 
 
 def _pixel(point: np.ndarray, width: int, height: int) -> tuple[int, int] | None:
-    """Truncated pixel position of a normalised hand/face point, or None when missing or hidden by the eps rule."""
+    """Truncated pixel of a normalised hand/face point; None when missing or hidden by the eps rule."""
     if np.isnan(point).any():
         return None
     x, y = int(point[0] * width), int(point[1] * height)
@@ -228,7 +234,8 @@ def render_openpose(people: Sequence[OpenPosePerson], height: int, width: int) -
     if height <= 0 or width <= 0:
         raise ValueError(f"canvas size must be positive; got height={height}, width={width}")
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    # Person-major order (body, left hand, right hand, face), so a later person's limbs cover an earlier one's joints.
+    # Person-major order (body, left hand, right hand, face), so a later person's limbs cover an earlier one's
+    # joints.
     for person in people:
         _draw_body(canvas, person.body)
         for hand in (person.left_hand, person.right_hand):

@@ -7,7 +7,9 @@ import torch
 from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 
 
-def colorize_depth(depth: np.ndarray | torch.Tensor, disparity: bool = False, color_map: str = "Spectral") -> np.ndarray:
+def colorize_depth(
+    depth: np.ndarray | torch.Tensor, disparity: bool = False, color_map: str = "Spectral"
+) -> np.ndarray:
     """Depth or disparity in [0, 1] ([H, W] or [H, W, 1]) -> uint8 RGB [H, W, 3]; near is red, far is blue.
 
     Disparity is large when near, so it is reversed first to keep the colours meaning the same thing.
@@ -31,7 +33,7 @@ def colorize_normals(normals: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def colorize_heatmaps(heatmaps: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Keypoint heatmaps [K, H, W] -> uint8 RGB [H, W, 3]: the per-pixel maximum over joints, Spectral colours."""
+    """Keypoint heatmaps [K, H, W] -> uint8 RGB [H, W, 3]: the per-pixel maximum over joints in Spectral."""
     values = torch.as_tensor(np.asarray(heatmaps, dtype=np.float32))
     peak = values.amax(dim=0).clamp(0, 1)  # [H, W]
     return colorize_depth(1.0 - peak)
@@ -62,17 +64,19 @@ def draw_skeleton(
     radius: int | None = None,
     thickness: int | None = None,
 ) -> np.ndarray:
-    """Draw persons' keypoints [N, K, 2] (or [K, 2]) over a copy of a uint8 RGB image [H, W, 3] in metainfo colours.
+    """Draw persons' keypoints [N, K, 2] (or [K, 2]) in metainfo colours over a copy of uint8 RGB [H, W, 3].
 
-    `metainfo` is a `zoo.data.metainfo.PoseMetainfo` (skeleton links and colours); keypoints with a score below
-    `threshold` and links touching them are skipped.
+    `metainfo` is a `zoo.data.metainfo.PoseMetainfo` (skeleton links and colours); keypoints with a score
+    below `threshold` and links touching them are skipped.
     """
     import cv2
 
     canvas = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).copy())
     points = np.asarray(keypoints, dtype=np.float64).reshape(-1, metainfo.num_keypoints, 2)  # [N, K, 2]
     confidence = (
-        np.ones(points.shape[:2]) if scores is None else np.asarray(scores, dtype=np.float64).reshape(points.shape[:2])
+        np.ones(points.shape[:2])
+        if scores is None
+        else np.asarray(scores, dtype=np.float64).reshape(points.shape[:2])
     )
     # Line widths grow with the image so that skeletons stay visible on large photos and small crops alike.
     size = max(canvas.shape[:2])
@@ -87,5 +91,6 @@ def draw_skeleton(
                 cv2.line(canvas, start, end, tuple(int(c) for c in colour), thickness, cv2.LINE_AA)
         for k in np.flatnonzero(shown):
             centre = tuple(int(round(v)) for v in person[k])
-            cv2.circle(canvas, centre, radius, tuple(int(c) for c in metainfo.keypoint_colors[k]), -1, cv2.LINE_AA)
+            colour = tuple(int(c) for c in metainfo.keypoint_colors[k])
+            cv2.circle(canvas, centre, radius, colour, -1, cv2.LINE_AA)
     return canvas
