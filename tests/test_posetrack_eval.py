@@ -274,3 +274,39 @@ def test_tool_names_a_missing_prediction_file(tmp_path, capsys):
     (tmp_path / "pred").mkdir()
     assert eval_posetrack.main(["--gt", str(REAL_VAL), "--pred", str(tmp_path / "pred")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_clips_predicted_as_their_ground_truth_score_100_through_the_evaluator(flip):
+    """Reader -> crop keypoints -> evaluator: crops mapped back (flips swapped back) give poseval 100."""
+    from torch.utils.data import DataLoader
+
+    from zoo.data.posetrack import PoseTrackClipDataset
+    from zoo.data.samples import collate_items
+    from zoo.data.transforms import TopDownAugmentation
+
+    augmentation = (
+        TopDownAugmentation(
+            flip_prob=1.0,
+            half_body_prob=0.0,
+            shift_prob=0.0,
+            scale_prob=0.0,
+            rotate_prob=0.0,
+            photometric=False,
+            blur_prob=0.0,
+            median_blur_prob=0.0,
+            dropout_prob=0.0,
+        )
+        if flip
+        else None
+    )
+    dataset = PoseTrackClipDataset(REAL_VAL, REAL, offsets=(0,), augmentation=augmentation, seed=0)
+    merged = REAL / "annotations" / "test_posetrack18_val.json"
+    evaluator = PoseTrackEvaluator(merged)  # the merged file, split into its videos
+    for batch in DataLoader(dataset, batch_size=5, collate_fn=collate_items):
+        assert bool(batch["flip"].all()) == flip
+        # Unlabelled joints are predicted too (at the crop of (0, 0)) but with score 0: they rank after every
+        # true positive, so they cost no AP.
+        evaluator.update_batch(batch, batch["keypoints"], batch["keypoints_visible"])
+    metrics = evaluator.compute()
+    assert metrics["Total"] == pytest.approx(100.0) and metrics["Head"] == pytest.approx(100.0)

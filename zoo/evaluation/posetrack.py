@@ -39,8 +39,11 @@ import numpy as np
 import shapely
 
 from zoo.data import metainfo
+from zoo.data.metainfo import load_metainfo
 from zoo.data.posetrack import read_json_file
+from zoo.data.transforms import keypoints_to_image
 from zoo.evaluation.base import RecordEvaluator
+from zoo.evaluation.base import sample_ids as batch_sample_ids
 from zoo.utils.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -175,6 +178,8 @@ def poseval_frames(data: dict, path: str | os.PathLike, ground_truth: bool) -> l
         raise ValueError(
             f"{path}: images of {len(folders)} videos ({sorted(folders)}); poseval takes one per file"
         )
+    if not ground_truth and any(not ann.get("scores") for ann in data.get("annotations", [])):
+        logger.warning("%s: predictions without 'scores' get poseval's fallback score %s", path, MIN_SCORE)
     by_image: dict[Any, list[dict]] = defaultdict(list)
     for ann in data.get("annotations", []):
         by_image[ann.get("image_id")].append(ann)
@@ -387,6 +392,13 @@ def format_table(result: PoseTrackAPResult) -> str:
     return "\n".join([header, rule, row])
 
 
+def _numpy(value: Any) -> np.ndarray:
+    """Tensors (any device) and sequences as float64 / int numpy arrays."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
 def _finite(values: Sequence[float], what: str) -> list[float]:
     values = [float(v) for v in values]
     if not all(math.isfinite(v) for v in values):
@@ -478,6 +490,36 @@ class PoseTrackEvaluator(RecordEvaluator):
                     bbox=None if bboxes is None else np.asarray(bboxes[i], dtype=np.float64),
                 ),
             )
+
+    def update_batch(self, batch: dict[str, Any], keypoints: Any, maxvals: Any) -> None:
+        """Add a batch of PoseTrack clips: crop-pixel keypoints [B, 17, 2] and heatmap maxima [B, 17].
+
+        The batch's `warp_matrix` and `flip` map the keypoints back to the key frame (left/right ids and their
+        maxima swapped back for flipped crops); `sample_id`, `image_id`, `bbox_score`, `track_id` and `bbox`
+        come with it.
+        """
+        size = len(batch["image_id"])
+        flip = _numpy(batch.get("flip", np.zeros(size))).astype(bool)  # [B]
+        flip_indices = load_metainfo("posetrack18").flip_indices
+        points = keypoints_to_image(
+            _numpy(keypoints), _numpy(batch["warp_matrix"]), flip, flip_indices
+        )  # [B, 17, 2] key-frame pixels, ids swapped back where flipped
+        maxvals = _numpy(maxvals).astype(np.float64)  # [B, 17]
+        maxvals = np.where(
+            flip[:, None], maxvals[:, list(flip_indices)], maxvals
+        )  # the scores follow their ids
+        boxes = _numpy(batch["bbox"]) if "bbox" in batch else None  # [B, 4] x1, y1, x2, y2
+        self.update(
+            sample_ids=list(batch_sample_ids(batch, size)),
+            image_ids=[int(i) for i in _numpy(batch["image_id"])],
+            keypoints=points,
+            keypoint_scores=maxvals,
+            bbox_scores=_numpy(batch["bbox_score"]) if "bbox_score" in batch else None,
+            track_ids=[int(i) for i in _numpy(batch["track_id"])] if "track_id" in batch else None,
+            bboxes=None
+            if boxes is None
+            else np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1),
+        )
 
     def prediction_files(self) -> list[tuple[str, dict]]:
         """(file name, PoseTrack18 dict) per ground-truth video with the merged predictions of all ranks."""
