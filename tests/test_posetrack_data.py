@@ -221,3 +221,36 @@ def test_synthetic_videos_move_smoothly_and_are_corrupted():
         if dropped:  # a dropped frame repeats the previous picture
             assert np.array_equal(video.frames[t], video.frames[t - 1])
     assert video.people[0][0].keypoints[3:5].sum() == 0  # ears are never annotated
+
+
+def test_posetrack21_files_with_person_ids_and_box_only_persons(tmp_path):
+    """PoseTrack21 adds person_id / has_labeled_person and box-only persons (no keypoints, no head box)."""
+    data = json.loads((REAL_VAL / "009473_mpii_test.json").read_text())
+    for image in data["images"]:
+        image["has_labeled_person"] = True
+    for number, ann in enumerate(data["annotations"]):
+        ann["person_id"] = 1000 + number
+    data["annotations"].append(
+        {
+            "id": 1009473000099,
+            "image_id": data["images"][0]["id"],
+            "track_id": 7,
+            "person_id": 2000,
+            "bbox": [10, 10, 30, 60],
+            "category_id": 1,
+        }
+    )
+    path = tmp_path / "009473_mpii_test.json"
+    path.write_text(json.dumps(data))
+    annotations = read_posetrack_annotations(path)
+    people = annotations.persons[data["images"][0]["id"]]
+    assert [p.person_id for p in people] == [1000, 1001, 2000] and people[2].num_labelled == 0
+    dataset = PoseTrackClipDataset(path, REAL, offsets=(0,), metainfo="posetrack21")
+    assert len(dataset) == 2  # the box-only person has nothing to learn from
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(path, pred / path.name)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    shutil.copy(path, gt / path.name)
+    assert evaluate_posetrack_folders(gt, pred).total == 100.0

@@ -114,10 +114,11 @@ def _head_size(head: Sequence[float]) -> float:
 def _person(path: Path, ann: dict, table: list[int | None], ground_truth: bool) -> PosevalPerson:
     record = f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')})"
     raw = ann.get("keypoints")
-    if raw is None or len(raw) != 3 * len(table):
-        count = "no" if raw is None else len(raw)
+    if raw is None:  # a PoseTrack21 box-only person: no points
+        raw = [0] * (3 * len(table))
+    if len(raw) != 3 * len(table):
         raise ValueError(
-            f"{record} has {count} keypoint values; expected {3 * len(table)} ({len(table)} x 3)"
+            f"{record} has {len(raw)} keypoint values; expected {3 * len(table)} ({len(table)} x 3)"
         )
     keypoints = np.asarray(raw, dtype=np.float64).reshape(len(table), 3)
     scores_raw = ann.get("scores") or []
@@ -501,14 +502,12 @@ class PoseTrackEvaluator(RecordEvaluator):
         size = len(batch["image_id"])
         flip = _numpy(batch.get("flip", np.zeros(size))).astype(bool)  # [B]
         flip_indices = load_metainfo("posetrack18").flip_indices
-        points = keypoints_to_image(
-            _numpy(keypoints), _numpy(batch["warp_matrix"]), flip, flip_indices
-        )  # [B, 17, 2] key-frame pixels, ids swapped back where flipped
-        maxvals = _numpy(maxvals).astype(np.float64)  # [B, 17]
-        maxvals = np.where(
-            flip[:, None], maxvals[:, list(flip_indices)], maxvals
-        )  # the scores follow their ids
+        # [B, 17, 2] key-frame pixels, ids swapped back where flipped; the maxima [B, 17] follow their ids.
+        points = keypoints_to_image(_numpy(keypoints), _numpy(batch["warp_matrix"]), flip, flip_indices)
+        maxvals = _numpy(maxvals).astype(np.float64)
+        maxvals = np.where(flip[:, None], maxvals[:, list(flip_indices)], maxvals)
         boxes = _numpy(batch["bbox"]) if "bbox" in batch else None  # [B, 4] x1, y1, x2, y2
+        xywh = None if boxes is None else np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         self.update(
             sample_ids=list(batch_sample_ids(batch, size)),
             image_ids=[int(i) for i in _numpy(batch["image_id"])],
@@ -516,9 +515,7 @@ class PoseTrackEvaluator(RecordEvaluator):
             keypoint_scores=maxvals,
             bbox_scores=_numpy(batch["bbox_score"]) if "bbox_score" in batch else None,
             track_ids=[int(i) for i in _numpy(batch["track_id"])] if "track_id" in batch else None,
-            bboxes=None
-            if boxes is None
-            else np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1),
+            bboxes=xywh,
         )
 
     def prediction_files(self) -> list[tuple[str, dict]]:
