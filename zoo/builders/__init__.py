@@ -1,4 +1,4 @@
-"""Dataset builders: COCO-OOD (restyled and corrupted COCO keypoint sets with the annotations kept exactly)."""
+"""Dataset builders: COCO-OOD (restyled and corrupted COCO keypoint sets, annotations kept exactly)."""
 
 from zoo.builders.coco_ood import (
     CocoOodError,

@@ -1,4 +1,4 @@
-"""Style back-ends for COCO-OOD: weight-free OpenCV renderings and ImageNet-C-like corruptions, plus their registry."""
+"""Style back-ends for COCO-OOD: weight-free OpenCV renderings, ImageNet-C-like corruptions, a registry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-# albumentations 2.0.x asks PyPI for a newer release on import; builds run offline and must not wait on the network.
+# albumentations 2.0.x asks PyPI for a newer release on import; builds run offline and must not wait on the
+# network.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
@@ -33,8 +34,10 @@ class Style(ABC):
     default: bool = True
 
     @abstractmethod
-    def apply(self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations) -> tuple[np.ndarray, Params]:
-        """Restyle RGB uint8 [H, W, 3]; return a same-size RGB uint8 image and the JSON-able parameters used."""
+    def apply(
+        self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations
+    ) -> tuple[np.ndarray, Params]:
+        """Restyle RGB uint8 [H, W, 3]; return a same-size RGB uint8 image and the JSON-able parameters."""
 
     def describe(self) -> Params:
         """What identifies this back-end's output in a manifest."""
@@ -76,10 +79,15 @@ class OilPaint(Style):
 
     name = "oil"
 
-    def apply(self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations) -> tuple[np.ndarray, Params]:
+    def apply(
+        self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations
+    ) -> tuple[np.ndarray, Params]:
         """Stylize with randomised smoothing extent and edge sensitivity."""
-        params = {"sigma_s": _uniform(rng, 40, 100), "sigma_r": _uniform(rng, 0.3, 0.6),
-                  "saturation": _uniform(rng, 1.0, 1.4)}
+        params = {
+            "sigma_s": _uniform(rng, 40, 100),
+            "sigma_r": _uniform(rng, 0.3, 0.6),
+            "saturation": _uniform(rng, 1.0, 1.4),
+        }
         painted = cv2.stylization(_rgb_to_bgr(image), sigma_s=params["sigma_s"], sigma_r=params["sigma_r"])
         return _saturate(_rgb_to_bgr(painted), params["saturation"]), params
 
@@ -89,12 +97,21 @@ class ColourPencil(Style):
 
     name = "pencil"
 
-    def apply(self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations) -> tuple[np.ndarray, Params]:
+    def apply(
+        self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations
+    ) -> tuple[np.ndarray, Params]:
         """Sketch with randomised stroke smoothing and shading."""
-        params = {"sigma_s": _uniform(rng, 30, 80), "sigma_r": _uniform(rng, 0.05, 0.1),
-                  "shade_factor": _uniform(rng, 0.02, 0.06)}
-        _, colour = cv2.pencilSketch(_rgb_to_bgr(image), sigma_s=params["sigma_s"], sigma_r=params["sigma_r"],
-                                     shade_factor=params["shade_factor"])
+        params = {
+            "sigma_s": _uniform(rng, 30, 80),
+            "sigma_r": _uniform(rng, 0.05, 0.1),
+            "shade_factor": _uniform(rng, 0.02, 0.06),
+        }
+        _, colour = cv2.pencilSketch(
+            _rgb_to_bgr(image),
+            sigma_s=params["sigma_s"],
+            sigma_r=params["sigma_r"],
+            shade_factor=params["shade_factor"],
+        )
         return _rgb_to_bgr(colour), params
 
 
@@ -103,14 +120,21 @@ class Watercolour(Style):
 
     name = "watercolor"
 
-    def apply(self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations) -> tuple[np.ndarray, Params]:
+    def apply(
+        self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations
+    ) -> tuple[np.ndarray, Params]:
         """Smooth flat regions, boost saturation and modulate brightness with seeded paper texture."""
-        params = {"flags": int(rng.choice([cv2.RECURS_FILTER, cv2.NORMCONV_FILTER])),
-                  "sigma_s": _uniform(rng, 40, 100), "sigma_r": _uniform(rng, 0.3, 0.6),
-                  "saturation": _uniform(rng, 1.1, 1.5), "paper_strength": _uniform(rng, 0.05, 0.15),
-                  "paper_cell": int(rng.integers(8, 33))}
-        smooth = cv2.edgePreservingFilter(_rgb_to_bgr(image), flags=params["flags"], sigma_s=params["sigma_s"],
-                                          sigma_r=params["sigma_r"])
+        params = {
+            "flags": int(rng.choice([cv2.RECURS_FILTER, cv2.NORMCONV_FILTER])),
+            "sigma_s": _uniform(rng, 40, 100),
+            "sigma_r": _uniform(rng, 0.3, 0.6),
+            "saturation": _uniform(rng, 1.1, 1.5),
+            "paper_strength": _uniform(rng, 0.05, 0.15),
+            "paper_cell": int(rng.integers(8, 33)),
+        }
+        smooth = cv2.edgePreservingFilter(
+            _rgb_to_bgr(image), flags=params["flags"], sigma_s=params["sigma_s"], sigma_r=params["sigma_r"]
+        )
         washed = _saturate(_rgb_to_bgr(smooth), params["saturation"]).astype(np.float32)
         height, width = image.shape[:2]
         # Pigment pools unevenly on paper: a brightening wash that varies over a few cells.
@@ -124,26 +148,34 @@ class Cartoon(Style):
 
     name = "cartoon"
 
-    def apply(self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations) -> tuple[np.ndarray, Params]:
+    def apply(
+        self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations
+    ) -> tuple[np.ndarray, Params]:
         """Flatten colours into a few levels and draw adaptive-threshold edges."""
-        params = {"bilateral_passes": int(rng.integers(1, 4)), "sigma_color": _uniform(rng, 30, 90),
-                  "levels": int(rng.integers(4, 9)), "edge_block": int(rng.choice([7, 9, 11, 13])),
-                  "edge_c": int(rng.integers(2, 8))}
+        params = {
+            "bilateral_passes": int(rng.integers(1, 4)),
+            "sigma_color": _uniform(rng, 30, 90),
+            "levels": int(rng.integers(4, 9)),
+            "edge_block": int(rng.choice([7, 9, 11, 13])),
+            "edge_c": int(rng.integers(2, 8)),
+        }
         colour = image
         for _ in range(params["bilateral_passes"]):
             colour = cv2.bilateralFilter(colour, 9, params["sigma_color"], 7)
         step = 256.0 / params["levels"]
         colour = (np.floor(colour / step) * step + step / 2).astype(np.uint8)
         gray = cv2.medianBlur(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 7)
-        edges = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY,
-                                      params["edge_block"], params["edge_c"])
+        edges = cv2.adaptiveThreshold(
+            gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, params["edge_block"], params["edge_c"]
+        )
         colour[edges == 0] = 20  # outline ink, slightly off pure black like a printed line
         return colour, params
 
 
 # Severity tables (lists, not tuples, so that a manifest read back compares equal): index k-1 is severity k.
-# Noise, blur, JPEG, pixelate and frost follow ImageNet-C's constants (Hendrycks & Dietterich 2019) translated to albumentations' parameterisation; fog and snow use albumentations'
-# own weather models with coefficients that grow in the same five steps.
+# Noise, blur, JPEG, pixelate and frost follow ImageNet-C's constants (Hendrycks & Dietterich 2019) translated
+# to albumentations' parameterisation; fog and snow use albumentations' own weather models with coefficients
+# that grow in the same five steps.
 SEVERITY: dict[str, list[Any]] = {
     "gaussian_noise": [0.08, 0.12, 0.18, 0.26, 0.38],  # noise std as a fraction of 255
     "motion_blur": [7, 11, 15, 21, 27],  # kernel size in pixels
@@ -172,13 +204,16 @@ def _albumentations_transform(kind: str, severity: int) -> A.BasicTransform:
     if kind == "jpeg":
         return A.ImageCompression(compression_type="jpeg", quality_range=(value, value), p=1.0)
     if kind == "pixelate":
-        return A.Downscale(scale_range=(value, value),
-                           interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST}, p=1.0)
+        return A.Downscale(
+            scale_range=(value, value),
+            interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST},
+            p=1.0,
+        )
     raise KeyError(kind)
 
 
 def _frost(image: np.ndarray, rng: np.random.Generator, severity: int) -> np.ndarray:
-    """Frost-like overlay: seeded ice crystals (short bright strokes) over a frosty haze, blended as in ImageNet-C."""
+    """Frost-like overlay: seeded ice crystals (short bright strokes) on a haze, blended as in ImageNet-C."""
     image_weight, frost_weight = SEVERITY["frost"][severity - 1]
     height, width = image.shape[:2]
     ice = np.zeros((height, width), np.float32)
@@ -200,7 +235,7 @@ CORRUPTIONS: tuple[str, ...] = tuple(SEVERITY)
 
 
 class Corruption(Style):
-    """ImageNet-C-like corruption at one severity; with several kinds, each image draws its kind from its seed."""
+    """ImageNet-C-like corruption at one severity; with several kinds each image draws one from its seed."""
 
     def __init__(self, name: str, kinds: Sequence[str], severity: int, default: bool = True) -> None:
         """Corrupt with one of `kinds` at `severity` (1..5)."""
@@ -214,11 +249,17 @@ class Corruption(Style):
         self.severity = severity
         self.default = default
 
-    def apply(self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations) -> tuple[np.ndarray, Params]:
+    def apply(
+        self, image: np.ndarray, rng: np.random.Generator, annotations: Annotations
+    ) -> tuple[np.ndarray, Params]:
         """Apply the drawn corruption with an explicit albumentations / numpy seed."""
         kind = self.kinds[int(rng.integers(len(self.kinds)))]
-        params: Params = {"corruption": kind, "severity": self.severity,
-                          "value": SEVERITY[kind][self.severity - 1], "seed": int(rng.integers(2**32))}
+        params: Params = {
+            "corruption": kind,
+            "severity": self.severity,
+            "value": SEVERITY[kind][self.severity - 1],
+            "seed": int(rng.integers(2**32)),
+        }
         if kind == "frost":
             return _frost(image, np.random.default_rng(params["seed"]), self.severity), params
         # A fresh Compose per image: a transform shared between Compose objects would share its random state.
