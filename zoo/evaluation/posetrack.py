@@ -423,6 +423,8 @@ def _split_videos(path: Path, data: dict) -> list[tuple[str, dict]]:
     folders: dict[str, list[dict]] = defaultdict(list)
     for image in data.get("images", []):
         folders[Path(str(image.get("file_name", ""))).parent.name].append(image)
+    if len(folders) == 1:  # a per-video file keeps its own name, as poseval pairs files by name
+        return [(path.stem, data)]
     videos = []
     for folder, images in folders.items():
         ids = {image["id"] for image in images}
