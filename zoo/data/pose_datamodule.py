@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import fields
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from zoo.data.coco_files import keypoint_parts
+from zoo.data.coco_files import keypoint_parts, read_coco
 from zoo.data.datamodule import ZooDataModule
 from zoo.data.synthetic.figures import write_coco_figures
 from zoo.data.topdown import (
@@ -196,7 +195,7 @@ class PoseDataModule(ZooDataModule):
 
 def _write_wholebody_layout(body_file: Path, out_file: Path) -> None:
     """Copy a COCO-17 annotation file into the COCO-WholeBody layout with the non-body parts unlabelled."""
-    coco = json.loads(body_file.read_text())
+    coco = read_coco(body_file).data
     extra = keypoint_parts("coco_wholebody")[1:]  # every part after the body joints
     for ann in coco["annotations"]:
         for part in extra:
