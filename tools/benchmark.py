@@ -1,10 +1,16 @@
 #!/usr/bin/env python
 """Benchmarks with printed tables; every ratio is measured side by side within one run.
 
-    python tools/benchmark.py lotus     # predictor vs bare calls vs diffusers Marigold; training memory
-    python tools/benchmark.py pose      # batched heatmap decoding vs mmpose; persons/s of the top-down model
-    python tools/benchmark.py cocood    # COCO-OOD images/s per style with 1 and 2 workers
+    python tools/benchmark.py lotus               # tiny backbone: predictor vs bare calls vs Marigold; memory
+    python tools/benchmark.py lotus --scale sd2   # SD2-base size (random weights): cost split, Lotus vs bare
+                                                  # calls and Marigold, TAESD, SDPose persons/s, training memory
+    python tools/benchmark.py pose                # batched heatmap decoding vs mmpose; tiny top-down persons/s
+    python tools/benchmark.py cocood              # COCO-OOD images/s per style with 1 and 2 workers
+    python tools/benchmark.py autoencoder         # tiny models' accuracy: full VAE vs tiny decode vs tiny both
+    python tools/benchmark.py gpu                 # the prepared CUDA run (make benchmark-gpu), table to --out
     python tools/benchmark.py all
+
+--dry-run runs any mode once at tiny sizes on the CPU (what tests/test_benchmarks.py does).
 """
 
 from __future__ import annotations
@@ -21,24 +27,45 @@ REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen benchmark(s)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["lotus", "pose", "cocood", "all"])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned: shared machines thrash)")
+    parser.add_argument("which", choices=["lotus", "pose", "cocood", "autoencoder", "gpu", "all"])
+    parser.add_argument("--scale", choices=["tiny", "sd2"], default="tiny",
+                        help="tiny: the committed tiny backbone; sd2: SD2-base architectures, random weights")
+    parser.add_argument("--resolution", type=int, default=512, help="--scale sd2 processing resolution (or 768)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (pinned: shared machines thrash); default 1, or 2 with --scale sd2")
+    parser.add_argument("--dry-run", action="store_true", help="one iteration at tiny sizes on the CPU")
+    parser.add_argument("--out", default=None, help="also write the tables here (gpu: outputs/benchmark_gpu.md)")
+    parser.add_argument("--taesd", default=None, help="autoencoder: AutoencoderTiny folder (checkpoints/tiny/taesd)")
     parser.add_argument("--coco-ann", default=str(REALDATA / "coco" / "test_coco.json"))
     parser.add_argument("--coco-images", default=str(REALDATA / "coco"))
     args = parser.parse_args(argv)
-    if args.which in ("lotus", "all"):
-        from zoo.benchmarks import lotus
+    threads = args.threads or (2 if args.scale == "sd2" else 1)
+    if args.which in ("lotus", "all") or (args.which == "pose" and args.scale == "sd2"):
+        if args.scale == "sd2":
+            from zoo.benchmarks import sd2
 
-        lotus.run(threads=args.threads)
-    if args.which in ("pose", "all"):
+            sd2.run(resolution=args.resolution, threads=threads, dry_run=args.dry_run, out=args.out)
+        else:
+            from zoo.benchmarks import lotus
+
+            lotus.run(threads=threads, dry_run=args.dry_run)
+    if args.which in ("pose", "all") and args.scale == "tiny":
         from zoo.benchmarks import pose_codec, pose_model
 
-        pose_codec.run(threads=args.threads)
-        pose_model.run()
+        pose_codec.run(threads=threads, dry_run=args.dry_run)
+        pose_model.run(threads=threads, dry_run=args.dry_run)
     if args.which in ("cocood", "all"):
         from zoo.benchmarks import cocood
 
-        cocood.run(args.coco_ann, args.coco_images)
+        cocood.run(args.coco_ann, args.coco_images, dry_run=args.dry_run)
+    if args.which in ("autoencoder", "all"):
+        from zoo.benchmarks import autoencoder
+
+        autoencoder.run(args.taesd or autoencoder.TINY_TAESD, dry_run=args.dry_run, out=args.out)
+    if args.which == "gpu":
+        from zoo.benchmarks import gpu
+
+        gpu.run(out=args.out or "outputs/benchmark_gpu.md", dry_run=args.dry_run)
 
 
 if __name__ == "__main__":

@@ -430,11 +430,11 @@ class StableDiffusionBackbone(nn.Module):
     def use_tiny_autoencoder(
         self, source: str | os.PathLike | nn.Module | None, mode: str = "tiny-decode"
     ) -> StableDiffusionBackbone:
-        """Route decode ("tiny-decode") or encode and decode ("tiny") through an AutoencoderTiny; "full" undoes it.
+        """Route decode ("tiny-decode") or encode and decode ("tiny") through AutoencoderTiny; "full" undoes it.
 
         `source`: a TAESD-format folder or hub id (e.g. madebyollin/taesd), or an AutoencoderTiny.
         """
-        # Imported here: the tiny-autoencoder module builds on this one (MissingWeightsError, source resolution).
+        # Imported here: the tiny-autoencoder module builds on this one (MissingWeightsError, resolve_source).
         from zoo.backbones.autoencoder_tiny import route_vae
 
         self.vae = route_vae(self.vae, source, mode)

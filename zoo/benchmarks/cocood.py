@@ -49,12 +49,15 @@ def _pool_startup_seconds(workers: int) -> float:
 
 
 def run(ann: str | os.PathLike, image_root: str | os.PathLike, styles: Sequence[str] | None = None,
-        workers: Sequence[int] = (1, 2), repeat: int = 10) -> list[dict[str, float | str]]:
+        workers: Sequence[int] = (1, 2), repeat: int = 10, dry_run: bool = False) -> list[dict[str, float | str]]:
     """Time a full build of each style with each worker count and print a table of images/s; return its rows.
 
     Rates are wall-clock over the whole build; the pool's spawn start-up (measured once per worker count) is
     also subtracted in a second ratio, since it is a fixed cost that a real 5,000-image build amortises.
+    dry_run: the first style, one worker, the image set once (a test's smoke run).
     """
+    if dry_run:
+        styles, workers, repeat = default_styles()[:1], (1,), 1
     startup = {count: _pool_startup_seconds(count) for count in workers}
     rows: list[dict[str, float | str]] = []
     with tempfile.TemporaryDirectory(prefix="cocood-bench-") as tmp:

@@ -1,4 +1,4 @@
-"""Benchmark: Lotus predictor overhead over its bare model calls, against diffusers' Marigold, and training memory."""
+"""Benchmark: Lotus predictor overhead over its bare calls, vs diffusers' Marigold, and training memory."""
 
 from __future__ import annotations
 
@@ -33,11 +33,18 @@ def _marigold_pipeline(backbone: StableDiffusionBackbone):
     return pipeline
 
 
-def _training_step_peak_kib(gradient_checkpointing: bool, size: int, batch: int) -> int:
-    """Peak resident memory growth of one Lotus-D training step, run in a fresh process."""
+def training_step_peak_kib(gradient_checkpointing: bool, size: int, batch: int, scale: str = "tiny",
+                           in_process: bool = False) -> int:
+    """Peak resident memory growth (KiB) of one Lotus-D training step, run in a fresh process.
+
+    scale: "tiny" (the committed tiny backbone), "sd2" (SD2-base from its configs, random weights) or "dry"
+    (the SD2 layout at a tiny width). `in_process` runs it here instead (dry runs: no process start-up).
+    """
+    if in_process:
+        return _measure_training_step(gradient_checkpointing, size, batch, scale)
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_measure_training_step, (gradient_checkpointing, size, batch))
+        return pool.apply(_measure_training_step, (gradient_checkpointing, size, batch, scale))
 
 
 def _status_kib(field: str) -> int:
@@ -48,15 +55,21 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _measure_training_step(gradient_checkpointing: bool, size: int, batch: int) -> int:
+def _measure_training_step(gradient_checkpointing: bool, size: int, batch: int, scale: str = "tiny") -> int:
     torch.set_num_threads(1)
-    backbone = load_tiny_backbone()
+    if scale == "tiny":
+        backbone = load_tiny_backbone()
+    else:
+        from zoo.benchmarks.sd2 import build_sd2
+
+        parts = build_sd2(dry_run=scale == "dry")
+        backbone = parts.backbone(parts.unet_d)
     backbone.configure(gradient_checkpointing=gradient_checkpointing).train()
     from zoo.models.lotus.model import Lotus
 
     model = Lotus(backbone, "d", "depth")
     latents = backbone.encode(torch.rand(batch, 3, size, size) * 2 - 1)
-    # Reset the peak-RSS mark (Linux: "5" to clear_refs) so that loading the model does not hide the step's peak.
+    # Reset the peak-RSS mark (Linux: "5" to clear_refs) so loading the model cannot hide the step's peak.
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
     before = _status_kib("VmRSS")
@@ -65,8 +78,15 @@ def _measure_training_step(gradient_checkpointing: bool, size: int, batch: int) 
     return _status_kib("VmHWM") - before
 
 
-def run(size: int = 128, batch: int = 4, repeats: int = 5, threads: int = 1) -> dict[str, float]:
-    """Print the Lotus benchmark tables (all timings side by side in this one run) and return the numbers."""
+def run(
+    size: int = 128, batch: int = 4, repeats: int = 5, threads: int = 1, dry_run: bool = False
+) -> dict[str, float]:
+    """Print the Lotus benchmark tables (all timings side by side in this one run) and return the numbers.
+
+    dry_run: 16x16, one image, one repeat, memory measured in this process (a test's smoke run).
+    """
+    if dry_run:
+        size, batch, repeats = 16, 1, 1
     torch.set_num_threads(threads)
     backbone = load_tiny_backbone().eval()
     predictor = LotusPredictor(backbone, "d", "depth")
@@ -91,16 +111,18 @@ def run(size: int = 128, batch: int = 4, repeats: int = 5, threads: int = 1) -> 
         lambda: marigold(list(images), num_inference_steps=4, ensemble_size=10, processing_resolution=0,
                          batch_size=batch, output_type="pt"), max(1, repeats // 2))
     base = timings["bare VAE encode + 1 UNet + VAE decode"]
-    print(f"\nLotus inference, tiny backbone, {batch} images of {size}x{size}, CPU, {threads} thread(s), best of "
-          f"{repeats}\n")
+    print(f"\nLotus inference, tiny backbone, {batch} images of {size}x{size}, CPU, {threads} thread(s), "
+          f"best of {repeats}\n")
     print("| method | seconds | ratio to bare calls |\n| --- | ---: | ---: |")
     for name, seconds in timings.items():
         print(f"| {name} | {seconds:.4f} | {seconds / base:.2f}x |")
     overhead = timings["LotusPredictor (D, default mode)"] / base - 1
     print(f"\npredictor overhead over bare calls: {100 * overhead:.1f}% (target <= 10%)")
 
-    memory = {flag: _training_step_peak_kib(flag, 4 * size, 2 * batch) for flag in (False, True)}
-    print(f"\n| training step (Lotus-D, joint batch, {2 * batch} x {4 * size}^2) | peak RSS growth MiB |\n| --- | ---: |")
+    memory = {flag: training_step_peak_kib(flag, 4 * size, 2 * batch, in_process=dry_run)
+              for flag in (False, True)}
+    print(f"\n| training step (Lotus-D, joint batch, {2 * batch} x {4 * size}^2) | peak RSS growth MiB |")
+    print("| --- | ---: |")
     for flag, kib in memory.items():
         print(f"| gradient checkpointing {'on' if flag else 'off'} | {kib / 1024:.1f} |")
     results = {name: seconds for name, seconds in timings.items()}

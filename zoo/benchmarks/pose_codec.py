@@ -31,8 +31,14 @@ def run(
     device: str = "cpu",
     threads: int = 1,
     seed: int = 0,
+    dry_run: bool = False,
 ) -> dict[str, float]:
-    """Time batched decoding vs a per-instance mmpose loop on the same heatmaps; print a table; return timings."""
+    """Time batched decoding vs a per-instance mmpose loop on the same heatmaps; print a table; return timings.
+
+    dry_run: 2 instances, one repeat (a test's smoke run).
+    """
+    if dry_run:
+        num_instances, repeats = 2, 1
     # Both sides get the same CPU threads; on a loaded machine extra torch threads only add contention.
     with pinned_threads(threads):
         return _run(

@@ -23,8 +23,14 @@ def run(
     device: str = "cpu",
     threads: int = 1,
     seed: int = 0,
+    dry_run: bool = False,
 ) -> dict[str, float]:
-    """Time the predictor on synthetic figure images with their ground-truth boxes; print and return persons/s."""
+    """Time the predictor on synthetic figure images with their ground-truth boxes; print and return persons/s.
+
+    dry_run: one image, one repeat (a test's smoke run).
+    """
+    if dry_run:
+        num_images, repeats = 1, 1
     # On a shared 2-core machine extra intra-op threads only add contention; both runs get the same threads.
     with pinned_threads(threads):
         predictor = PosePredictor.from_pretrained(model, device=device)

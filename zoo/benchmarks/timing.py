@@ -10,9 +10,13 @@ import cv2
 import torch
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Best-of-N wall time in seconds after one warm-up call: the least disturbed run on a shared machine."""
-    fn()  # warm-up (allocations, kernel caches)
+def best_of(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    """Best-of-N wall time in seconds after one warm-up call: the least disturbed run on a shared machine.
+
+    warmup=False skips the warm-up call, for calls of tens of seconds whose shapes were already run.
+    """
+    if warmup:
+        fn()  # warm-up (allocations, kernel caches)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -1,0 +1,49 @@
+"""Every benchmark mode runs in its dry-run form (one iteration at tiny sizes on the CPU), so none can rot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.registry import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import benchmark  # noqa: E402
+
+
+@pytest.mark.parametrize("mode", [["lotus"], ["pose"], ["cocood"], ["autoencoder"]])
+def test_tiny_benchmark_modes_dry_run(mode: list[str], realdata: Path, capsys: pytest.CaptureFixture) -> None:
+    benchmark.main([*mode, "--dry-run", "--coco-ann", str(realdata / "coco" / "test_coco.json"),
+                    "--coco-images", str(realdata / "coco")])
+    assert "|" in capsys.readouterr().out  # a table was printed
+
+
+def test_sd2_scale_dry_run_prints_every_table(tmp_path: Path) -> None:
+    out = tmp_path / "sd2.md"
+    benchmark.main(["lotus", "--scale", "sd2", "--dry-run", "--out", str(out)])
+    text = out.read_text()
+    for title in ("Cost split", "Lotus predictors vs their bare calls", "MarigoldNormalsPipeline, v1-0 paper",
+                  "Fast autoencoder", "SDPose top-down", "gradient checkpointing"):
+        assert title in text, title
+    assert "composed from measured costs" in text and "| measured |" in text
+
+
+def test_sd2_configs_are_the_published_sd2_base_architectures() -> None:
+    from zoo.benchmarks.sd2 import load_config
+
+    unet, vae, text = load_config("unet"), load_config("vae"), load_config("text_encoder")
+    assert unet["block_out_channels"] == [320, 640, 1280, 1280] and unet["cross_attention_dim"] == 1024
+    assert unet["attention_head_dim"] == [5, 10, 20, 20] and unet["use_linear_projection"] is True
+    assert vae["block_out_channels"] == [128, 256, 512, 512] and vae["scaling_factor"] == 0.18215
+    assert text["hidden_size"] == 1024 and text["num_hidden_layers"] == 23
+
+
+def test_gpu_benchmark_dry_run_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.md"
+    benchmark.main(["gpu", "--dry-run", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("DRY RUN") and "torch" in text.splitlines()[0]
+    for cell in ("| fp16 |", "| bf16 |", "| TAESD |", "dynamo only (dry run)", "persons/s", "images/s"):
+        assert cell in text, cell

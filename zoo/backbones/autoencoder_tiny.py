@@ -1,0 +1,156 @@
+"""The fast autoencoder path: diffusers' AutoencoderTiny (TAESD format) in place of the SD VAE.
+
+TAESD works directly in SD's *scaled* latent space (latents * scaling_factor) and is deterministic. The
+backbone divides by the VAE's scaling factor before decoding and multiplies by it after encoding;
+`TinyAutoencoderRoute` keeps the VAE's interface and undoes both scalings, so
+`StableDiffusionBackbone.encode/decode` route through it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny
+from diffusers.models.autoencoders.vae import DecoderOutput
+from torch import nn
+
+from zoo.backbones.stable_diffusion import MissingWeightsError, _looks_local, resolve_source
+
+VaeMode = Literal["full", "tiny-decode", "tiny"]
+VAE_MODES: tuple[str, ...] = ("full", "tiny-decode", "tiny")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _missing_tiny_message(source: str, detail: str) -> str:
+    return (
+        f"AutoencoderTiny weights {source!r} are not available here ({detail}).\n"
+        "Download them once, e.g. `huggingface-cli download madebyollin/taesd --local-dir checkpoints/taesd` "
+        "(TAESD for SD 1.x/2.x latents), then pass the folder `checkpoints/taesd` (config.json and "
+        "diffusion_pytorch_model.safetensors); the tiny backbone's is checkpoints/tiny/taesd."
+    )
+
+
+def load_tiny_autoencoder(
+    source: str | os.PathLike, torch_dtype: torch.dtype | None = None
+) -> AutoencoderTiny:
+    """An AutoencoderTiny from a local TAESD-format folder or hub id, in `torch_dtype` (safetensors only)."""
+    source = resolve_source(str(source))
+    if not Path(source).is_dir() and _looks_local(source):
+        raise MissingWeightsError(_missing_tiny_message(source, "no such folder"))
+    local_only = Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") == "1"
+    try:
+        tiny = AutoencoderTiny.from_pretrained(
+            source, torch_dtype=torch_dtype, use_safetensors=True, local_files_only=local_only
+        )
+    except OSError as error:
+        raise MissingWeightsError(_missing_tiny_message(source, str(error).splitlines()[0])) from error
+    return tiny.requires_grad_(False).eval()
+
+
+def taesd_from_config(**overrides: Any) -> AutoencoderTiny:
+    """TAESD's architecture (madebyollin/taesd config, shipped in configs/taesd) with random weights."""
+    config = AutoencoderTiny.load_config(str(CONFIG_DIR / "taesd"))
+    return AutoencoderTiny.from_config({**config, **overrides})
+
+
+@dataclass
+class PointPosterior:
+    """A TAESD encoding in the VAE posterior's interface: zero spread, so sampling returns the mean."""
+
+    mean: torch.Tensor  # [B, 4, h, w], unscaled (VAE space)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Zeros: TAESD is deterministic."""
+        return torch.zeros_like(self.mean)
+
+    def mode(self) -> torch.Tensor:
+        """The latent itself."""
+        return self.mean
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The latent itself (no spread to sample from)."""
+        return self.mean
+
+
+@dataclass
+class PointEncoderOutput:
+    """`vae.encode(...)`'s output shape: `.latent_dist`."""
+
+    latent_dist: PointPosterior
+
+
+class TinyAutoencoderRoute(nn.Module):
+    """The SD VAE's interface with AutoencoderTiny taking over decoding ("tiny-decode") or both ("tiny").
+
+    Everything else (config, dtype, save_pretrained, attention processors) is the full VAE's, so exports and
+    switches see the real VAE.
+    """
+
+    def __init__(self, full: AutoencoderKL, tiny: AutoencoderTiny, mode: VaeMode):
+        super().__init__()
+        if mode not in ("tiny-decode", "tiny"):
+            raise ValueError(f"a tiny route needs mode 'tiny-decode' or 'tiny'; got {mode!r}")
+        if tiny.config.latent_channels != full.config.latent_channels:
+            raise ValueError(
+                f"AutoencoderTiny has {tiny.config.latent_channels} latent channels, the VAE "
+                f"{full.config.latent_channels}: it was made for another latent space"
+            )
+        self.full = full
+        tiny = tiny.to(next(full.parameters()).device)
+        if tiny.dtype != full.dtype:  # diffusers warns on every dtype cast, even a no-op one
+            tiny = tiny.to(full.dtype)
+        self.tiny = tiny.requires_grad_(False).eval()
+        self.mode = mode
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # parameters, buffers and the two submodules
+        except AttributeError:
+            return getattr(super().__getattr__("full"), name)
+
+    @property
+    def scaling_factor(self) -> float:
+        """The full VAE's latent scaling factor (TAESD latents are already multiplied by it)."""
+        return float(self.full.config.scaling_factor)
+
+    def encode(self, pixels: torch.Tensor, return_dict: bool = True) -> Any:
+        """Images in [-1, 1] [B, 3, H, W] -> `.latent_dist` with unscaled latents [B, 4, H/8, W/8]."""
+        if self.mode != "tiny":
+            return self.full.encode(pixels, return_dict=return_dict)
+        latents = self.tiny.encode(pixels).latents  # [B, 4, H/8, W/8], scaled
+        return PointEncoderOutput(PointPosterior(latents / self.scaling_factor))
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True) -> DecoderOutput:
+        """Unscaled latents [B, 4, h, w] -> `.sample` images in [-1, 1] [B, 3, 8h, 8w]."""
+        return DecoderOutput(sample=self.tiny.decode(latents * self.scaling_factor).sample)
+
+
+def route_vae(vae: nn.Module, source: str | os.PathLike | AutoencoderTiny | None, mode: VaeMode) -> nn.Module:
+    """The module to use as the backbone's VAE for `mode`: the full VAE or a route through AutoencoderTiny."""
+    if mode not in VAE_MODES:
+        raise ValueError(f"vae must be one of {VAE_MODES}; got {mode!r}")
+    full = vae.full if isinstance(vae, TinyAutoencoderRoute) else vae
+    if mode == "full":
+        return full
+    if source is None:
+        raise ValueError(
+            f"vae={mode!r} needs tiny_autoencoder: a TAESD-format folder (e.g. checkpoints/taesd "
+            "from madebyollin/taesd, or checkpoints/tiny/taesd for the tiny backbone)"
+        )
+    tiny = source if isinstance(source, AutoencoderTiny) else load_tiny_autoencoder(source, full.dtype)
+    return TinyAutoencoderRoute(full, tiny, mode)
+
+
+__all__ = [
+    "VAE_MODES",
+    "PointPosterior",
+    "TinyAutoencoderRoute",
+    "load_tiny_autoencoder",
+    "route_vae",
+    "taesd_from_config",
+]
