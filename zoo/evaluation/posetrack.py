@@ -31,7 +31,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,15 +202,15 @@ def _delete_ignored(people: list[PosevalPerson], polygons: list[Any]) -> list[Po
     kept = []
     for person in people:
         ids = np.flatnonzero(person.has)
+        has = person.has.copy()  # the parsed frames stay untouched: an evaluator computes more than once
         if ids.size:
             points = shapely.points(person.points[ids])
             inside = np.zeros(ids.size, dtype=bool)
             for polygon in polygons:
                 inside |= shapely.contains(polygon, points)
-            person.has = person.has.copy()
-            person.has[ids[inside]] = False
-        if person.has.any():
-            kept.append(person)
+            has[ids[inside]] = False
+        if has.any():
+            kept.append(replace(person, has=has))
     return kept
 
 
