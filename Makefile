@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-mmpose demo test test-slow lint tiny-backbone tiny-models readme-table benchmark
+.PHONY: install install-mmpose demo test test-slow lint tiny-backbone tiny-models readme-table benchmark benchmark-gpu
 
 # torch first, pinned to the local CPU build, so that no other requirement pulls a multi-GB CUDA build.
 # torchvision is deliberately absent: the only wheels are CUDA builds that fail to import next to CPU torch.
@@ -50,3 +50,9 @@ readme-table:
 
 benchmark: install
 	$(PYTHON) tools/benchmark.py all
+
+# The prepared GPU run (SD2-base size, random weights, within 5 minutes on one GPU); the table goes to
+# outputs/benchmark_gpu.md. No `install` prerequisite: that pins the CPU build of torch; it needs the machine's CUDA
+# torch with diffusers and transformers, and no network.
+benchmark-gpu:
+	$(PYTHON) tools/benchmark.py gpu --out outputs/benchmark_gpu.md
