@@ -162,7 +162,7 @@ def test_real_coco_list(tmp_path: Path, predictors: dict, realdata: Path):
     for ann in detections.dataset["annotations"]:
         assert len(ann["keypoints"]) == 17 * 3 and ann["category_id"] == 1
     for image in gt["images"]:
-        stem = Path(image["file_name"]).stem
+        stem = image["file_name"]  # outputs keep the input's suffix: 000000000785.jpg.png
         depth = np.asarray(Image.open(tmp_path / "depth" / f"{stem}.png"))
         assert depth.dtype == np.uint16 and depth.shape == (image["height"], image["width"])
         assert np.load(tmp_path / "depth" / f"{stem}.npy").shape == (image["height"], image["width"], 1)
@@ -188,7 +188,7 @@ def test_mixed_folder(reference: Path, inputs: Path, realdata: Path):
     results = load_results(reference / "pose" / "annotations.json", reference / "pose" / "results.json")
     assert len(results.dataset["annotations"]) == len(images)
     for name in ODD:
-        stem = name[: -len(Path(name).suffix)]
+        stem = name
         height, width = images[name]["height"], images[name]["width"]
         assert np.load(reference / "depth" / f"{stem}.npy").shape == (height, width, 1)
         assert Image.open(reference / "pose" / f"{stem}_vis.png").size == (width, height)
@@ -241,7 +241,7 @@ def test_coco_list_with_escaping_and_missing_names(tmp_path: Path, predictors: d
     failures = {f["file"]: f["reason"] for f in json.loads((out / "failures.json").read_text())}
     assert sorted(failures) == ["../secret.jpg", "missing.jpg"]
     assert "escapes" in failures["../secret.jpg"] and "no such file" in failures["missing.jpg"]
-    assert (out / "depth" / "000000000785.png").is_file()
+    assert (out / "depth" / "000000000785.jpg.png").is_file()
 
 
 def test_resume_skips_finished_batches(tmp_path: Path, predictors: dict, inputs: Path, reference: Path):
@@ -257,7 +257,8 @@ def test_resume_skips_finished_batches(tmp_path: Path, predictors: dict, inputs:
     for item in batches[2] + batches[-1][:1]:
         for key in predictors:
             annotator.record_path(key, item).unlink()
-    (partial / "depth" / "humanart" / ".x.png.abcd1234.tmp").write_bytes(b"half")
+    victim = partial / "depth" / "humanart" / "real_human" / "acrobatics" / "000000000590.jpg.png"
+    (victim.parent / f".{victim.name}.abcd1234.tmp").write_bytes(b"half")
     kept = {p: p.stat().st_ino for p in (partial / STATE_DIR).rglob("*.json")}
     expected = sum(len([i for i in b if not i.file_name.startswith("broken/")]) for b in (batches[2], batches[-1]))
     assert expected == 4
@@ -299,11 +300,11 @@ def test_model_refusal_is_one_failure(tmp_path: Path, predictors: dict, tiny_bac
     for name in refused:
         assert failures[name] == {"file": name, "models": ["picky"], "reason": "cannot process 60-pixel-wide images"}
     # Their batch-mates were still annotated one by one.
-    for stem in ("exif_rotated", "tiny"):
+    for stem in ("exif_rotated.jpg", "tiny.png"):
         assert (tmp_path / "picky" / "odd" / f"{stem}.png").is_file()
 
 
-def test_tool_killed_and_restarted_is_byte_identical(tmp_path: Path, predictors: dict, model_dirs: dict,
+def test_tool_killed_input_changed_and_restarted_is_byte_identical(tmp_path: Path, predictors: dict, model_dirs: dict,
                                                      realdata: Path, capsys: pytest.CaptureFixture):
     # Enough small images for the kill to land mid-run.
     folder = tmp_path / "images"
@@ -337,7 +338,11 @@ def test_tool_killed_and_restarted_is_byte_identical(tmp_path: Path, predictors:
                 np.load(path)
 
     annotator = Annotator(predictors, out, batch_size=2, processing_resolution=RESOLUTION, controlnet=True)
+    # An input that was finished before the kill changes before the restart: its batch must be redone.
+    changed = next(item for item in annotator.list_inputs(folder) if annotator.state.is_done("depth", item))
+    Image.open(sources[0]).convert("RGB").resize((80, 120)).save(changed.path)
     todo = [b for b in annotator.batches(annotator.list_inputs(folder)) for _ in annotator.pending(b)]
+    assert any(changed in batch for batch in todo)
     # The restart runs the tool's main() in this interpreter (no second start-up of torch).
     spec = importlib.util.spec_from_file_location("annotate_tool", TOOL)
     tool = importlib.util.module_from_spec(spec)
@@ -349,4 +354,5 @@ def test_tool_killed_and_restarted_is_byte_identical(tmp_path: Path, predictors:
     expected = tmp_path / "uninterrupted"
     Annotator(predictors, expected, batch_size=2, processing_resolution=RESOLUTION, controlnet=True,
               progress=False).run(folder)
-    assert_same_tree(out, expected)
+    assert_same_tree(out, expected)  # the changed image's outputs (and its batch-mate's) are the new ones
+    assert np.load(out / "depth" / f"{changed.stem}.npy").shape == (120, 80, 1)

@@ -192,7 +192,7 @@ def test_refuses_to_overwrite_its_input(coco: tuple[Path, Path], tmp_path: Path)
     inside = tmp_path / "out" / "test_coco.json"
     inside.parent.mkdir()
     inside.write_bytes(ann.read_bytes())
-    with pytest.raises(CocoOodError, match="lies inside the output root"):
+    with pytest.raises(CocoOodError, match="the annotation file lies inside the output root"):
         build(inside, root, tmp_path / "out", LIGHT, progress=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test_coco.json"]
 

@@ -290,7 +290,7 @@ def test_wholebody_render_matches_controlnet_aux(cnaux: types.SimpleNamespace, r
     annotations = realdata / "coco" / "test_coco_wholebody.json"
     exports = {e.stem: e for e in iter_controlnet_exports(annotations)}
     images = {image.stem: image for image in read_coco_poses(annotations)}
-    assert sorted(exports) == ["000000000785", "000000040083", "000000196141", "000000197388"]
+    assert sorted(exports) == ["000000000785.jpg", "000000040083.jpg", "000000196141.jpg", "000000197388.jpg"]
     drew_hand = drew_face = False
     for stem, export in exports.items():
         image = images[stem]
@@ -340,12 +340,12 @@ def test_tool_on_coco_ground_truth_matches_controlnet_aux(
     data = json.loads(annotations.read_text())
     coco_names = data["categories"][0]["keypoints"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        Path(image["file_name"]).stem + suffix for image in data["images"] for suffix in (".png", ".json")
+        image["file_name"] + suffix for image in data["images"] for suffix in (".png", ".json")
     )
     total_people = 0
     for image in data["images"]:
         width, height = image["width"], image["height"]
-        stem = Path(image["file_name"]).stem
+        stem = image["file_name"]  # outputs keep the input's suffix: 000000000785.jpg.png
         people = []
         for ann in data["annotations"]:
             if ann["image_id"] != image["id"] or ann["iscrowd"] or not any(ann["keypoints"][2::3]):
@@ -393,16 +393,16 @@ def test_tool_on_results_applies_threshold(realdata: Path, tmp_path: Path) -> No
     out = tmp_path / "out"
     argv = ["--results", str(results_path), "--annotations", str(annotations), "--out", str(out)]
     assert _run_tool([*argv, "--threshold", "0.5"]) == 0
-    pose = json.loads((out / "000000000785.json").read_text())
+    pose = json.loads((out / "000000000785.jpg.json").read_text())
     flat = np.array(pose["people"][0]["pose_keypoints_2d"]).reshape(18, 3)
     assert (flat[7] == 0).all()  # OpenPose left wrist dropped
     assert (np.delete(flat, 7, axis=0)[:, 2] == 1.0).all()  # real scores are written as 1.0
-    assert json.loads((out / "000000040083.json").read_text())["people"] == []  # no results: empty canvas
-    assert not np.asarray(Image.open(out / "000000040083.png")).any()
+    assert json.loads((out / "000000040083.jpg.json").read_text())["people"] == []  # no results: empty canvas
+    assert not np.asarray(Image.open(out / "000000040083.jpg.png")).any()
     assert _run_tool([*argv, "--threshold", "0.1"]) == 0
     assert (
         np.array(
-            json.loads((out / "000000000785.json").read_text())["people"][0]["pose_keypoints_2d"]
+            json.loads((out / "000000000785.jpg.json").read_text())["people"][0]["pose_keypoints_2d"]
         ).reshape(18, 3)[7, 2]
         == 1.0
     )
@@ -428,8 +428,8 @@ def _write_annotations(tmp_path: Path, images: list[dict], annotations: list[dic
 def test_output_names_follow_file_name(tmp_path: Path) -> None:
     gt = _write_annotations(tmp_path, [{"id": 1, "file_name": "val2017/a.jpg", "width": 40, "height": 30}])
     assert _run_tool(["--annotations", str(gt), "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "val2017" / "a.png").is_file() and (
-        tmp_path / "out" / "val2017" / "a.json"
+    assert (tmp_path / "out" / "val2017" / "a.jpg.png").is_file() and (
+        tmp_path / "out" / "val2017" / "a.jpg.json"
     ).is_file()
 
 
@@ -449,7 +449,7 @@ def test_image_size_from_image_root(realdata: Path, tmp_path: Path) -> None:
         (
             [
                 {"id": 1, "file_name": "a.jpg", "width": 8, "height": 8},
-                {"id": 2, "file_name": "a.png", "width": 8, "height": 8},
+                {"id": 2, "file_name": "./a.jpg", "width": 8, "height": 8},
             ],
             None,
             "both be exported",

@@ -23,7 +23,15 @@ from typing import Any
 # Run from a checkout without installing: make the repository's `zoo` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zoo.inference.annotate import DEFAULT_MAX_PIXELS, AnnotationError, Annotator, predictor_task  # noqa: E402
+from zoo.inference.annotate import (  # noqa: E402
+    DEFAULT_MAX_PIXELS,
+    AnnotationError,
+    Annotator,
+    check_locations,
+    check_options,
+    predictor_task,
+)
+from zoo.utils.files import OutputWriteError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.image_root is not None and args.coco_images is None:
         parser.error("--image-root goes with --coco-images")
     boxes = _box_options(parser, args.boxes)
+    if args.max_pixels < 0:
+        parser.error(f"--max-pixels must be positive, or 0 for no limit; got {args.max_pixels}")
+    if args.devices < 1 or args.num_nodes < 1:
+        parser.error(f"--devices and --num-nodes must be at least 1; got {args.devices}, {args.num_nodes}")
+    inputs = args.input if args.input is not None else args.coco_images
+    # Checked before any model is loaded: a bad value fails every image alike, so it is an error of the run.
+    try:
+        check_options(args.batch_size, args.processing_resolution, args.max_pixels or None, args.num_workers)
+        check_locations(args.out, inputs, args.image_root)
+    except ValueError as error:
+        parser.error(str(error))
     distributed = args.devices > 1 or args.num_nodes > 1
 
     import zoo
@@ -106,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_pixels=args.max_pixels or None, num_workers=args.num_workers, progress=not args.no_progress,
             **boxes,
         )
-        inputs = args.input if args.input is not None else args.coco_images
         if distributed:
             from zoo.inference.distributed import annotate_distributed
 
@@ -115,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy)
         else:
             summary = annotator.run(inputs, args.image_root)
-    except (AnnotationError, FileNotFoundError, KeyError, ValueError) as error:
+    except (AnnotationError, FileNotFoundError, KeyError, ValueError, OutputWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if summary is not None:  # None on the non-zero ranks of a scale-out run

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from zoo.builders import (
@@ -19,6 +20,33 @@ from zoo.builders import (
     parse_shard,
     write_contact_sheet,
 )
+from zoo.utils.files import OutputLocationError, check_output_location
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values and output locations at start-up (exit 2 with the reason), before any work."""
+    if args.controlnet and not args.diffusion_weights:
+        parser.error("--controlnet needs --diffusion-weights")
+    limits = [("--workers", args.workers, 1, None), ("--seed", args.seed, 0, None),
+              ("--jpeg-quality", args.jpeg_quality, 1, 100), ("--diffusion-steps", args.diffusion_steps, 1, None),
+              ("--diffusion-max-side", args.diffusion_max_side, 8, None)]
+    for option, value, low, high in limits:
+        if value < low or (high is not None and value > high):
+            parser.error(f"{option} must be {f'in {low}..{high}' if high else f'at least {low}'}; got {value}")
+    if args.diffusion_max_side % 8:
+        parser.error(f"--diffusion-max-side must be a multiple of 8 (the latent factor); got {args.diffusion_max_side}")
+    if not (args.checkpoint_seconds >= 0 and math.isfinite(args.checkpoint_seconds)):
+        parser.error(f"--checkpoint-seconds must be a finite number >= 0; got {args.checkpoint_seconds}")
+    try:
+        parse_shard(args.shard)
+        inputs = {"image root": args.image_root, "annotation file": args.ann}
+        if args.out is not None:
+            check_output_location(args.out, inputs, what="output root")
+        if args.contact_sheet is not None:
+            # The sheet is one more output: it may not replace the annotation file or a source image.
+            check_output_location(args.contact_sheet, inputs, what="contact sheet")
+    except (CocoOodError, OutputLocationError) as error:
+        parser.error(str(error))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diffusion-device", default="cpu")
     parser.add_argument("--diffusion-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args(argv)
-    if args.controlnet and not args.diffusion_weights:
-        parser.error("--controlnet needs --diffusion-weights")
+    _check_arguments(parser, args)
     if args.diffusion_weights:
         from zoo.builders.diffusion_styles import register_diffusion_styles
 

@@ -4,12 +4,13 @@
     python tools/export_controlnet.py --results results.json --annotations person_keypoints_val2017.json --out out/
 
 Writes `<stem>.png` (RGB skeleton on black, as controlnet_aux draws it) and `<stem>.json` (OpenPose / ComfyUI
-POSE_KEYPOINT, normalised coordinates) per image, where the stem is the image's COCO file_name without its suffix.
+POSE_KEYPOINT, normalised coordinates) per image, where the stem is the image's COCO file_name, suffix kept (`a.jpg` -> `a.jpg.png`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from zoo.export.controlnet import (  # noqa: E402
     read_coco_poses,
     write_controlnet_pose,
 )
+from zoo.utils.files import OutputLocationError, check_output_location  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the export; return 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.threshold) and args.threshold >= 0):
+        parser.error(f"--threshold must be a finite number >= 0; got {args.threshold}")
+    try:
+        # The outputs may not overlap what is read: the annotation and results files and the image folder.
+        check_output_location(args.out, {"annotation file": args.annotations, "results file": args.results,
+                                         "image root": args.image_root}, what="output folder")
+    except OutputLocationError as error:
+        parser.error(str(error))
     try:
         images = read_coco_poses(args.annotations, args.results, args.image_root)
         # Check every output name before writing anything, so a bad file_name never leaves a partial export.

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from PIL import Image
 from zoo.data.coco_files import CocoFileError, CocoImage, person_keypoints, read_coco, read_results
 from zoo.data.images import read_image_file
 from zoo.data.metainfo import load_metainfo
-from zoo.utils.files import atomic_write_bytes, atomic_write_json, safe_join
+from zoo.utils.files import atomic_write_bytes, atomic_write_json, output_stem, safe_join
 from zoo.visualize.openpose import DEFAULT_THRESHOLD, OpenPosePerson, person_from_coco, render_openpose
 
 
@@ -41,8 +41,8 @@ class ImagePoses:
 
     @property
     def stem(self) -> str:
-        """Output name without extension: the COCO file_name with its suffix removed (sub-folders kept)."""
-        return PurePosixPath(self.file_name.replace("\\", "/")).with_suffix("").as_posix()
+        """Output stem: the COCO file_name, suffix kept (`a.jpg` -> `a.jpg.png`), as every tool names outputs."""
+        return output_stem(self.file_name)
 
 
 @dataclass(frozen=True)

@@ -82,12 +82,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if isinstance(error, OSError) and not isinstance(error, OutputWriteError) and error.errno is not None:
-            reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                      errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}.get(
-                          error.errno, error.strerror)
-            raise OutputWriteError(error.errno, f"{path}: cannot write ({reason}); fix the output location and "
-                                   "rerun to finish") from error
+        _raise_write_error(error, path)
+        raise
+
+
+def _raise_write_error(error: BaseException, path: Path) -> None:
+    """Re-raise an OS error of writing `path` as OutputWriteError naming the file and the cause."""
+    if isinstance(error, OSError) and not isinstance(error, OutputWriteError) and error.errno is not None:
+        reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}.get(
+                      error.errno, error.strerror)
+        raise OutputWriteError(error.errno, f"{path}: cannot write ({reason}); fix the output location and "
+                               "rerun to finish") from error
+
+
+def move_into_place(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename a complete file over `target` (same file system: atomic), creating its folder; errors name `target`."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    except OSError as error:
+        _raise_write_error(error, target)
         raise
 
 
@@ -182,7 +198,7 @@ def output_stem(relative: str) -> str:
     """
     name = posixpath.normpath(relative.replace("\\", "/"))
     if not relative or os.path.isabs(name) or name in (".", "..") or name.startswith("../"):
-        raise ValueError(f"file name {relative!r} cannot name an output (empty, absolute or escaping)")
+        raise ValueError(f"file name {relative!r} is empty, absolute or escapes its folder; it cannot name an output")
     return name
 
 
@@ -198,27 +214,30 @@ def check_unique_outputs(plan: Iterable[tuple[str, Iterable[str]]]) -> None:
                                           "rename one of them")
 
 
-def check_output_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None],
-                          may_contain: Iterable[str | os.PathLike] = ()) -> Path:
+def check_output_location(output: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
+                          may_contain: Iterable[str | os.PathLike] = (), what: str = "output") -> Path:
     """Refuse an output folder or file that overlaps an input file or folder; return the resolved output.
 
-    Overlap: the output is an input, lies inside one, or contains one. `may_contain` lists input folders that may
-    hold the output because the tool never lists it as input (an annotation folder inside the photo folder).
+    `inputs` maps what each input is ("image root", "annotation file") to its path (None: not given). Overlap: the
+    output is an input, lies inside one, or contains one. `may_contain` lists input folders that may hold the output
+    because the tool never lists it as input (an annotation folder inside the photo folder).
     """
     out = Path(output).resolve()
     allowed = {Path(p).resolve() for p in may_contain}
-    for given in inputs:
+    for name, given in inputs.items():
         if given is None:
             continue
         source = Path(given).resolve()
         if out == source:
-            raise OutputLocationError(f"output {out} is the input {source}; choose a separate output location")
-        if _inside(source, out):
-            raise OutputLocationError(f"input {source} lies inside the output {out}; outputs could replace it, "
-                                      "choose a separate output location")
-        if _inside(out, source) and source not in allowed:
-            raise OutputLocationError(f"output {out} lies inside the input {source}; choose a separate output "
-                                      "location so that no input can be overwritten")
+            relation = "they are the same"
+        elif _inside(source, out):
+            relation = f"the {name} lies inside the {what}, so outputs could replace it"
+        elif _inside(out, source) and source not in allowed:
+            relation = f"the {what} lies inside the {name}"
+        else:
+            continue
+        raise OutputLocationError(f"{what} {out} overlaps the {name} {source} ({relation}); choose a separate "
+                                  "location so that no input can be overwritten")
     return out
 
 

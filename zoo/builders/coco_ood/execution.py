@@ -23,14 +23,20 @@ from zoo.builders.coco_ood.planning import (
     check_locations,
     load_coco,
     plan_jobs,
-    remove_stale_temporaries,
     shard_file,
     split_header,
 )
 from zoo.builders.styles import Style, default_styles, get_style, image_seed
 from zoo.data.coco_ood import SplitPaths, split_paths
 from zoo.data.images import load_rgb_uint8
-from zoo.utils.files import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from zoo.utils.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temporaries,
+    safe_join,
+    sha256_bytes,
+    sha256_file,
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,8 @@ def _render(job: Job, context: _Context, known: dict[str, dict[str, Any]]) -> tu
     records: dict[str, dict[str, Any]] = {}
     image = None
     for style in context.styles:
-        target = split_paths(context.out, style.name).images / job.output_name
+        # Joined and checked like the source: a name must not lead out of the output root (symlinks included).
+        target = safe_join(split_paths(context.out, style.name).images, job.output_name, "output folder")
         record = known.get(style.name)
         # Reuse only what provably came from this exact source and was fully written.
         if (record is not None and record["source_sha256"] == source_sha256 and target.is_file()

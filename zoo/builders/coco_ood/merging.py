@@ -12,10 +12,16 @@ from zoo.builders.coco_ood.planning import (
     WORK_DIR,
     CocoOodError,
     load_coco,
-    remove_stale_temporaries,
 )
 from zoo.data.coco_ood import SplitPaths, split_paths
-from zoo.utils.files import atomic_write_json, atomic_write_text, safe_join, sha256_bytes, sha256_file
+from zoo.utils.files import (
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporaries,
+    safe_join,
+    sha256_bytes,
+    sha256_file,
+)
 
 
 def split_annotations(coco: dict[str, Any], split: str, output_names: dict[int, str],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 
 from zoo.builders.styles import Style
 from zoo.data.coco_files import CocoFileError, read_coco
-from zoo.utils.files import safe_join
+from zoo.utils.files import OutputLocationError, check_output_location, safe_join
 
 MANIFEST_VERSION = 1
 IMAGE_FORMATS = ("jpg", "png")
@@ -68,32 +67,16 @@ def split_header(style: Style, seed: int, image_format: str, jpeg_quality: int, 
 
 
 def check_locations(ann: Path, image_root: Path, out: Path) -> None:
-    """Refuse output roots that could overwrite the input images or annotation file."""
-    ann, image_root, out = ann.resolve(), image_root.resolve(), out.resolve()
-    if out == image_root or image_root in out.parents or out in image_root.parents:
-        raise CocoOodError(f"output root {out} overlaps the image root {image_root}; choose a separate folder "
-                           "so that the source images can never be overwritten")
-    if out == ann or out in ann.parents:
-        raise CocoOodError(f"annotation file {ann} lies inside the output root {out}; choose a separate folder")
+    """Refuse output roots that could overwrite the input images or annotation file (the tools' shared check)."""
+    try:
+        check_output_location(out, {"image root": image_root, "annotation file": ann}, what="output root")
+    except OutputLocationError as error:
+        raise CocoOodError(str(error)) from error
 
 
 def shard_file(out: Path, shard: tuple[int, int]) -> Path:
     """The progress record of shard (i, n) under output root `out`."""
     return out / WORK_DIR / f"shard-{shard[0]}-of-{shard[1]}.json"
-
-
-def remove_stale_temporaries(targets: Sequence[Path]) -> None:
-    """Delete temp files that a killed run left next to `targets` (only ours: `.<target name>.*.tmp`)."""
-    by_folder: dict[Path, set[str]] = {}
-    for target in targets:
-        by_folder.setdefault(target.parent, set()).add(target.name)
-    for folder, names in by_folder.items():
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", entry.name)
-            if match and match[1] in names:
-                os.unlink(entry.path)
 
 
 def _output_name(file_name: str, image_format: str) -> str:
