@@ -239,7 +239,10 @@ def test_evaluator_protocol_matches_the_folder_evaluation_of_its_written_files(t
     first = json.loads((tmp_path / "pred" / "003418_mpii_test.json").read_text())["annotations"]
     source = [r for r in records if r[0] == first[0]["image_id"]]
     assert len(first) == len(source) == 1
-    assert first[0]["scores"] == pytest.approx((0.5 * source[0][2]).tolist(), rel=1e-15)
+    assert first[0]["keypoints"][9:15] == [0, 0, 0, 0, 0, 0] and first[0]["scores"][3:5] == [0, 0]  # ears
+    expected = (0.5 * source[0][2]).tolist()
+    expected[3:5] = [0.0, 0.0]
+    assert first[0]["scores"] == pytest.approx(expected, rel=1e-15)
     assert 0.0 < metrics["Total"] < 100.0
 
 
@@ -310,3 +313,25 @@ def test_clips_predicted_as_their_ground_truth_score_100_through_the_evaluator(f
         evaluator.update_batch(batch, batch["keypoints"], batch["keypoints_visible"])
     metrics = evaluator.compute()
     assert metrics["Total"] == pytest.approx(100.0) and metrics["Head"] == pytest.approx(100.0)
+
+
+def test_tied_scores_rank_as_numpys_reversed_argsort():
+    """poseval ranks with argsort()[::-1]: of equal scores the later prediction comes first.
+
+    The false positive is listed first and the true positive second, both at 0.5: reversed argsort ranks the
+    true positive first (AP 100); a stable descending sort would rank the false positive first (AP 50).
+    """
+    gt = _video([[_gt((100.0, 100.0))]])
+    pred = _video([[_pred(_pose((1500.0, 900.0)), 0.5), _pred(_pose((100.0, 100.0)), 0.5)]])
+    np.testing.assert_allclose(_ap(gt, pred), 100.0)
+
+
+def test_compute_is_repeatable_and_reset_forgets():
+    evaluator = PoseTrackEvaluator(REAL_VAL)
+    data = json.loads((REAL_VAL / "009473_mpii_test.json").read_text())  # 2 persons, ignore regions
+    kpts = np.array([ann["keypoints"] for ann in data["annotations"]]).reshape(-1, 17, 3)
+    evaluator.update([0, 1], [data["images"][0]["id"]] * 2, kpts[..., :2], np.ones((2, 17)))
+    first = evaluator.compute()
+    assert evaluator.compute() == first
+    evaluator.reset()
+    assert len(evaluator) == 0 and evaluator.compute()["Total"] == 0.0  # nothing predicted: poseval's 0

@@ -455,7 +455,9 @@ class PoseTrackEvaluator(RecordEvaluator):
         self.videos.sort(key=lambda video: video[0])
         self._gt_frames = [poseval_frames(data, file, ground_truth=True) for _, file, data in self.videos]
         self._image_ids = {image["id"] for _, _, data in self.videos for image in data["images"]}
-        self._num_slots = len(self.videos[0][2]["categories"][0]["keypoints"]) if self.videos else 17
+        names = self.videos[0][2]["categories"][0]["keypoints"] if self.videos else []
+        self._num_slots = len(names)
+        self._evaluated_slots = [name in POSEVAL_KEYPOINTS for name in names]
 
     def update(
         self,
@@ -551,16 +553,20 @@ class PoseTrackEvaluator(RecordEvaluator):
 
     def _annotation(self, image_id: int, index: int, track_id: int, record: _Prediction) -> dict[str, Any]:
         what = f"prediction for image {image_id}"
-        keypoints = []
-        for x, y in record.keypoints:
-            keypoints += [*_finite([x, y], f"{what}: keypoint"), 1]
+        keypoints, scores = [], []
+        for evaluated, (x, y), score in zip(
+            self._evaluated_slots, record.keypoints, record.scores, strict=True
+        ):
+            # Slots poseval does not score (the ears) are written as PoseTrack's unannotated (0, 0, 0).
+            keypoints += [*_finite([x, y], f"{what}: keypoint"), 1] if evaluated else [0.0, 0.0, 0]
+            scores += _finite([score], f"{what}: scores") if evaluated else [0.0]
         ann = {
             "image_id": image_id,
             "id": image_id * 100 + index,
             "track_id": track_id,
             "category_id": 1,
             "keypoints": keypoints,
-            "scores": _finite(record.scores, f"{what}: scores"),
+            "scores": scores,
         }
         if record.bbox is not None:
             ann["bbox"] = _finite(record.bbox, f"{what}: bbox")
