@@ -172,8 +172,8 @@ def _check_numbers(values: Any, where: str, length: int | None = None, multiple:
         bad = next(v for v in values if type(v) not in (int, float))
         raise CocoFileError(f"{where}: values must be numbers; got {bad!r}")
     try:
-        finite = bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
-    except OverflowError:
+        finite = all(map(math.isfinite, values))
+    except OverflowError:  # an integer too large for a float
         finite = False
     if not finite:
         raise CocoFileError(f"{where}: contains NaN, infinite or out-of-range values")
