@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from torch import nn
