@@ -60,10 +60,9 @@ def _measure_training_step(gradient_checkpointing: bool, size: int, batch: int, 
     if scale == "tiny":
         backbone = load_tiny_backbone()
     else:
-        from zoo.benchmarks.sd2 import build_sd2
+        from zoo.benchmarks.sd2 import sd2_backbone
 
-        parts = build_sd2(dry_run=scale == "dry")
-        backbone = parts.backbone(parts.unet_d)
+        backbone = sd2_backbone(dry_run=scale == "dry")
     backbone.configure(gradient_checkpointing=gradient_checkpointing).train()
     from zoo.models.lotus.model import Lotus
 

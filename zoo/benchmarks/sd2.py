@@ -51,6 +51,9 @@ DRY_OVERRIDES: dict[str, dict[str, Any]] = {
     "taesd": {"encoder_block_out_channels": [16] * 4, "decoder_block_out_channels": [16] * 4},
 }
 
+# Lotus and SDPose add the 4-d task-switcher projection to SD2's UNet.
+TASK_SWITCHER = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": TASK_CODE_DIM}
+
 # Marigold's published settings: (denoising steps, ensemble size).
 MARIGOLD_SETTINGS = {
     "v1-1 default": (4, 1),
@@ -116,9 +119,8 @@ def build_sd2(dry_run: bool = False, seed: int = 0) -> SD2Parts:
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(load_config("vae", dry_run)).eval()
     config = load_config("unet", dry_run)
-    switcher = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": TASK_CODE_DIM}
-    unet_d = UNet2DConditionModel.from_config({**config, **switcher}).eval()
-    unet_g = _sharing_unet(unet_d, {**config, **switcher, "in_channels": 8})
+    unet_d = UNet2DConditionModel.from_config({**config, **TASK_SWITCHER}).eval()
+    unet_g = _sharing_unet(unet_d, {**config, **TASK_SWITCHER, "in_channels": 8})
     unet_marigold = _sharing_unet(unet_g, {**config, "in_channels": 8})
     text_encoder = CLIPTextModel(CLIPTextConfig(**load_config("text_encoder", dry_run))).eval()
     # Any tokenizer whose ids fit the vocabulary costs the same; the local one needs no download.
@@ -128,6 +130,16 @@ def build_sd2(dry_run: bool = False, seed: int = 0) -> SD2Parts:
     text_seconds = time.perf_counter() - start
     taesd = taesd_from_config(**(DRY_OVERRIDES["taesd"] if dry_run else {})).eval()
     return SD2Parts(vae, unet_d, unet_g, unet_marigold, text_encoder, tokenizer, taesd, empty, text_seconds)
+
+
+def sd2_backbone(dry_run: bool = False, seed: int = 0) -> StableDiffusionBackbone:
+    """Only what a Lotus-D training step needs: the SD2 VAE and UNet with the task switcher (random weights)."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_config(load_config("vae", dry_run)).eval()
+    config = load_config("unet", dry_run)
+    unet = UNet2DConditionModel.from_config({**config, **TASK_SWITCHER})
+    # The prompt embedding's values do not change the cost; its shape is SD2's empty prompt, [1, 2, 1024].
+    return StableDiffusionBackbone(vae, unet, torch.zeros(1, 2, config["cross_attention_dim"]))
 
 
 def marigold_pipelines(parts: SD2Parts) -> dict[str, Any]:
@@ -224,6 +236,13 @@ def _run(
     from zoo.inference.lotus import LotusPredictor
 
     started = time.perf_counter()
+    # First, while this process holds no model: each step runs in a fresh process with its own SD2 UNet.
+    memory = {
+        flag: training_step_peak_kib(
+            flag, train_resolution, train_batch, scale="dry" if dry_run else "sd2", in_process=dry_run
+        )
+        for flag in (False, True)
+    }
     parts = build_sd2(dry_run)
     backbone_d, backbone_g = parts.backbone(parts.unet_d), parts.backbone(parts.unet_g)
     generator = torch.Generator().manual_seed(0)
@@ -286,12 +305,6 @@ def _run(
     for flip in (False, True):
         pose_seconds[flip] = once(lambda flip=flip: pose([photo], boxes=box, flip_test=flip))
 
-    memory = {
-        flag: training_step_peak_kib(
-            flag, train_resolution, train_batch, scale="dry" if dry_run else "sd2", in_process=dry_run
-        )
-        for flag in (False, True)
-    }
     results = _report(
         parts,
         resolution,
@@ -506,5 +519,6 @@ __all__ = [
     "load_config",
     "marigold_pipelines",
     "run",
+    "sd2_backbone",
     "sdpose_predictor",
 ]
