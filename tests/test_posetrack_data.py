@@ -254,3 +254,14 @@ def test_posetrack21_files_with_person_ids_and_box_only_persons(tmp_path):
     gt.mkdir()
     shutil.copy(path, gt / path.name)
     assert evaluate_posetrack_folders(gt, pred).total == 100.0
+
+
+def test_undecodable_clip_frames_name_the_record_and_the_file(tmp_path):
+    ann = _video_annotations(tmp_path)
+    folder = tmp_path / "root" / "images" / "val" / VIDEO.name
+    (folder / "000003.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"annotation 3000001000400 .*000003\.jpg"):
+        PoseTrackClipDataset(ann, tmp_path / "root")[1]  # the clip of frame 4 holds frame 3
+    (folder / f"{VIDEO.name}.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(VideoDecodeError, match=r"annotation 3000001000000 .*000001_mpiinew_test\.mp4"):
+        PoseTrackClipDataset(ann, tmp_path / "root", frames="video")[0]

@@ -415,23 +415,26 @@ class PoseTrackClipDataset(Dataset):
             self._videos[folder] = open_video(found)
         return self._videos[folder]
 
+    def _read_frame(self, image: PoseTrackImage, index: int) -> np.ndarray:
+        if self.frames == "video":
+            return self._video(image).read(index)
+        path = safe_join(self.image_root, neighbour_file_name(image.file_name, index))
+        if not path.is_file():
+            raise FileNotFoundError(f"clip frame {index} is missing ({path})")
+        return load_rgb_uint8(path)
+
     def load_frames(self, instance: ClipInstance) -> tuple[list[np.ndarray], list[int]]:
         """The clip's frames (RGB uint8 [H, W, 3] each) and their frame indices, in `offsets` order."""
         image = instance.image
-        num_frames = len(self._video(image)) if self.frames == "video" else self._num_frames(image)
-        indices = clip_frame_indices(image.frame_index, num_frames, self.offsets)
         record = (
             f"{image.source}: annotation {instance.annotation_id} (image {image.image_id}, {image.video})"
         )
-        frames = []
-        for index in indices:
-            if self.frames == "video":
-                frames.append(self._video(image).read(index))
-                continue
-            path = safe_join(self.image_root, neighbour_file_name(image.file_name, index))
-            if not path.is_file():
-                raise FileNotFoundError(f"{record}: clip frame {index} is missing ({path})")
-            frames.append(load_rgb_uint8(path))
+        try:
+            num_frames = len(self._video(image)) if self.frames == "video" else self._num_frames(image)
+            indices = clip_frame_indices(image.frame_index, num_frames, self.offsets)
+            frames = [self._read_frame(image, index) for index in indices]
+        except (OSError, ValueError) as error:  # undecodable video or image, missing file
+            raise type(error)(f"{record}: {error}") from error
         sizes = {frame.shape[:2] for frame in frames}
         if len(sizes) != 1:
             raise ValueError(f"{record}: clip frames differ in size {sorted(sizes)}")
