@@ -335,3 +335,29 @@ def test_compute_is_repeatable_and_reset_forgets():
     assert evaluator.compute() == first
     evaluator.reset()
     assert len(evaluator) == 0 and evaluator.compute()["Total"] == 0.0  # nothing predicted: poseval's 0
+
+
+def test_tool_runs_as_a_script(tmp_path):
+    import subprocess
+
+    pred = tmp_path / "pred"
+    shutil.copytree(REAL_VAL, pred)
+    tool = Path(__file__).resolve().parents[1] / "tools" / "eval_posetrack.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            "--gt",
+            str(REAL_VAL),
+            "--pred",
+            str(pred),
+            "--json",
+            str(tmp_path / "a.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in done.stdout
+    assert json.loads((tmp_path / "a.json").read_text())["summary"]["Total"] == 100.0
