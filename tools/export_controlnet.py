@@ -1,10 +1,11 @@
 """Export COCO keypoint annotations or results as ControlNet OpenPose conditioning PNGs and pose JSON.
 
-    python tools/export_controlnet.py --annotations person_keypoints_val2017.json --out controlnet/
-    python tools/export_controlnet.py --results results.json --annotations person_keypoints_val2017.json --out out/
+    python tools/export_controlnet.py --annotations person_keypoints_val2017.json --out controlnet/ python
+    tools/export_controlnet.py --results results.json --annotations person_keypoints_val2017.json --out out/
 
 Writes `<stem>.png` (RGB skeleton on black, as controlnet_aux draws it) and `<stem>.json` (OpenPose / ComfyUI
-POSE_KEYPOINT, normalised coordinates) per image, where the stem is the image's COCO file_name, suffix kept (`a.jpg` -> `a.jpg.png`).
+POSE_KEYPOINT, normalised coordinates) per image, where the stem is the image's COCO file_name, suffix kept
+(`a.jpg` -> `a.jpg.png`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=DEFAULT_THRESHOLD,
-        help=f"keypoints whose score (or COCO visibility) is not above this are missing (default {DEFAULT_THRESHOLD})",
+        help="keypoints whose score (or COCO visibility) is not above this are missing "
+        f"(default {DEFAULT_THRESHOLD})",
     )
     parser.add_argument(
         "--hands",
@@ -83,8 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--threshold must be a finite number >= 0; got {args.threshold}")
     try:
         # The outputs may not overlap what is read: the annotation and results files and the image folder.
-        check_output_location(args.out, {"annotation file": args.annotations, "results file": args.results,
-                                         "image root": args.image_root}, what="output folder")
+        check_output_location(
+            args.out,
+            {
+                "annotation file": args.annotations,
+                "results file": args.results,
+                "image root": args.image_root,
+            },
+            what="output folder",
+        )
     except OutputLocationError as error:
         parser.error(str(error))
     try:

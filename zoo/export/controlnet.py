@@ -1,8 +1,8 @@
 """ControlNet OpenPose export: COCO keypoint files to conditioning PNGs and OpenPose/ComfyUI pose JSON.
 
 The canvas is drawn by `zoo.visualize.openpose` (pixel-equal to controlnet_aux); this module reads the COCO
-annotations or results, serialises people as POSE_KEYPOINT JSON (the same normalised coordinates the canvas is drawn
-from) and writes both files per image.
+annotations or results, serialises people as POSE_KEYPOINT JSON (the same normalised coordinates the canvas is
+drawn from) and writes both files per image.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ExportInputError(CocoFileError):
 
 @dataclass(frozen=True)
 class ImagePoses:
-    """The keypoints of all people in one image, as read from a COCO file (pixels, [17, 3] or [133, 3] each)."""
+    """The keypoints of all people in one image, read from a COCO file (pixels, [17, 3] or [133, 3] each)."""
 
     image_id: int
     file_name: str
@@ -41,7 +41,7 @@ class ImagePoses:
 
     @property
     def stem(self) -> str:
-        """Output stem: the COCO file_name, suffix kept (`a.jpg` -> `a.jpg.png`), as every tool names outputs."""
+        """Output stem: the COCO file_name, suffix kept (`a.jpg` -> `a.jpg.png`), as all tools name them."""
         return output_stem(self.file_name)
 
 
@@ -55,7 +55,7 @@ class ControlNetPose:
 
 
 def _flat_keypoints(points: np.ndarray | None) -> list[float] | None:
-    """Flatten [K, 2] normalised points to x0, y0, c0, ...; present points get c = 1.0, missing ones 0, 0, 0."""
+    """Flatten [K, 2] normalised points to x0, y0, c0, ...; present points get c = 1.0, missing ones 0 0 0."""
     if points is None:
         return None
     flat: list[float] = []
@@ -66,7 +66,7 @@ def _flat_keypoints(points: np.ndarray | None) -> list[float] | None:
 
 
 def openpose_json(people: Sequence[OpenPosePerson], height: int, width: int) -> dict[str, Any]:
-    """Serialise people as the OpenPose / ComfyUI POSE_KEYPOINT dict (normalised coordinates + canvas size)."""
+    """Serialise people as the OpenPose / ComfyUI POSE_KEYPOINT dict (normalised coordinates, canvas size)."""
     return {
         "people": [
             {
@@ -104,11 +104,12 @@ def read_coco_poses(
     results: str | os.PathLike | list[dict[str, Any]] | None = None,
     image_root: str | os.PathLike | None = None,
 ) -> list[ImagePoses]:
-    """Read the people of every image from COCO keypoint annotations, or from a results file with its annotations.
+    """The people of every image from COCO keypoint annotations, or from a results file with its annotations.
 
-    `annotations` supplies the image list (ids, file names, sizes); without `results` its keypoint annotations are the
-    poses (crowd regions and annotations without keypoints skipped), with `results` only the results' keypoints are
-    used. Keypoints may be COCO-17 or COCO-WholeBody-133. Every image is returned, with no people if it has none.
+    `annotations` supplies the image list (ids, file names, sizes); without `results` its keypoint annotations
+    are the poses (crowd regions and annotations without keypoints skipped), with `results` only the results'
+    keypoints are used. Keypoints may be COCO-17 or COCO-WholeBody-133. Every image is returned, with no
+    people if it has none.
     """
     try:
         coco = read_coco(annotations, "annotations", require_size=False)
@@ -139,7 +140,7 @@ def read_coco_poses(
 def export_image(
     image: ImagePoses, threshold: float = DEFAULT_THRESHOLD, hands: bool = True, face: bool = True
 ) -> ControlNetPose:
-    """Render one image's people and build its pose JSON; people with no point above `threshold` are left out."""
+    """Render one image's people and build its pose JSON; people with no point above `threshold` left out."""
     people = [person_from_coco(k, image.width, image.height, threshold, hands, face) for k in image.keypoints]
     people = [
         p

@@ -1,4 +1,4 @@
-"""COCO-OOD merge and verification: combine shard records into each split's annotations and manifest, check hashes."""
+"""COCO-OOD merge and verification: shard records into split annotations and manifests, hashes checked."""
 
 from __future__ import annotations
 
@@ -24,17 +24,21 @@ from zoo.utils.files import (
 )
 
 
-def split_annotations(coco: dict[str, Any], split: str, output_names: dict[int, str],
-                      ann_sha256: str) -> dict[str, Any]:
-    """The input annotations for `split`: `info.coco_ood` added and image file names re-suffixed, nothing else."""
+def split_annotations(
+    coco: dict[str, Any], split: str, output_names: dict[int, str], ann_sha256: str
+) -> dict[str, Any]:
+    """The input annotations for `split`: `info.coco_ood` added, file names re-suffixed, nothing else."""
     result = dict(coco)  # keeps the input's key order
-    result["info"] = {**coco.get("info", {}), "coco_ood": {"split": split, "source_annotations_sha256": ann_sha256}}
+    result["info"] = {
+        **coco.get("info", {}),
+        "coco_ood": {"split": split, "source_annotations_sha256": ann_sha256},
+    }
     result["images"] = [{**image, "file_name": output_names[image["id"]]} for image in coco["images"]]
     return result
 
 
 def merge(ann: str | os.PathLike, out: str | os.PathLike) -> dict[str, SplitPaths]:
-    """Combine every shard record under OUT/.work into each split's annotations and manifest; verify all hashes."""
+    """Combine the shard records under OUT/.work into each split's annotations and manifest; verify hashes."""
     ann, out = Path(ann), Path(out)
     work = out / WORK_DIR
     shard_files = {}
@@ -50,16 +54,20 @@ def merge(ann: str | os.PathLike, out: str | os.PathLike) -> dict[str, SplitPath
     count = counts.pop()
     missing = [index for index in range(count) if (index, count) not in shard_files]
     if missing:
-        raise CocoOodError(f"shard record(s) {', '.join(f'{i}/{count}' for i in missing)} missing from {work}; "
-                           "run those shards (or copy their output folders here) before merging")
+        raise CocoOodError(
+            f"shard record(s) {', '.join(f'{i}/{count}' for i in missing)} missing from {work}; "
+            "run those shards (or copy their output folders here) before merging"
+        )
 
     headers: dict[str, dict] = {}
     records: dict[str, dict[str, dict]] = {}
     for (index, _), path in sorted(shard_files.items()):
         for name, split in json.loads(path.read_text(encoding="utf-8"))["splits"].items():
             if headers.setdefault(name, split["header"]) != split["header"]:
-                raise CocoOodError(f"shard {index}/{count} built split {name!r} with different settings than "
-                                   "shard 0; rebuild it with the same styles, seed, format and library versions")
+                raise CocoOodError(
+                    f"shard {index}/{count} built split {name!r} with different settings than "
+                    "shard 0; rebuild it with the same styles, seed, format and library versions"
+                )
             records.setdefault(name, {}).update(split["images"])
 
     coco = load_coco(ann)
@@ -73,20 +81,29 @@ def merge(ann: str | os.PathLike, out: str | os.PathLike) -> dict[str, SplitPath
         for image in sorted(coco["images"], key=lambda item: item["id"]):
             record = records[name].get(str(image["id"]))
             if record is None:
-                raise CocoOodError(f"split {name!r} has no output for image id {image['id']}; rerun its shard")
+                raise CocoOodError(
+                    f"split {name!r} has no output for image id {image['id']}; rerun its shard"
+                )
             target = safe_join(paths.images, record["file_name"])
             if not target.is_file() or sha256_file(target) != record["sha256"]:
-                raise CocoOodError(f"{target} is missing or does not match its recorded hash; rerun its shard")
+                raise CocoOodError(
+                    f"{target} is missing or does not match its recorded hash; rerun its shard"
+                )
             ordered.append(record)
         remove_stale_temporaries([paths.annotations, paths.manifest])
-        annotations = split_annotations(coco, name, {r["image_id"]: r["file_name"] for r in ordered}, ann_sha256)
+        annotations = split_annotations(
+            coco, name, {r["image_id"]: r["file_name"] for r in ordered}, ann_sha256
+        )
         # Compact and in the input's key order, like the COCO files themselves (they reach tens of MB).
         text = json.dumps(annotations, ensure_ascii=False, separators=(",", ":")) + "\n"
         atomic_write_text(paths.annotations, text)
-        atomic_write_json(paths.manifest, {"header": header, "annotations_sha256": sha256_bytes(text.encode("utf-8")),
-                                           "images": ordered})
+        atomic_write_json(
+            paths.manifest,
+            {"header": header, "annotations_sha256": sha256_bytes(text.encode("utf-8")), "images": ordered},
+        )
         splits[name] = paths
-    # Manifests now hold every record; the progress files would only make a sharded tree differ from a single run.
+    # Manifests now hold every record; the progress files would only make a sharded tree differ from a single
+    # run.
     for path in shard_files.values():
         path.unlink()
     if work.is_dir() and not any(work.iterdir()):

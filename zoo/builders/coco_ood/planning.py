@@ -1,4 +1,4 @@
-"""COCO-OOD planning: build settings, input checks and the list of images to restyle, before any work starts."""
+"""COCO-OOD planning: build settings, input checks and the images to restyle, before any work starts."""
 
 from __future__ import annotations
 
@@ -55,11 +55,19 @@ def library_versions() -> dict[str, str]:
     return {"albumentations": albumentations.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
 
 
-def split_header(style: Style, seed: int, image_format: str, jpeg_quality: int, ann_sha256: str) -> dict[str, Any]:
+def split_header(
+    style: Style, seed: int, image_format: str, jpeg_quality: int, ann_sha256: str
+) -> dict[str, Any]:
     """Settings that determine a split's bytes; two runs may share an output root only if these agree."""
-    header = {"manifest_version": MANIFEST_VERSION, "split": style.name, "style": style.describe(), "seed": seed,
-              "image_format": image_format, "source_annotations_sha256": ann_sha256,
-              "libraries": library_versions()}
+    header = {
+        "manifest_version": MANIFEST_VERSION,
+        "split": style.name,
+        "style": style.describe(),
+        "seed": seed,
+        "image_format": image_format,
+        "source_annotations_sha256": ann_sha256,
+        "libraries": library_versions(),
+    }
     if image_format == "jpg":
         header["jpeg_quality"] = jpeg_quality
     # Round-trip through JSON so that a header read back from disk compares equal to a fresh one.
@@ -67,7 +75,7 @@ def split_header(style: Style, seed: int, image_format: str, jpeg_quality: int, 
 
 
 def check_locations(ann: Path, image_root: Path, out: Path) -> None:
-    """Refuse output roots that could overwrite the input images or annotation file (the tools' shared check)."""
+    """Refuse output roots that could overwrite the input images or annotation file (the shared check)."""
     try:
         check_output_location(out, {"image root": image_root, "annotation file": ann}, what="output root")
     except OutputLocationError as error:
@@ -101,13 +109,25 @@ def plan_jobs(coco: dict[str, Any], ann: Path, image_root: Path, image_format: s
         try:
             source = safe_join(image_root, image["file_name"])
         except ValueError as error:
-            raise CocoOodError(f"{ann}: image id {image['id']}: {error}; refusing to read or write outside the "
-                               "image root") from error
+            raise CocoOodError(
+                f"{ann}: image id {image['id']}: {error}; refusing to read or write outside the image root"
+            ) from error
         output_name = _output_name(image["file_name"], image_format)
         if output_name in outputs:
-            raise CocoOodError(f"{ann}: image ids {outputs[output_name]} and {image['id']} would both be written "
-                               f"as {output_name!r}")
+            raise CocoOodError(
+                f"{ann}: image ids {outputs[output_name]} and {image['id']} would both be written "
+                f"as {output_name!r}"
+            )
         outputs[output_name] = image["id"]
-        jobs.append(Job(image["id"], image["file_name"], output_name, str(source), int(image["width"]),
-                        int(image["height"]), by_image.get(image["id"], [])))
+        jobs.append(
+            Job(
+                image["id"],
+                image["file_name"],
+                output_name,
+                str(source),
+                int(image["width"]),
+                int(image["height"]),
+                by_image.get(image["id"], []),
+            )
+        )
     return jobs

@@ -30,18 +30,25 @@ def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
     resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     cell = np.full((height, width, 3), 255, np.uint8)
     top, left = (height - size[1]) // 2, (width - size[0]) // 2
-    cell[top:top + size[1], left:left + size[0]] = resized
+    cell[top : top + size[1], left : left + size[0]] = resized
     return cell
 
 
-def contact_sheet(out: str | os.PathLike, image_root: str | os.PathLike, splits: Sequence[str] | None = None,
-                  max_images: int = 4, cell_height: int = 180) -> np.ndarray:
+def contact_sheet(
+    out: str | os.PathLike,
+    image_root: str | os.PathLike,
+    splits: Sequence[str] | None = None,
+    max_images: int = 4,
+    cell_height: int = 180,
+) -> np.ndarray:
     """Grid image, rows = images (lowest ids), columns = original + each split, labelled; RGB uint8."""
     out = Path(out)
     names = list(splits) if splits else sorted(p.parent.name for p in out.glob("*/manifest.json"))
     if not names:
         raise CocoOodError(f"no finished splits under {out}; build (and merge) first")
-    manifests = {name: json.loads(split_paths(out, name).manifest.read_text(encoding="utf-8")) for name in names}
+    manifests = {
+        name: json.loads(split_paths(out, name).manifest.read_text(encoding="utf-8")) for name in names
+    }
     first = manifests[names[0]]["images"][:max_images]
     cell_width = cell_height * 4 // 3
     band = 18  # label band above each cell
@@ -63,8 +70,13 @@ def contact_sheet(out: str | os.PathLike, image_root: str | os.PathLike, splits:
     return np.concatenate(rows, axis=0)
 
 
-def write_contact_sheet(path: str | os.PathLike, out: str | os.PathLike, image_root: str | os.PathLike,
-                        splits: Sequence[str] | None = None, max_images: int = 4) -> Path:
+def write_contact_sheet(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    image_root: str | os.PathLike,
+    splits: Sequence[str] | None = None,
+    max_images: int = 4,
+) -> Path:
     """Write the contact sheet as a PNG (atomically) and return its path."""
     sheet = contact_sheet(out, image_root, splits, max_images)
     atomic_write_bytes(path, encode_image(sheet, "png", 95))
