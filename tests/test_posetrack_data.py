@@ -159,7 +159,7 @@ def test_one_augmentation_draw_per_clip(tmp_path):
 def test_frames_from_the_mp4_match_the_jpeg_frames(tmp_path):
     ann = _video_annotations(tmp_path)
     files = PoseTrackClipDataset(ann, tmp_path / "root")[1]
-    video = PoseTrackClipDataset(ann, tmp_path / "root", frames="video")[1]
+    video = PoseTrackClipDataset(ann, tmp_path / "root", frame_source="video")[1]
     assert video["frames"].shape == files["frames"].shape == (3, 3, 256, 192)
     difference = (video["frames"] - files["frames"]).abs().mean().item()
     assert difference < 0.03  # mp4 compression only; another frame differs far more
@@ -264,4 +264,4 @@ def test_undecodable_clip_frames_name_the_record_and_the_file(tmp_path):
         PoseTrackClipDataset(ann, tmp_path / "root")[1]  # the clip of frame 4 holds frame 3
     (folder / f"{VIDEO.name}.mp4").write_bytes(b"\x00" * 64)
     with pytest.raises(VideoDecodeError, match=r"annotation 3000001000000 .*000001_mpiinew_test\.mp4"):
-        PoseTrackClipDataset(ann, tmp_path / "root", frames="video")[0]
+        PoseTrackClipDataset(ann, tmp_path / "root", frame_source="video")[0]

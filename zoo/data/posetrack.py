@@ -323,8 +323,8 @@ class PoseTrackClipDataset(Dataset):
     "annotation_id", "track_id", "video" (frame folder name), "frame_index", "frame_indices" [T] (after
     clamping at the video's ends).
 
-    `frames="files"` reads the neighbours as image files next to the key frame (PoseTrack's layout);
-    `frames="video"` decodes them from `<frame folder>/<folder name>.mp4` or `<frame folder>.mp4`.
+    `frame_source="files"` reads the neighbours as image files next to the key frame (PoseTrack's layout);
+    `frame_source="video"` decodes them from `<frame folder>/<folder name>.mp4` or `<frame folder>.mp4`.
     """
 
     def __init__(
@@ -338,15 +338,15 @@ class PoseTrackClipDataset(Dataset):
         augmentation: TopDownAugmentation | None = None,
         padding: float = BBOX_PADDING,
         labelled_only: bool = True,
-        frames: str = "files",
+        frame_source: str = "files",
         metainfo: str | PoseMetainfo = "posetrack18",
         seed: int | None = None,
     ) -> None:
         """`ann_file`: one annotation file or a folder of per-video files; `input_size`: the crop (w, h)."""
         if 0 not in offsets:
             raise ValueError(f"offsets must contain 0 (the key frame); got {tuple(offsets)}")
-        if frames not in ("files", "video"):
-            raise ValueError(f"frames must be 'files' or 'video'; got {frames!r}")
+        if frame_source not in ("files", "video"):
+            raise ValueError(f"frame_source must be 'files' or 'video'; got {frame_source!r}")
         self.metainfo = load_metainfo(metainfo) if isinstance(metainfo, str) else metainfo
         if self.metainfo.num_keypoints != NUM_KEYPOINTS:
             raise ValueError(
@@ -355,7 +355,7 @@ class PoseTrackClipDataset(Dataset):
             )
         self.image_root = Path(image_root)
         self.offsets = tuple(int(o) for o in offsets)
-        self.frames = frames
+        self.frame_source = frame_source
         self.annotations = [read_posetrack_annotations(p) for p in posetrack_annotation_files(ann_file)]
         self.instances = (
             _gt_instances(self.annotations, labelled_only)
@@ -416,7 +416,7 @@ class PoseTrackClipDataset(Dataset):
         return self._videos[folder]
 
     def _read_frame(self, image: PoseTrackImage, index: int) -> np.ndarray:
-        if self.frames == "video":
+        if self.frame_source == "video":
             return self._video(image).read(index)
         path = safe_join(self.image_root, neighbour_file_name(image.file_name, index))
         if not path.is_file():
@@ -430,7 +430,7 @@ class PoseTrackClipDataset(Dataset):
             f"{image.source}: annotation {instance.annotation_id} (image {image.image_id}, {image.video})"
         )
         try:
-            num_frames = len(self._video(image)) if self.frames == "video" else self._num_frames(image)
+            num_frames = len(self._video(image)) if self.frame_source == "video" else self._num_frames(image)
             indices = clip_frame_indices(image.frame_index, num_frames, self.offsets)
             frames = [self._read_frame(image, index) for index in indices]
         except (OSError, ValueError) as error:  # undecodable video or image, missing file
