@@ -392,6 +392,38 @@ def test_decoding_is_per_batch(tmp_path: Path, depth: object, monkeypatch: pytes
     outcome("correct")
 
 
+# ---------------------------------------------------------------------------------------------------- weights
+def test_broken_weights_are_named(tmp_path: Path, tiny_backbone_dir: Path) -> None:
+    from zoo.backbones import StableDiffusionBackbone
+    from zoo.backbones.stable_diffusion import CorruptWeightsError
+
+    def folder(name: str, index: str | None = None) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        for part in ("unet", "scheduler", "text_encoder", "tokenizer", "empty_prompt_embeds.safetensors"):
+            (root / part).symlink_to(tiny_backbone_dir / part)
+        if index is not None:
+            (root / "model_index.json").write_text(index)
+        return root
+
+    truncated = folder("truncated")
+    (truncated / "vae").mkdir()
+    (truncated / "vae" / "config.json").symlink_to(tiny_backbone_dir / "vae" / "config.json")
+    weights = truncated / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes((tiny_backbone_dir / "vae" / weights.name).read_bytes()[:1000])
+    with pytest.raises(CorruptWeightsError, match=f"{weights}: corrupt, truncated"):
+        StableDiffusionBackbone.from_pretrained(truncated)
+    outcome("named error")
+    folder("loop_a", json.dumps({"vae_from": str(tmp_path / "loop_b")}))
+    folder("loop_b", json.dumps({"vae_from": str(tmp_path / "loop_a")}))
+    with pytest.raises(CorruptWeightsError, match="'vae_from' chain loops"):
+        StableDiffusionBackbone.from_pretrained(tmp_path / "loop_a")
+    outcome("named error")
+    with pytest.raises(CorruptWeightsError, match=r"model_index\.json: not valid JSON"):
+        StableDiffusionBackbone.from_pretrained(folder("malformed", "{"))
+    outcome("named error")
+
+
 def test_outcome_counts() -> None:
     """Every corpus case above ended as a correct result or a named error (the counts go into the report)."""
     print(f"\nhardening corpus: {sum(OUTCOMES.values())} cases, {OUTCOMES}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,6 +33,14 @@ class MissingWeightsError(FileNotFoundError):
     """Backbone weights are not available locally; the message says what to download and where."""
 
 
+class CorruptWeightsError(OSError):
+    """A weights or config file is present but unreadable (truncated, corrupt, malformed); the message names it."""
+
+
+# diffusers' wording for a weights or config file that exists but cannot be parsed (truncated, corrupt, bad JSON).
+_UNREADABLE_WEIGHTS = re.compile(r"(?:Unable to load weights from checkpoint file for|the config file at) '([^']+)'")
+
+
 def _missing_weights_message(source: str, detail: str) -> str:
     return (
         f"Stable Diffusion weights {source!r} are not available here ({detail}).\n"
@@ -57,13 +66,23 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def _vae_source(source: str) -> str:
+def _vae_source(source: str, seen: tuple[str, ...] = ()) -> str:
     """Where the VAE of `source` lives: itself, or the base its model_index.json names as `vae_from`."""
     index = Path(source) / "model_index.json"
     if Path(source).is_dir() and not (Path(source) / "vae").is_dir() and index.is_file():
-        base = json.loads(index.read_text()).get("vae_from")
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CorruptWeightsError(f"{index}: not valid JSON ({error})") from None
+        base = data.get("vae_from") if isinstance(data, dict) else None
+        if base is not None and not isinstance(base, str):
+            raise CorruptWeightsError(f"{index}: 'vae_from' must be a folder or hub id; got {base!r}")
         if base:
-            return _vae_source(resolve_source(base))  # the base may itself reference another
+            key = str(Path(source).resolve())
+            if key in seen:
+                chain = " -> ".join([*seen, key])
+                raise CorruptWeightsError(f"{index}: 'vae_from' chain loops ({chain}); no folder holds the VAE")
+            return _vae_source(resolve_source(base), (*seen, key))  # the base may itself reference another
     return source
 
 
@@ -191,6 +210,12 @@ class StableDiffusionBackbone(nn.Module):
                 else None
             )
         except OSError as error:
+            if isinstance(error, CorruptWeightsError):
+                raise
+            unreadable = _UNREADABLE_WEIGHTS.search(str(error))
+            if unreadable:  # present but broken: downloading elsewhere would not help
+                raise CorruptWeightsError(f"{unreadable[1]}: corrupt, truncated or malformed file; re-download or "
+                                          "re-export it") from error
             raise MissingWeightsError(_missing_weights_message(source, str(error).splitlines()[0])) from error
 
         text_encoder, tokenizer = None, None

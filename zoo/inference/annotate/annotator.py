@@ -234,10 +234,9 @@ class Annotator:
                 computed += len(good)
                 for i, payload in zip(good, payloads, strict=True):
                     height, width = batch.images[i].shape[:2]
-                    records[i] = {"file_name": batch.items[i].file_name, "height": height, "width": width,
-                                  "source": batch.sources[i], **payload}
-                    if payload.get("error") is not None:
-                        records[i] = {"file_name": batch.items[i].file_name, "error": payload["error"]}
+                    records[i] = {"file_name": batch.items[i].file_name, **payload} if "error" in payload else {
+                        "file_name": batch.items[i].file_name, "height": height, "width": width,
+                        "source": batch.sources[i], **payload}
             for i, item in enumerate(batch.items):
                 # Unchanged records are left alone: a done image's record is never rewritten.
                 if records[i] != existing[i]:
