@@ -163,3 +163,22 @@ def test_video_folder_and_benchmark_dry_run(tmp_path: Path, video: tuple, capsys
     results = diffpose.run(dry_run=True)
     assert results["backbone_crops_reuse"] < results["backbone_crops_recompute"]
     assert "persons/s" in capsys.readouterr().out
+
+
+def test_video_annotator_writes_posetrack_json_overlays_controlnet_and_resumes(tmp_path: Path, video: tuple) -> None:
+    from zoo.evaluation.posetrack import poseval_frames
+    from zoo.inference.annotate.video import VideoAnnotator, write_mp4
+
+    frames, _ = video
+    write_mp4(tmp_path / "clip.mp4", frames, fps=5)
+    annotator = VideoAnnotator(zoo.load("tiny-diffpose"), tmp_path / "out", controlnet=True, steps=1, ensemble=1)
+    summary = annotator.run([tmp_path / "clip.mp4", tmp_path / "absent.mp4"])
+    assert summary.done == ["clip"] and "absent.mp4" in summary.failures[0]["reason"]
+    folder = tmp_path / "out" / "clip"
+    data = json.loads((folder / "posetrack.json").read_text())
+    assert len(poseval_frames(data, folder / "posetrack.json", ground_truth=False)) == len(frames)
+    assert len(list((folder / "overlay").glob("*.png"))) == len(frames) and (folder / "overlay.mp4").is_file()
+    assert len(list((folder / "controlnet").glob("*.json"))) == len(frames)
+    stamp = (folder / "posetrack.json").stat().st_mtime_ns
+    assert annotator.run([tmp_path / "clip.mp4"]).skipped == ["clip"]
+    assert (folder / "posetrack.json").stat().st_mtime_ns == stamp

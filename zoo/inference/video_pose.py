@@ -57,6 +57,16 @@ class VideoPoseOutput:
     def __len__(self) -> int:
         return len(self.keypoints)
 
+    def strip(self, frames: Sequence[np.ndarray], indices: Sequence[int] | None = None,
+              threshold: float = 0.3) -> np.ndarray:
+        """The frames `indices` (default all) with their skeletons, side by side: uint8 RGB [H, n * W, 3]."""
+        from zoo.visualize import draw_skeleton, image_grid
+
+        chosen = range(len(self.keypoints)) if indices is None else indices
+        tiles = [draw_skeleton(frames[i], self.keypoints[i], self.scores[i], self.metainfo, threshold)
+                 for i in chosen]
+        return image_grid(tiles, columns=len(tiles))
+
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU [N, M] of boxes a [N, 4] and b [M, 4] (x1, y1, x2, y2)."""
