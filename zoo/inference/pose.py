@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.codecs import decode_udp_batched
+from zoo.codecs import decode_udp_batched, decode_udp_official
 from zoo.data.coco_files import read_detections
 from zoo.data.images import ImageLoadError, load_rgb_uint8
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
@@ -307,9 +307,13 @@ class PosePredictor:
             chunk = chunk.permute(0, 3, 1, 2).float() / 255.0  # [b, 3, h, w] in [0, 1]
             if self.sdpose_compat:
                 heatmaps = self.model.predict_heatmaps(chunk, flip_indices, official=True, generator=generator)
+                # The official numpy decode, instance by instance: the batched one sums in another order.
+                pairs = [decode_udp_official(maps, self.blur_kernel_size) for maps in heatmaps.float().cpu().numpy()]
+                keypoints.append(np.stack([points for points, _ in pairs]))  # [b, K, 2] heatmap pixels
+                scores.append(np.stack([confidence for _, confidence in pairs]))  # [b, K]
             else:
                 heatmaps = self.model.predict_heatmaps(chunk, flip_indices)  # [b, K, h/4, w/4]
-            decoded, confidence = decode_udp_batched(heatmaps, None, self.blur_kernel_size)
-            keypoints.append(decoded.cpu().numpy())
-            scores.append(confidence.cpu().numpy())
+                decoded, confidence = decode_udp_batched(heatmaps, None, self.blur_kernel_size)
+                keypoints.append(decoded.cpu().numpy())
+                scores.append(confidence.cpu().numpy())
         return np.concatenate(keypoints), np.concatenate(scores).astype(np.float32)
