@@ -1,9 +1,10 @@
 """Build COCO-OOD splits (restyled / corrupted copies of a COCO keypoint set) with resumable, sharded workers.
 
-python tools/build_coco_ood.py --ann A.json --image-root IMAGES --out OUT [--styles oil pencil] [--workers
-2] python tools/build_coco_ood.py ... --shard 0/2        (and 1/2, possibly elsewhere; copy outputs into
-one OUT) python tools/build_coco_ood.py --merge --ann A.json --out OUT [--contact-sheet sheet.png
---image-root IMAGES]
+    python tools/build_coco_ood.py --ann A.json --image-root IMAGES --out OUT [--styles oil pencil] \
+        [--workers 2]
+    python tools/build_coco_ood.py ... --shard 0/2    (and 1/2, maybe elsewhere; copy outputs into one OUT)
+    python tools/build_coco_ood.py --merge --ann A.json --out OUT \
+        [--contact-sheet sheet.png --image-root IMAGES]
 """
 
 from __future__ import annotations

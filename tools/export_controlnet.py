@@ -1,7 +1,8 @@
 """Export COCO keypoint annotations or results as ControlNet OpenPose conditioning PNGs and pose JSON.
 
-    python tools/export_controlnet.py --annotations person_keypoints_val2017.json --out controlnet/ python
-    tools/export_controlnet.py --results results.json --annotations person_keypoints_val2017.json --out out/
+    python tools/export_controlnet.py --annotations person_keypoints_val2017.json --out controlnet/
+    python tools/export_controlnet.py --results results.json --annotations person_keypoints_val2017.json \
+        --out out/
 
 Writes `<stem>.png` (RGB skeleton on black, as controlnet_aux draws it) and `<stem>.json` (OpenPose / ComfyUI
 POSE_KEYPOINT, normalised coordinates) per image, where the stem is the image's COCO file_name, suffix kept
