@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo.cli import metrics_markdown  # noqa: E402
-from zoo.registry import REPO_ROOT, get_entry  # noqa: E402
+from zoo.registry import REPO_ROOT, get_entry, get_family, tiny_models  # noqa: E402
 from zoo.utils.files import atomic_open, atomic_write_text, sha256_file  # noqa: E402
 from zoo.visualize import image_grid  # noqa: E402
 
@@ -53,7 +53,7 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
     from zoo.data.depth_datamodule import TEST_SEED
     from zoo.data.images import load_rgb_uint8
     from zoo.data.synthetic import SyntheticSceneDataset
-    from zoo.evaluation.depth import DepthMetricTracker, constant_baseline_metrics
+    from zoo.evaluation.depth import DepthEvaluator
     from zoo.evaluation.normals import NormalEvaluator
     from zoo.models.lotus.model import constant_normal_baseline
     from zoo.models.lotus.module import SYNTHETIC_PROTOCOL
@@ -64,18 +64,18 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
     batch = torch.utils.data.default_collate([data[i] for i in range(scenes)])
     prediction = predictor(batch["image"], processing_resolution=0, batch_size=16, output_type="pt").prediction
     if predictor.task == "depth":
-        model, baseline = DepthMetricTracker(), DepthMetricTracker()
+        evaluator = DepthEvaluator(constant_baseline=True)
         space = "disparity" if predictor.disparity else "depth"
-        model.evaluate_and_update(prediction, batch["depth"], batch["valid"], SYNTHETIC_PROTOCOL, space)
-        baseline.update(constant_baseline_metrics(batch["depth"], batch["valid"], SYNTHETIC_PROTOCOL, space))
-        metrics = {"AbsRel": model.compute()["abs_rel"], "delta1": model.compute()["delta1"],
-                   "constant AbsRel": baseline.compute()["abs_rel"]}
+        evaluator.update(prediction, batch["depth"], batch["valid"], SYNTHETIC_PROTOCOL, space)
+        scores = evaluator.compute()
+        metrics = {"AbsRel": scores["abs_rel"], "delta1": scores["delta1"],
+                   "constant AbsRel": scores["constant_baseline_abs_rel"]}
     else:
-        model = NormalEvaluator()
+        model, constant = NormalEvaluator(), NormalEvaluator()
         model.update(prediction, batch["normals"], batch["valid"])
-        constant = NormalEvaluator()
         constant.update(constant_normal_baseline(batch["normals"], batch["valid"]), batch["normals"], batch["valid"])
-        metrics = {"mean deg": model.compute()["mean"], "median deg": model.compute()["median"],
+        scores = model.compute()
+        metrics = {"mean deg": scores["mean"], "median deg": scores["median"],
                    "constant (mean direction) mean deg": constant.compute()["mean"]}
     photos = sorted((REALDATA / "rgbd" / "color").glob("*.jpg"))[:2] + sorted((REALDATA / "coco").glob("*.jpg"))[:2]
     tiles = []
@@ -156,13 +156,14 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     torch.manual_seed(0)
     report = ["# Demo results\n", "## Tiny backbone (VAE round trip)\n", check_tiny_backbone()]
-    for name in zoo.available_models("lotus"):
-        if get_entry(name).checkpoint.startswith("checkpoints/"):
-            name, metrics = lotus_demo(name, out, args.scenes)
+    # Every shipped model of the registry, shown by what its family outputs.
+    for entry in tiny_models():
+        kind = get_family(entry.family).output_kind
+        if kind == "dense":
+            name, metrics = lotus_demo(entry.name, out, args.scenes)
             report += [f"\n## {name} on {args.scenes} held-out synthetic scenes\n", metrics_markdown(metrics)]
-    for name in zoo.available_models("sdpose"):
-        if get_entry(name).checkpoint.startswith("checkpoints/"):
-            name, metrics = sdpose_demo(name, out, args.figures)
+        elif kind == "keypoints":
+            name, metrics = sdpose_demo(entry.name, out, args.figures)
             report += [f"\n## {name} on {args.figures} held-out synthetic figure images (GT boxes, flip test)\n",
                        metrics_markdown(metrics)]
     report += [f"\nControlNet OpenPose exports: {controlnet_demo(out)} images in {out / 'controlnet'}\n"]
