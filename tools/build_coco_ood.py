@@ -22,6 +22,7 @@ from zoo.builders import (
     parse_shard,
     write_contact_sheet,
 )
+from zoo.data.coco_files import CocoFileError
 from zoo.utils.files import OutputLocationError, check_output_location
 
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 "contact sheet: "
                 f"{write_contact_sheet(args.contact_sheet, args.out, args.image_root, list(splits))}"
             )
-    except CocoOodError as error:
+    # CocoFileError: annotations a style cannot use (a whole-body part of the wrong length).
+    except (CocoOodError, CocoFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
