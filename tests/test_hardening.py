@@ -14,6 +14,7 @@ import os
 import stat
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -317,16 +318,23 @@ def test_two_threads_get_their_own_results(which: str, pose: object, depth: obje
 
     def worker(index: int) -> None:
         barrier.wait()
-        for _ in range(6):
+        for _ in range(8):
             results[index].append(call(inputs[index]))
 
+    # A pause after the tapped decoder block (at the UNet's last layer) lets the other thread's forward run in
+    # between, as a busy server would: with hooks that share one capture this hands features across (3 of 12).
+    unet = (predictor.model if which == "pose" else predictor).backbone.unet
+    handle = unet.conv_out.register_forward_hook(lambda *_: time.sleep(0.01))
     threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        handle.remove()
     for index in (0, 1):
-        assert len(results[index]) == 6
+        assert len(results[index]) == 8
         assert all(np.array_equal(result, expected[index]) for result in results[index]), which
     outcome("correct")
 
