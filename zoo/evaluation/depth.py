@@ -1,4 +1,4 @@
-"""Affine-invariant depth evaluation: the Marigold metric set and least-squares alignment under a dataset protocol.
+"""Affine-invariant depth evaluation: the Marigold metrics and least-squares alignment under a protocol.
 
 Follows the protocol that Marigold and Lotus share (reference notes `lotus_marigold.md` §2.1–2.3):
 
