@@ -64,9 +64,14 @@ def mmpose_topdown_affine():
         "mmpose_topdown_transforms"
     )
     if module is None:
+        from mmpose.registry import TRANSFORMS
+
         path = Path(mmpose.__file__).parent / "datasets" / "transforms" / "topdown_transforms.py"
         spec = importlib.util.spec_from_file_location("mmpose_topdown_transforms", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules["mmpose_topdown_transforms"] = module
+        # Loading the file registered TopdownAffine; free the name so that a later `import mmpose.datasets`
+        # (the mmpose metric tests) can register mmpose's own copy instead of failing as a duplicate.
+        TRANSFORMS._module_dict.pop("TopdownAffine", None)
     return lambda input_size: module.TopdownAffine(input_size=input_size, use_udp=True)
