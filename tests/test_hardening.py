@@ -227,6 +227,18 @@ def test_outputs_never_overlap_inputs(corpus: Path, tmp_path: Path, depth: objec
         assert exit_info.value.code == 2
         outcome("named error")
     assert tree(corpus) == before
+    # A file the export did not write, where it would write (a user's picture named like an output).
+    out = tmp_path / "controlnet"
+    out.mkdir()
+    (out / "000000000785.jpg.png").write_bytes(b"someone's picture")
+    assert export.main(["--annotations", str(annotations), "--out", str(out)]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["000000000785.jpg.png"]
+    assert (out / "000000000785.jpg.png").read_bytes() == b"someone's picture"
+    outcome("named error")
+    (out / "000000000785.jpg.png").unlink()
+    assert export.main(["--annotations", str(annotations), "--out", str(out)]) == 0
+    assert export.main(["--annotations", str(annotations), "--out", str(out)]) == 0  # its own files: replaced
+    outcome("correct")
 
 
 def test_coco_ood_never_writes_outside_out(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -27,6 +27,7 @@ from zoo.export.controlnet import (  # noqa: E402
     DEFAULT_THRESHOLD,
     ExportInputError,
     export_image,
+    is_previous_export,
     output_paths,
     read_coco_poses,
     write_controlnet_pose,
@@ -103,9 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         seen: dict[str, str] = {}
         for image in images:
             try:
-                output_paths(args.out, image.stem)
+                paths = output_paths(args.out, image.stem)
             except ValueError as error:
                 raise ExportInputError(f"{args.annotations}: image id {image.image_id}: {error}") from error
+            if not is_previous_export(*paths):
+                raise ExportInputError(
+                    f"{paths[0]} or {paths[1]} exists and was not written by an export; refusing to replace it "
+                    "(choose an empty output folder)"
+                )
             if image.stem in seen:
                 raise ExportInputError(
                     f"{args.annotations}: file names {seen[image.stem]!r} and {image.file_name!r} "

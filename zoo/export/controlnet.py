@@ -8,6 +8,7 @@ drawn from) and writes both files per image.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -180,8 +181,22 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def write_controlnet_pose(out_dir: str | os.PathLike, export: ControlNetPose) -> tuple[Path, Path]:
-    """Write `<stem>.png` and `<stem>.json` under `out_dir` atomically; return their paths."""
+    """Write `<stem>.json` then `<stem>.png` under `out_dir` atomically; return (PNG, JSON) paths.
+
+    JSON first: a PNG without its pose JSON beside it was then not written here (`is_previous_export`).
+    """
     png_path, json_path = output_paths(out_dir, export.stem)
-    atomic_write_bytes(png_path, encode_png(export.image))
     atomic_write_json(json_path, export.pose)
+    atomic_write_bytes(png_path, encode_png(export.image))
     return png_path, json_path
+
+
+def is_previous_export(png_path: Path, json_path: Path) -> bool:
+    """Whether the existing files at an export's two paths (if any) are an earlier export's, safe to replace."""
+    if not json_path.exists():
+        return not png_path.exists()  # the JSON is written first, so a lone PNG is someone else's
+    try:
+        pose = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(pose, dict) and {"people", "canvas_width", "canvas_height"} <= set(pose)
