@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import zoo
-from zoo.inference.annotate import Annotator
+from zoo.inference.annotate import AnnotationError, Annotator
 from zoo.utils import files
 from zoo.utils.files import (
     NonFiniteJSONError,
@@ -300,6 +300,10 @@ def test_full_disk_is_named_and_a_rerun_finishes(corpus: Path, tmp_path: Path, d
             raise OSError(errno.ENOSPC, "No space left on device")
         real_replace(source, target)
 
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(AnnotationError, match="a_file/out: cannot write the output folder"):
+        Annotator({"depth": depth}, tmp_path / "a_file" / "out", progress=False).run(corpus)
+    outcome("named error")
     monkeypatch.setattr(files.os, "replace", full_after_some)
     with pytest.raises(OutputWriteError, match="no space left on device"):
         Annotator({"depth": depth}, out, batch_size=2, processing_resolution=RESOLUTION, progress=False).run(corpus)

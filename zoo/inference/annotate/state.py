@@ -102,9 +102,13 @@ class RunState:
         """Take the output folder's lock (until `release` or process exit); fails if another run holds it."""
         if self._lock is not None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        # Held open for the whole run; the OS drops the lock when the process ends, even by SIGKILL.
-        handle = open(self.root / "lock", "w")  # noqa: SIM115
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            # Held open for the whole run; the OS drops the lock when the process ends, even by SIGKILL.
+            handle = open(self.root / "lock", "w")  # noqa: SIM115
+        except OSError as error:  # read-only, full, or not a folder: say so before any work
+            raise AnnotationError(f"{self.out_dir}: cannot write the output folder ({error.strerror}); fix it and "
+                                  "rerun to finish") from error
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
