@@ -130,7 +130,8 @@ class PosePredictor:
     crops under flip test, and the exact inverse affine back to the image. `sdpose_compat=True` reproduces the
     official SDPose-OOD evaluation instead: files decoded by OpenCV (BGR -> RGB), float32 box arithmetic and warp
     matrix, a VAE posterior *sample* (global RNG unless `generator`), the mirrored crops as a second encode and
-    UNet call, and the official float64 mapping back. The official evaluation runs with flip_test=True.
+    UNet call, mmpose's numpy decode (zoo.codecs.official) and the official float64 mapping back. The official
+    evaluation runs with flip_test=True.
     `crop_mode="stretch"` crops as the official demo does (integer box clamped to the image, stretched to the
     input size with PIL bilinear; the demo runs without flip test); with sdpose_compat it also maps keypoints back
     with the demo's formula, otherwise through the resize's pixel centres.
