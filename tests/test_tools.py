@@ -129,3 +129,17 @@ def test_eval_scores_a_benchmark_reader_with_its_protocol(trained, tmp_path):
     assert 0 < metrics["test/abs_rel"] < 10 and 0 <= metrics["test/delta1"] <= 1
     # A constant aligned in disparity space scores the same on both identical-GT images: a finite, positive floor.
     assert metrics["test/constant_baseline_abs_rel"] > 0
+
+
+def test_eval_refuses_empty_ground_truth_with_a_named_error(tmp_path, realdata, capsys):
+    ann = tmp_path / "empty.json"
+    image = {"id": 785, "file_name": "000000000785.jpg", "width": 640, "height": 425}
+    ann.write_text(json.dumps({"images": [image], "annotations": [],
+                               "categories": [{"id": 1, "name": "person", "keypoints": [], "skeleton": []}]}))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_tool.main(["--config", str(REPO_ROOT / "configs/tiny/sdpose_body.yaml"),
+                        "--model.init_args.backbone", "checkpoints/tiny/sdpose_body",
+                        "--data.init_args.source", "coco", "--data.init_args.val_ann_file", str(ann),
+                        "--data.init_args.val_image_root", str(realdata / "coco"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "empty.json" in capsys.readouterr().err and not (tmp_path / "out" / "metrics.json").exists()

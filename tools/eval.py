@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zoo.cli import ZooCLI, metrics_markdown, write_metrics  # noqa: E402
+from zoo.data.coco_files import CocoFileError  # noqa: E402
+from zoo.data.datamodule import EmptySplitError  # noqa: E402
 from zoo.evaluation.ood import drop_table, find_splits  # noqa: E402
 from zoo.registry import get_family  # noqa: E402
 from zoo.utils.files import atomic_write_json, atomic_write_text  # noqa: E402
@@ -38,8 +40,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cli = ZooCLI(args=[*cli_args, "--trainer.logger", "false"], run=False, save_config_callback=None)
 
     def test(datamodule) -> dict[str, float]:  # noqa: ANN001
-        results = cli.trainer.test(cli.model, datamodule=datamodule, ckpt_path=known.ckpt_path, weights_only=True)
-        return {name: float(value) for result in results for name, value in result.items()}
+        try:
+            results = cli.trainer.test(cli.model, datamodule=datamodule, ckpt_path=known.ckpt_path,
+                                       weights_only=True)
+        except (CocoFileError, EmptySplitError) as error:  # the same named validation errors as every other tool
+            parser.exit(2, f"error: {error}\n")
+        metrics = {name: float(value) for result in results for name, value in result.items()}
+        if not metrics:
+            parser.exit(2, "error: the test split produced no metrics (no samples were evaluated)\n")
+        return metrics
 
     metrics = test(cli.datamodule)
     json_path, md_path = write_metrics(metrics, known.out)

@@ -10,6 +10,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from zoo.data.samples import COLLATE, IndexedDataset, SampleKind
 
 
+class EmptySplitError(ValueError):
+    """An evaluation split without a single sample (e.g. a ground-truth file with no annotations)."""
+
+
 class ZooDataModule(LightningDataModule):
     """Loaders built one way for every family.
 
@@ -39,5 +43,7 @@ class ZooDataModule(LightningDataModule):
         )
 
     def eval_loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, name: str = "eval") -> DataLoader:
-        """An evaluation loader: items in split order, each with its `sample_id`."""
+        """An evaluation loader: items in split order, each with its `sample_id` (an empty split is an error)."""
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise EmptySplitError(f"{name}: the evaluation split has no samples (empty ground truth?)")
         return self.loader(IndexedDataset(dataset, self.sample_kind, name), batch_size, num_workers)

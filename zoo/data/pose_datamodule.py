@@ -186,11 +186,13 @@ class PoseDataModule(ZooDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Held-out crops in file order."""
-        return self.eval_loader(self.dataset("val"), self.hparams.batch_size, self.hparams.num_workers, "val")
+        hp = self.hparams
+        return self.eval_loader(self.dataset("val"), hp.batch_size, hp.num_workers, f"val split {self.val_ann_file}")
 
     def test_dataloader(self) -> DataLoader:
         """Test crops in file order."""
-        return self.eval_loader(self.dataset("test"), self.hparams.batch_size, self.hparams.num_workers, "test")
+        hp = self.hparams
+        return self.eval_loader(self.dataset("test"), hp.batch_size, hp.num_workers, f"test split {self.test_ann_file}")
 
 
 def _write_wholebody_layout(body_file: Path, out_file: Path) -> None:
