@@ -154,3 +154,51 @@ MODELS = (
                              "mAP_s4_e4"),
     },
 )
+
+# ------------------------------------------------------------------------------------------- Mustafar (issue 12)
+_MUSTAFAR_SMOKE = (
+    "--data.init_args.source", "synthetic", "--data.init_args.image_size", "[64, 64]",
+    "--data.init_args.train_images", "2", "--data.init_args.val_images", "1", "--data.init_args.test_images", "1",
+    "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", "--data.init_args.cache_dir", "{tmp}/vqa",
+    # Tiny stand-ins for CLIP ViT-L/14-336 and Vicuna-7B (random, from configs) and the tiny tokenizer.
+    "--model.init_args.llm", '{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, '
+    '"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512}',
+    "--model.init_args.clip", '{"image_size": 32, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64, '
+    '"num_hidden_layers": 2, "num_attention_heads": 2}',
+    "--model.init_args.tokenizer", "checkpoints/tiny/mustafar/tokenizer", "--model.init_args.image_size", "[64, 64]",
+    "--model.init_args.cross_attention_heads", "2", "--model.init_args.init_from", "null",
+)
+FAMILIES += (
+    {
+        "name": "mustafar",
+        "model": "zoo.models.mustafar.model:MustafarForConditionalGeneration",
+        "module": "zoo.models.mustafar.module:MustafarModule",
+        "datamodule": "zoo.data.vqa:VQADataModule",
+        "predictor": "zoo.inference.mustafar:MustafarPredictor",
+        "output_kind": "text",
+        "smoke_overrides": _MUSTAFAR_SMOKE,
+    },
+)
+MODELS += (
+    # Mustafar (arXiv 2507.07106): question-conditioned SD features, alone or as the LLaVA encoder. No official
+    # weights exist; sd21-features is the encoder on SD 2.1-base (features only, no LLM).
+    {
+        "name": "sd21-features", "family": "mustafar", "task": "features",
+        "config": "configs/mustafar/stage2_finetune.yaml", "checkpoint": "stabilityai/stable-diffusion-2-1-base",
+        "description": "SD 2.1-base U-L1-R1-B0 cross-attention query at t=50 (16x16 x 1280 at 512 px), features only",
+        "predictor_kwargs": {"features_only": True, "image_size": [512, 512]},
+    },
+    {
+        "name": "tiny-sd-features", "family": "mustafar", "task": "features",
+        "config": "configs/tiny/mustafar_stage2.yaml", "checkpoint": "checkpoints/tiny/sd_features",
+        "description": "The tiny backbone's question-conditioned features (tiny recipe sites, t=50), features only",
+        "predictor_kwargs": {"features_only": True},
+        "measured_metrics": ("tokens_per_image", "channels", "images_per_s_s0", "images_per_s_s4"),
+    },
+    {
+        "name": "tiny-mustafar", "family": "mustafar", "task": "vqa",
+        "config": "configs/tiny/mustafar_stage2.yaml", "checkpoint": "checkpoints/tiny/mustafar",
+        "description": "Tiny Mustafar: tiny SD + random tiny CLIP, cross-attention fusion, s=4, tiny Llama, synthetic VQA",
+        "measured_metrics": ("accuracy", "majority_baseline_accuracy"),
+    },
+)

@@ -1,0 +1,221 @@
+"""Mustafar: tapped features vs a hand computation, guidance, the LLaVA integration, the export round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.models.mustafar.build import MustafarSpec, build, load_exported
+from zoo.models.mustafar.features import DEFAULT_SITE, SDFeatureExtractor, load_features, save_features
+from zoo.models.mustafar.model import FUSIONS, IMAGE_TOKEN
+
+TOKENIZER = "checkpoints/tiny/mustafar/tokenizer"
+LLM = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
+CLIP = {
+    "image_size": 32,
+    "patch_size": 16,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
+SECOND_SITE = "up_blocks.2.attentions.1.transformer_blocks.0.attn2:query"
+
+
+@pytest.fixture()
+def extractor(tiny_backbone) -> SDFeatureExtractor:
+    tiny_backbone.configure(attention="math")  # bit-stable attention for exact comparisons
+    return SDFeatureExtractor(tiny_backbone, [DEFAULT_SITE], timestep=50)
+
+
+def _images(count: int = 2, size: int = 64) -> torch.Tensor:
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_tapped_query_equals_to_q_computed_by_hand(extractor):
+    backbone = extractor.backbone
+    images = _images()
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    prompts = ["how many red spheres are there?", "what colour is the box?"]
+    tokens = extractor(images, prompts, guidance_scale=1.0, noise=noise)  # cond = f_u + 1 (f_c - f_u)
+    # By hand with diffusers: the input of attn2 is norm2 of the transformer block's hidden states.
+    block = backbone.unet.get_submodule("up_blocks.1.attentions.1.transformer_blocks.0")
+    seen = {}
+    handle = block.norm2.register_forward_hook(lambda _m, _i, out: seen.setdefault("norm2", out))
+    latents = backbone.vae.encode(images * 2 - 1).latent_dist.mode() * backbone.vae.config.scaling_factor
+    timesteps = torch.full((2,), 50, dtype=torch.long)
+    noisy = backbone.scheduler.add_noise(latents, noise, timesteps)
+    ids = backbone.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=backbone.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    with torch.no_grad():
+        context = backbone.text_encoder(ids)[0]
+        backbone.unet(noisy, timesteps, encoder_hidden_states=context)
+        expected = block.attn2.to_q(seen["norm2"])  # [B, h*w, C]
+    handle.remove()
+    assert tokens.shape == expected.shape == (2, 4, block.attn2.to_q.out_features)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scale_zero_is_exactly_the_unconditional_pass(extractor):
+    images, noise = _images(), torch.randn(2, 4, 8, 8)
+    calls = []
+    handle = extractor.backbone.unet.register_forward_pre_hook(
+        lambda _m, args: calls.append(args[0].shape[0])
+    )
+    zero_a = extractor(images, ["red", "blue"], guidance_scale=0.0, noise=noise)
+    zero_b = extractor(images, ["three people", "a green box"], guidance_scale=0.0, noise=noise)
+    unprompted = extractor(images, None, guidance_scale=0.0, noise=noise)
+    guided = extractor(images, ["red", "blue"], guidance_scale=4.0, noise=noise)
+    handle.remove()
+    assert calls == [2, 2, 2, 4]  # s = 0: one unconditional pass; s = 4: both halves in ONE call
+    assert torch.equal(zero_a, zero_b) and torch.equal(zero_a, unprompted)
+    assert not torch.allclose(guided, zero_a)
+
+
+def test_conditional_features_change_with_the_prompt(extractor):
+    images, noise = _images(), torch.randn(2, 4, 8, 8)
+    red = extractor(images, ["a red sphere", "a red sphere"], guidance_scale=4.0, noise=noise)
+    blue = extractor(images, ["three people", "three people"], guidance_scale=4.0, noise=noise)
+    same = extractor(images, ["a red sphere", "a red sphere"], guidance_scale=4.0, noise=noise)
+    assert torch.equal(red, same)  # reproducible with the same noise
+    assert (red - blue).abs().max() > 1e-3
+
+
+def test_generator_makes_features_reproducible_and_sites_concatenate(extractor, tmp_path):
+    two = SDFeatureExtractor(extractor.backbone, [SECOND_SITE, DEFAULT_SITE], timestep=50)
+    a = two(_images(), generator=torch.Generator().manual_seed(5))
+    b = two(_images(), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert a.shape == (2, 16, sum(two.channels)) and two.num_tokens((64, 64)) == 16
+    path = save_features(tmp_path / "f.safetensors", a, sites=two.sites, timestep=50)
+    loaded, meta = load_features(path)
+    assert torch.equal(loaded, a) and meta["sites"] == two.sites and meta["timestep"] == 50
+
+
+def test_guidance_needs_one_prompt_per_image(extractor):
+    with pytest.raises(ValueError, match="one prompt per image"):
+        extractor(_images(), ["only one"], guidance_scale=4.0)
+
+
+def _tiny_model(fusion: str, backbone_dir, guidance: float = 4.0):
+    spec = MustafarSpec(
+        backbone=str(backbone_dir),
+        llm=LLM,
+        clip=CLIP,
+        tokenizer=TOKENIZER,
+        fusion=fusion,
+        guidance_scale=guidance,
+        image_size=(64, 64),
+        cross_attention_heads=2,
+    )
+    return spec, *build(spec)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_generate_runs_end_to_end_with_every_fusion(fusion, tiny_backbone_dir):
+    torch.manual_seed(0)
+    _, model, processor = _tiny_model(fusion, tiny_backbone_dir)
+    questions = ["how many spheres are there?", "what colour is the box?"]
+    inputs = processor(questions)
+    expected = {"sd": 4, "clip": 4, "concat": 8, "cross_attention": 4}[fusion]
+    assert model.config.image_seq_length == processor.image_seq_length == expected
+    assert (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist() == [expected] * 2
+    out = model.generate(
+        **inputs,
+        pixel_values=_images(),
+        encoder_prompts=questions,
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    train = processor(questions, ["two", "red"], padding_side="right")
+    loss = model(**train, pixel_values=_images(), encoder_prompts=questions).loss
+    assert torch.isfinite(loss)
+    loss.backward()  # gradients reach the projector through transformers' masked scatter
+    projector = model.model.vision_tower.trainable_modules()[0]
+    assert next(projector.parameters()).grad is not None
+
+
+def test_prompt_format_is_llava_15(tiny_backbone_dir):
+    _, model, processor = _tiny_model("sd", tiny_backbone_dir)
+    assert processor.prompt("what colour is the box?") == "USER: <image>\nwhat colour is the box? ASSISTANT:"
+    labels = processor(["what colour is the box?"], ["red"])["labels"][0]
+    ids = processor.tokenizer(" red", add_special_tokens=False)["input_ids"]
+    assert labels[labels != -100].tolist() == ids + [processor.tokenizer.eos_token_id]
+
+
+def test_image_token_feature_mismatch_is_a_clear_error(tiny_backbone_dir):
+    _, model, processor = _tiny_model("sd", tiny_backbone_dir)
+    inputs = processor(["how many spheres are there?"])
+    ids = inputs["input_ids"].clone()
+    ids[0, (ids[0] == model.config.image_token_id).nonzero()[0]] = processor.tokenizer.pad_token_id
+    with pytest.raises(
+        ValueError, match=rf"do not match.*1 images x 4 tokens.*\[3\] image tokens.*{IMAGE_TOKEN}"
+    ):
+        model(
+            input_ids=ids,
+            attention_mask=inputs["attention_mask"],
+            pixel_values=_images(1),
+            encoder_prompts=["how many spheres are there?"],
+        )
+
+
+def test_stage2_export_reloads_and_answers_identically(tiny_backbone_dir, tmp_path):
+    from zoo.models.mustafar.module import MustafarModule
+
+    torch.manual_seed(0)
+    module = MustafarModule(
+        backbone=str(tiny_backbone_dir),
+        llm=LLM,
+        clip=CLIP,
+        tokenizer=TOKENIZER,
+        fusion="cross_attention",
+        guidance_scale=4.0,
+        image_size=(64, 64),
+        cross_attention_heads=2,
+        max_new_tokens=3,
+    )
+    with torch.no_grad():  # move the zero-initialised fusion off zero so the SD path matters
+        for parameter in module.encoder.cross_attention.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    module.eval()
+    images, questions = _images(), ["how many spheres are there?", "what colour is the box?"]
+    before = module.answer(images, questions, questions)
+    logits = module.model(
+        **module.processor(questions), pixel_values=images, encoder_prompts=questions
+    ).logits
+    module.export_pretrained(tmp_path / "export")
+    model, processor, spec, extra = load_exported(tmp_path / "export")
+    assert spec.fusion == "cross_attention" and extra["max_new_tokens"] == 3
+    again = model(**processor(questions), pixel_values=images, encoder_prompts=questions).logits
+    torch.testing.assert_close(again, logits, atol=0, rtol=0)
+
+    import zoo
+
+    predictor = zoo.load(str(tmp_path / "export"))
+    out = predictor(list(images), questions, return_tokens=True)
+    assert out.answers == before
+    assert out.tokens["sd"].shape == (2, 4, 64) and out.tokens["clip"].shape == (2, 4, 32)
+    with pytest.raises(ValueError, match="question 1 is empty"):
+        predictor(list(images), ["fine", " "])
+
+
+def test_missing_real_parts_say_what_to_download(tmp_path, tiny_backbone_dir):
+    from zoo.backbones import MissingWeightsError
+
+    spec = MustafarSpec(backbone=str(tiny_backbone_dir), llm=str(tmp_path / "vicuna-7b-v1.5"))
+    with pytest.raises(MissingWeightsError, match="lmsys/vicuna-7b-v1.5"):
+        build(spec)
