@@ -133,7 +133,7 @@ def build_sd2(dry_run: bool = False, seed: int = 0) -> SD2Parts:
 
 
 def sd2_backbone(dry_run: bool = False, seed: int = 0) -> StableDiffusionBackbone:
-    """Only what a Lotus-D training step needs: the SD2 VAE and UNet with the task switcher (random weights)."""
+    """What a Lotus-D training step needs: the SD2 VAE and UNet with the task switcher (random weights)."""
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(load_config("vae", dry_run)).eval()
     config = load_config("unet", dry_run)
@@ -250,7 +250,10 @@ def _run(
     pixels = images * 2 - 1
     latents = backbone_d.encode(pixels)  # [1, 4, R/8, R/8]
     noise = torch.randn(latents.shape, generator=generator)
-    once: Callable[[Callable[[], object]], float] = lambda fn: best_of(fn, 1, warmup=False)  # noqa: E731
+
+    def once(fn: Callable[[], object]) -> float:
+        """One timed call; its shapes have run before."""
+        return best_of(fn, 1, warmup=False)
 
     with torch.no_grad():
         # Best of two for the split: the first call also runs each shape for the single-call timings below.
@@ -305,8 +308,7 @@ def _run(
     for flip in (False, True):
         pose_seconds[flip] = once(lambda flip=flip: pose([photo], boxes=box, flip_test=flip))
 
-    results = _report(
-        parts,
+    measured = SD2Measurements(
         resolution,
         threads,
         pose_crop,
@@ -325,9 +327,32 @@ def _run(
         pose_seconds,
         memory,
         time.perf_counter() - started,
-        out,
     )
-    return results
+    return _report(parts, measured, out)
+
+
+@dataclass
+class SD2Measurements:
+    """Everything one SD2-size run measured (seconds unless named otherwise) and its settings."""
+
+    resolution: int
+    threads: int
+    pose_crop: tuple[int, int]
+    train_resolution: int
+    train_batch: int
+    split: dict[str, float]  # VAE encode, UNet, VAE decode
+    unet_g: float  # the 8-channel UNet call
+    bare_d: float
+    bare_g: float
+    predictor_d: float
+    predictor_g: float
+    taesd_encode: float
+    taesd_decode: float
+    fast: dict[str, float]  # LotusPredictor D per tiny mode
+    marigold: dict[str, dict[str, float]]  # per task: measured 4x1, per-step cost, ensembling of 10
+    pose_seconds: dict[bool, float]  # per flip test
+    memory: dict[bool, int]  # peak RSS growth KiB per gradient checkpointing
+    wall: float
 
 
 def _ensembling_seconds(pipeline: Any, task: str, resolution: int, ensemble: int) -> float:
@@ -360,29 +385,32 @@ def _header(resolution: int, threads: int) -> str:
     )
 
 
-def _report(
-    parts: SD2Parts,
-    resolution: int,
-    threads: int,
-    pose_crop: tuple[int, int],
-    train_resolution: int,
-    train_batch: int,
-    split: dict[str, float],
-    unet_g: float,
-    bare_d: float,
-    bare_g: float,
-    predictor_d: float,
-    predictor_g: float,
-    taesd_encode: float,
-    taesd_decode: float,
-    fast: dict[str, float],
-    marigold: dict[str, dict[str, float]],
-    pose_seconds: dict[bool, float],
-    memory: dict[bool, int],
-    wall: float,
-    out: str | Path | None,
-) -> dict[str, float]:
+def _report(parts: SD2Parts, m: SD2Measurements, out: str | Path | None) -> dict[str, float]:
     """Print the tables (and write them to `out`); return the numbers."""
+    resolution, threads, pose_crop, train_resolution, train_batch = (
+        m.resolution,
+        m.threads,
+        m.pose_crop,
+        m.train_resolution,
+        m.train_batch,
+    )
+    split, unet_g, bare_d, bare_g, predictor_d, predictor_g = (
+        m.split,
+        m.unet_g,
+        m.bare_d,
+        m.bare_g,
+        m.predictor_d,
+        m.predictor_g,
+    )
+    taesd_encode, taesd_decode, fast, marigold, pose_seconds, memory, wall = (
+        m.taesd_encode,
+        m.taesd_decode,
+        m.fast,
+        m.marigold,
+        m.pose_seconds,
+        m.memory,
+        m.wall,
+    )
     lotus_call = predictor_d
     sections = [f"{_header(resolution, threads)}; run {wall / 60:.1f} min\n"]
     split_rows = [
