@@ -142,7 +142,7 @@ class Annotator:
 
     # ------------------------------------------------------------------ inputs and plan
     def record_path(self, key: str, item: ImageItem) -> Path:
-        """Where predictor `key`'s record of `item` lives (its existence means: all its files are complete)."""
+        """Where predictor `key`'s record of `item` lives (a success record: all its files are complete)."""
         return self.state.record_path(key, item)
 
     def _settings(self, key: str) -> dict[str, Any]:
