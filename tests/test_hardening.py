@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import sys
 import threading
@@ -370,6 +371,27 @@ def test_tool_arguments_checked_at_start(argv: list[str], message: str, corpus: 
                        *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written, no model loaded
+    outcome("named error")
+
+
+@pytest.mark.parametrize("kind, content, message", [
+    ("list", '{"images": [{"id": true, "file_name": "a.jpg"}]}', r"list\.json: images\[0\]\['id'\]"),
+    ("list", '{"images": [{"id": 1, "file_name": "a.jpg"}', r"list\.json"),
+    ("dets", '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, "4", 4], "score": 1}]', r"dets\.json.*bbox"),
+    ("dets", '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, Infinity], "score": 1}]', r"dets\.json.*bbox"),
+])
+def test_tool_input_files_checked_at_start(kind: str, content: str, message: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "in").mkdir()  # the list's folder is its image root, which may not hold the output
+    listing, dets = tmp_path / "in" / "list.json", tmp_path / "dets.json"
+    listing.write_text(content if kind == "list" else '{"images": [{"id": 1, "file_name": "a.jpg"}]}')
+    dets.write_text(content if kind == "dets" else "[]")
+    with pytest.raises(SystemExit) as exit_info:
+        tool("annotate").main(["--coco-images", str(listing), "--models", "tiny-sdpose-body", "--boxes", "det-file",
+                               str(dets), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
     outcome("named error")
 
 

@@ -23,12 +23,14 @@ from typing import Any
 # Run from a checkout without installing: make the repository's `zoo` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zoo.data.coco_files import read_detections  # noqa: E402
 from zoo.inference.annotate import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
     AnnotationError,
     Annotator,
     check_locations,
     check_options,
+    list_inputs,
     predictor_task,
 )
 from zoo.utils.files import OutputWriteError  # noqa: E402
@@ -109,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_options(args.batch_size, args.processing_resolution, args.max_pixels or None, args.num_workers)
         check_locations(args.out, inputs, args.image_root)
-    except ValueError as error:
+        # Malformed input files too (a COCO list, a detection file): they name the file, record and field.
+        list_inputs(inputs, args.image_root)
+        if "det_file" in boxes:
+            read_detections(boxes["det_file"])
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     distributed = args.devices > 1 or args.num_nodes > 1
 
