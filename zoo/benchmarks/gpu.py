@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.benchmarks.sd2 import SD2Parts, build_sd2, sdpose_predictor
+from zoo.benchmarks.sd2 import SD2Parts, build_sd2, cpu_name, sdpose_predictor
 from zoo.benchmarks.timing import best_of
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,7 +30,7 @@ def _header(device: str, dry_run: bool) -> str:
         name = torch.cuda.get_device_name()
         versions = f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
     else:
-        name, versions = f"CPU {platform.processor() or platform.machine()}", "no CUDA"
+        name, versions = f"CPU {cpu_name()}", "no CUDA"
     return (
         f"{'DRY RUN (tiny sizes, CPU, one iteration; numbers mean nothing) - ' if dry_run else ''}"
         f"{name}; torch {torch.__version__}, {versions}, diffusers {diffusers.__version__}, "

@@ -10,6 +10,7 @@ from rotting.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -378,10 +379,20 @@ def _composed(split: dict[str, float], marigold: dict[str, float], steps: int, e
     )
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else the platform's processor or machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _header(resolution: int, threads: int) -> str:
     return (
         f"SD2-base architecture (random weights), fp32, {resolution}x{resolution}, batch 1, CPU "
-        f"{platform.processor() or platform.machine()}, {threads} torch thread(s), torch {torch.__version__}"
+        f"{cpu_name()} x {os.cpu_count()}, {threads} torch thread(s), torch {torch.__version__}"
     )
 
 
