@@ -66,3 +66,16 @@ def test_gpu_benchmark_dry_run_writes_its_table(tmp_path: Path) -> None:
     assert text.startswith("DRY RUN") and "torch" in text.splitlines()[0]
     for cell in ("| fp16 |", "| bf16 |", "| TAESD |", "dynamo only (dry run)", "persons/s", "images/s"):
         assert cell in text, cell
+
+
+def test_sd2_unets_share_all_weights_but_conv_in_and_the_class_embedding() -> None:
+    from zoo.benchmarks.sd2 import build_sd2
+
+    parts = build_sd2(dry_run=True)
+    shared = parts.unet_d.down_blocks[0].resnets[0].conv1.weight
+    for unet in (parts.unet_g, parts.unet_marigold):
+        assert unet.down_blocks[0].resnets[0].conv1.weight.data_ptr() == shared.data_ptr()
+    assert parts.unet_g.conv_in.in_channels == 8 and parts.unet_d.conv_in.in_channels == 4
+    assert parts.unet_marigold.conv_in.weight.data_ptr() == parts.unet_g.conv_in.weight.data_ptr()
+    assert parts.unet_marigold.config.class_embed_type is None and parts.unet_g.class_embedding is not None
+    assert parts.empty_prompt_embeds.shape == (1, 2, 32)
