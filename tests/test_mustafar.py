@@ -219,3 +219,12 @@ def test_missing_real_parts_say_what_to_download(tmp_path, tiny_backbone_dir):
     spec = MustafarSpec(backbone=str(tiny_backbone_dir), llm=str(tmp_path / "vicuna-7b-v1.5"))
     with pytest.raises(MissingWeightsError, match="lmsys/vicuna-7b-v1.5"):
         build(spec)
+
+
+def test_benchmark_dry_run_prints_both_tables(capsys):
+    from zoo.benchmarks import mustafar
+
+    results = mustafar.run(dry_run=True)
+    printed = capsys.readouterr().out
+    assert "s = 4 (uncond + cond, one batched call)" in printed and "256 x 1280" in printed
+    assert results["tokens_per_image"] == 4 and results["images_per_s_s4"] > 0

@@ -8,6 +8,7 @@
     python tools/benchmark.py cocood              # COCO-OOD images/s per style with 1 and 2 workers
     python tools/benchmark.py autoencoder         # tiny models' accuracy: full VAE vs tiny decode vs tiny both
     python tools/benchmark.py diffpose            # DiffPose video persons/s vs steps x ensemble; feature reuse
+    python tools/benchmark.py mustafar            # Mustafar SD encoder images/s at s = 0 and s = 4; tokens/site
     python tools/benchmark.py gpu                 # the prepared CUDA run (make benchmark-gpu), table to --out
     python tools/benchmark.py all
 
@@ -28,7 +29,8 @@ REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen benchmark(s)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["lotus", "pose", "cocood", "autoencoder", "diffpose", "gpu", "all"])
+    parser.add_argument("which", choices=["lotus", "pose", "cocood", "autoencoder", "diffpose", "mustafar", "gpu",
+                                          "all"])
     parser.add_argument("--scale", choices=["tiny", "sd2"], default="tiny",
                         help="tiny: the committed tiny backbone; sd2: SD2-base architectures, random weights")
     parser.add_argument("--resolution", type=int, default=512, help="--scale sd2 processing resolution (or 768)")
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         from zoo.benchmarks import diffpose
 
         diffpose.run(threads=threads, dry_run=args.dry_run)
+    if args.which in ("mustafar", "all"):
+        from zoo.benchmarks import mustafar
+
+        mustafar.run(threads=threads, dry_run=args.dry_run)
     if args.which == "gpu":
         from zoo.benchmarks import gpu
 

@@ -124,9 +124,10 @@ def option_letter(index: int) -> str:
 def match_option(prediction: str, options: Sequence[str]) -> int | None:
     """The option a prediction picks: its letter ("B", "(b)", "B.") or its text; None when unclear."""
     text = prediction.strip()
-    letter = re.match(r"^\(?([A-Za-z])\)?(?:[.:)\s]|$)", text)
+    # "(b) ...", "B", "B." or "B:"; not "a bird" (an article, not option A).
+    letter = re.match(r"^\(([A-Za-z])\)|^([A-Za-z])(?:[.:)]|$)", text)
     if letter:
-        index = ord(letter.group(1).upper()) - ord("A")
+        index = ord((letter.group(1) or letter.group(2)).upper()) - ord("A")
         if 0 <= index < len(options):
             return index
     normalized = normalize_answer(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from torch import nn
 
 from zoo.backbones import StableDiffusionBackbone, tapped
 from zoo.backbones.taps import resolve_site
+
+logger = logging.getLogger(__name__)
 
 # U-L1-R1-B0-Cross-Q of the paper: the cross-attention query of the first cross-attention up block.
 DEFAULT_SITE = "up_blocks.1.attentions.1.transformer_blocks.0.attn2:query"
@@ -82,6 +85,13 @@ class SDFeatureExtractor(nn.Module):
         if not 0 <= timestep < steps:
             raise ValueError(f"timestep {timestep} outside the scheduler's [0, {steps})")
         self.backbone = backbone.requires_grad_(False)
+        if backbone.unet.class_embedding is not None:
+            # A UNet saved with the Lotus/SDPose task-switcher projection: text-conditioned SD2 use has none.
+            logger.warning("the UNet's class embedding is dropped: Mustafar runs it as SD2 does, without one")
+            backbone.unet.class_embedding = None
+            backbone.unet.register_to_config(
+                class_embed_type=None, projection_class_embeddings_input_dim=None
+            )
         self.sites = list(sites)
         self.channels = [site_channels(backbone.unet, site) for site in self.sites]
         self.timestep = int(timestep)

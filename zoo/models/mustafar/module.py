@@ -30,8 +30,8 @@ class MustafarModule(FamilyModule):
     dropped to "" with probability `prompt_dropout`. `eval_sd_prompt` (default: as in training) may be
     "mismatched_caption": the caption of another image whose answer to the same question differs; the metric
     `donor_agreement` then counts answers that follow the injected caption instead of the image. `init_from`
-    starts from an exported folder or a Lightning checkpoint of the same architecture (stage 2 from stage 1). Optimiser: AdamW, linear warm-up over
-    `warmup_ratio` of the steps, cosine decay to 0 (LLaVA-1.5).
+    starts from an exported folder or a Lightning checkpoint of the same architecture (stage 2 from stage 1).
+    Optimiser: AdamW, linear warm-up over `warmup_ratio` of the steps, cosine decay to 0 (LLaVA-1.5).
     """
 
     family = "mustafar"
