@@ -195,7 +195,7 @@ def test_loads_an_official_lotus_style_folder(tiny_backbone, tmp_path):
     torch.testing.assert_close(loaded.unet_forward(sample), tiny_backbone.unet_forward(sample))
 
 
-def test_sd2_folder_without_class_embedding_gets_a_task_switcher(tiny_backbone, tmp_path):
+def test_the_task_switcher_is_the_family_s_explicit_choice(tiny_backbone, tmp_path):
     from diffusers import UNet2DConditionModel
 
     config = dict(tiny_backbone.unet.config)
@@ -205,11 +205,13 @@ def test_sd2_folder_without_class_embedding_gets_a_task_switcher(tiny_backbone, 
     tiny_backbone.save_pretrained(folder)
     shutil.rmtree(folder / "unet")
     plain.save_pretrained(folder / "unet")
-    loaded = StableDiffusionBackbone.from_pretrained(folder)
+    # An SD2-style UNet loaded plainly (a text-conditioned family) never grows a random class embedding ...
+    kept = StableDiffusionBackbone.from_pretrained(folder)
+    assert kept.unet.class_embedding is None
+    # ... while Lotus and SDPose ask for the 4-d task switcher, as their official recipes add it to SD2.
+    loaded = StableDiffusionBackbone.from_pretrained(folder, with_task_switcher=True)
     assert loaded.unet.config.class_embed_type == "projection"
     assert loaded.unet.class_embedding.linear_1.in_features == 4
-    kept = StableDiffusionBackbone.from_pretrained(folder, with_task_switcher=False)
-    assert kept.unet.class_embedding is None
 
 
 def test_channels_last_and_math_attention_give_the_same_outputs(tiny_backbone):
