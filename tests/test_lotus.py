@@ -270,3 +270,22 @@ def test_constant_normal_baseline_is_the_mean_direction():
     torch.testing.assert_close(baseline[0, :, 1, 1], expected)
     valid[0, 0, 0, 0] = False  # invalid pixels do not pull the direction
     torch.testing.assert_close(constant_normal_baseline(normals, valid)[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_predictor_decodes_batch_by_batch_and_keeps_dotted_stems(tmp_path, monkeypatch):
+    import zoo
+    import zoo.inference.lotus as lotus_inference
+
+    predictor = zoo.load("tiny-lotus-depth-d")
+    events: list[str] = []
+    real_load, real_predict = lotus_inference.load_rgb, predictor.model.predict
+    monkeypatch.setattr(lotus_inference, "load_rgb", lambda image, name=None: events.append("load") or
+                        real_load(image, name=name))
+    monkeypatch.setattr(predictor.model, "predict", lambda *a, **k: events.append("predict") or real_predict(*a, **k))
+    images = [np.full((16, 16, 3), value, dtype=np.uint8) for value in (10, 90, 170, 250)]
+    out = predictor(images, processing_resolution=16, batch_size=2)
+    # Memory follows batch_size: the second batch is decoded only after the first one was predicted.
+    assert events == ["load", "load", "predict", "load", "load", "predict"]
+    written = predictor.save(out.prediction[0], tmp_path / "frame.0001")
+    assert sorted(path.name for path in written) == ["frame.0001.npy", "frame.0001.png", "frame.0001_vis.png"]
+    assert all(path.is_file() for path in written)

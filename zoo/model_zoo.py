@@ -199,6 +199,6 @@ MODELS += (
         "name": "tiny-mustafar", "family": "mustafar", "task": "vqa",
         "config": "configs/tiny/mustafar_stage2.yaml", "checkpoint": "checkpoints/tiny/mustafar",
         "description": "Tiny Mustafar: tiny SD + random tiny CLIP, cross-attention fusion, s=4, tiny Llama, synthetic VQA",
-        "measured_metrics": ("accuracy", "majority_baseline_accuracy"),
+        "measured_metrics": ("accuracy", "accuracy/colour", "accuracy/count", "accuracy/position"),
     },
 )

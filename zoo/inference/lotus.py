@@ -97,17 +97,21 @@ class LotusPredictor:
         return cls(backbone.to(device).eval(), mode, task, disparity, lotus_compat)
 
     # ------------------------------------------------------------------ inputs
-    def _load(self, images: ImageInput | Sequence[ImageInput]) -> list[torch.Tensor]:
-        """Any supported input(s) -> list of [3, H, W] tensors in [0, 1]."""
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
+    @staticmethod
+    def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+        """One input or a batch of them -> a list of inputs, not yet decoded."""
+        if isinstance(images, torch.Tensor | np.ndarray) and images.ndim == 4:
             images = list(images)
-        elif isinstance(images, np.ndarray) and images.ndim == 4:
-            images = list(images)
-        elif not isinstance(images, (list, tuple)):
+        elif not isinstance(images, list | tuple):
             images = [images]
         if len(images) == 0:
             raise ValueError("no images given")
-        return [torch.from_numpy(load_rgb(image, name=f"image {i}")).permute(2, 0, 1)
+        return list(images)
+
+    @staticmethod
+    def _decode(images: Sequence[ImageInput], first: int) -> list[torch.Tensor]:
+        """Inputs -> [3, H, W] tensors in [0, 1]; decoded batch by batch so memory follows batch_size."""
+        return [torch.from_numpy(load_rgb(image, name=f"image {first + i}")).permute(2, 0, 1)
                 for i, image in enumerate(images)]
 
     # ------------------------------------------------------------------ inference
@@ -134,14 +138,14 @@ class LotusPredictor:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         if latents is not None and generator is not None:
             raise ValueError("pass either latents or generator, not both")
-        inputs = self._load(images)
+        inputs = self._as_list(images)
         if latents is not None and latents.shape[0] != len(inputs):
             raise ValueError(f"latents has batch {latents.shape[0]} but {len(inputs)} images were given")
         predictions: list[torch.Tensor] = []
         out_latents: list[torch.Tensor] = []
         starts = range(0, len(inputs), batch_size)
         for start in tqdm(starts, desc="Lotus", disable=not show_progress_bar):
-            chunk = inputs[start : start + batch_size]
+            chunk = self._decode(inputs[start : start + batch_size], start)
             # Images of different sizes in one chunk are run one by one (they cannot share a tensor).
             groups = [chunk] if len({tuple(t.shape) for t in chunk}) == 1 else [[t] for t in chunk]
             offset = start
@@ -203,7 +207,8 @@ class LotusPredictor:
         from PIL import Image
 
         stem = Path(stem)
-        written = [stem.with_suffix(".npy"), stem.with_suffix(".png"), stem.with_name(stem.name + "_vis.png")]
+        # Suffixes are appended, never substituted: a stem such as "frame.0001" keeps its ".0001".
+        written = [stem.with_name(stem.name + suffix) for suffix in (".npy", ".png", "_vis.png")]
         with atomic_open(written[0]) as handle:
             np.save(handle, prediction.astype(np.float32))
         if self.task == "depth":
