@@ -228,3 +228,37 @@ def test_benchmark_dry_run_prints_both_tables(capsys):
     printed = capsys.readouterr().out
     assert "s = 4 (uncond + cond, one batched call)" in printed and "256 x 1280" in printed
     assert results["tokens_per_image"] == 4 and results["images_per_s_s4"] > 0
+
+
+def test_lora_trains_adapters_only_and_exports_a_merged_llm(tiny_backbone_dir, tmp_path):
+    pytest.importorskip("peft")
+    from zoo.models.mustafar.module import MustafarModule
+
+    torch.manual_seed(0)
+    module = MustafarModule(
+        backbone=str(tiny_backbone_dir),
+        llm=LLM,
+        tokenizer=TOKENIZER,
+        fusion="sd",
+        image_size=(64, 64),
+        train_llm=False,
+        lora_rank=4,
+        max_new_tokens=2,
+    )
+    names = {id(p): n for n, p in module.named_parameters()}
+    trained = [names[id(p)] for p in module.trainable_parameters()]
+    assert trained and all("lora_" in n or "projector" in n for n in trained)
+    assert any("lora_" in n for n in trained)
+    with torch.no_grad():  # LoRA B starts at zero: make the adapters matter
+        for name, parameter in module.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    module.eval()
+    questions = ["how many spheres are there?"]
+    logits = module.model(
+        **module.processor(questions), pixel_values=_images(1), encoder_prompts=questions
+    ).logits
+    module.export_pretrained(tmp_path / "lora")
+    model, processor, _, _ = load_exported(tmp_path / "lora")
+    again = model(**processor(questions), pixel_values=_images(1), encoder_prompts=questions).logits
+    torch.testing.assert_close(again, logits, atol=1e-5, rtol=1e-5)

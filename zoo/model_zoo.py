@@ -155,18 +155,20 @@ MODELS = (
     },
 )
 
-# ------------------------------------------------------------------------------------------- Mustafar (issue 12)
+# ---------------------------------------------------------------------------------------- Mustafar (issue 12)
 _MUSTAFAR_SMOKE = (
     "--data.init_args.source", "synthetic", "--data.init_args.image_size", "[64, 64]",
-    "--data.init_args.train_images", "2", "--data.init_args.val_images", "1", "--data.init_args.test_images", "1",
-    "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", "--data.init_args.cache_dir", "{tmp}/vqa",
+    "--data.init_args.train_images", "2", "--data.init_args.val_images", "1",
+    "--data.init_args.test_images", "1", "--data.init_args.batch_size", "2",
+    "--data.init_args.num_workers", "0", "--data.init_args.cache_dir", "{tmp}/vqa",
     # Tiny stand-ins for CLIP ViT-L/14-336 and Vicuna-7B (random, from configs) and the tiny tokenizer.
     "--model.init_args.llm", '{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, '
     '"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512}',
-    "--model.init_args.clip", '{"image_size": 32, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64, '
-    '"num_hidden_layers": 2, "num_attention_heads": 2}',
-    "--model.init_args.tokenizer", "checkpoints/tiny/mustafar/tokenizer", "--model.init_args.image_size", "[64, 64]",
-    "--model.init_args.cross_attention_heads", "2", "--model.init_args.init_from", "null",
+    "--model.init_args.clip", '{"image_size": 32, "patch_size": 16, "hidden_size": 32, '
+    '"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}',
+    "--model.init_args.tokenizer", "checkpoints/tiny/mustafar/tokenizer",
+    "--model.init_args.image_size", "[64, 64]", "--model.init_args.cross_attention_heads", "2",
+    "--model.init_args.init_from", "null",
 )
 FAMILIES += (
     {
@@ -180,25 +182,28 @@ FAMILIES += (
     },
 )
 MODELS += (
-    # Mustafar (arXiv 2507.07106): question-conditioned SD features, alone or as the LLaVA encoder. No official
-    # weights exist; sd21-features is the encoder on SD 2.1-base (features only, no LLM).
+    # Mustafar (arXiv 2507.07106): question-conditioned SD features, alone or as the LLaVA encoder. No
+    # official weights exist; sd21-features is the encoder on SD 2.1-base (features only, no LLM).
     {
         "name": "sd21-features", "family": "mustafar", "task": "features",
-        "config": "configs/mustafar/stage2_finetune.yaml", "checkpoint": "stabilityai/stable-diffusion-2-1-base",
-        "description": "SD 2.1-base U-L1-R1-B0 cross-attention query at t=50 (16x16 x 1280 at 512 px), features only",
+        "config": "configs/mustafar/stage2_finetune.yaml",
+        "checkpoint": "stabilityai/stable-diffusion-2-1-base",
+        "description": "SD 2.1-base U-L1-R1-B0 cross-attention query, t=50 (16x16 x 1280 at 512 px)",
         "predictor_kwargs": {"features_only": True, "image_size": [512, 512]},
     },
     {
         "name": "tiny-sd-features", "family": "mustafar", "task": "features",
         "config": "configs/tiny/mustafar_stage2.yaml", "checkpoint": "checkpoints/tiny/sd_features",
-        "description": "The tiny backbone's question-conditioned features (tiny recipe sites, t=50), features only",
+        "description": "Tiny backbone U-L1-R1-B0 cross-attention query, t=50, s=4 (2x2 x 64 at 64 px)",
         "predictor_kwargs": {"features_only": True},
+        # tools/benchmark.py mustafar, batch 8 of 64x64, 1 CPU thread (see its metrics.json).
         "measured_metrics": ("tokens_per_image", "channels", "images_per_s_s0", "images_per_s_s4"),
     },
     {
         "name": "tiny-mustafar", "family": "mustafar", "task": "vqa",
         "config": "configs/tiny/mustafar_stage2.yaml", "checkpoint": "checkpoints/tiny/mustafar",
-        "description": "Tiny Mustafar: tiny SD + random tiny CLIP, cross-attention fusion, s=4, tiny Llama, synthetic VQA",
+        "description": "Tiny SD + random tiny CLIP by cross-attention, s=4, tiny Llama; synthetic VQA",
+        # Exact-match accuracy on the 256 held-out synthetic test images (tools/train_tiny.py, stages 1, 2).
         "measured_metrics": ("accuracy", "accuracy/colour", "accuracy/count", "accuracy/position"),
     },
 )

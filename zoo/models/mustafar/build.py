@@ -139,9 +139,9 @@ def build(
         sd = SDFeatureExtractor(backbone, spec.sites, spec.timestep, spec.guidance_scale, spec.cache_latents)
     encoder = MustafarEncoder(spec.fusion, llm.config.hidden_size, sd, clip, spec.cross_attention_heads)
     seq_length = encoder.num_tokens(tuple(spec.image_size))
-    vision_config = (
-        clip.vision.config if clip is not None else CLIPVisionConfig(hidden_size=8, num_hidden_layers=1)
-    )
+    # LlavaConfig needs a vision config; without CLIP a minimal one stands in (never built).
+    unused = CLIPVisionConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    vision_config = clip.vision.config if clip is not None else unused
     config = LlavaConfig(
         text_config=llm.config,
         vision_config=vision_config,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ from zoo.models.mustafar.features import DEFAULT_SITE, DEFAULT_TIMESTEP
 from zoo.models.mustafar.model import MustafarProcessor
 
 SD_PROMPTS = ("none", "question", "caption", "mismatched_caption")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # LLaVA's LoRA
 
 
 class MustafarModule(FamilyModule):
@@ -31,6 +33,8 @@ class MustafarModule(FamilyModule):
     "mismatched_caption": the caption of another image whose answer to the same question differs; the metric
     `donor_agreement` then counts answers that follow the injected caption instead of the image. `init_from`
     starts from an exported folder or a Lightning checkpoint of the same architecture (stage 2 from stage 1).
+    `lora_rank` > 0 (with `train_llm` false) trains peft LoRA adapters on every Llama projection instead of
+    the LLM, merged into the exported LLM.
     Optimiser: AdamW, linear warm-up over `warmup_ratio` of the steps, cosine decay to 0 (LLaVA-1.5).
     """
 
@@ -54,6 +58,8 @@ class MustafarModule(FamilyModule):
         eval_sd_prompt: str | None = None,
         prompt_dropout: float = 0.0,
         train_llm: bool = True,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
         init_from: str | None = None,
         lr: float = 2e-5,
         weight_decay: float = 0.0,
@@ -104,8 +110,15 @@ class MustafarModule(FamilyModule):
             if init_from is not None:  # a Lightning checkpoint of the same architecture (real stage 1 -> 2)
                 state = torch.load(init_from, map_location="cpu", weights_only=True)["state_dict"]
                 self.load_state_dict(state, strict=True)
+        if lora_rank and train_llm:
+            raise ValueError("lora_rank trains LoRA adapters of a frozen LLM: set train_llm false with it")
         self.model.model.language_model.requires_grad_(train_llm)
         self.model.lm_head.requires_grad_(train_llm)
+        if lora_rank:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(LORA_TARGETS))
+            self.model.model.language_model = get_peft_model(self.model.model.language_model, config)
         if gradient_checkpointing:
             self.model.model.language_model.gradient_checkpointing_enable()
         self._rng = random.Random(0)
@@ -123,8 +136,10 @@ class MustafarModule(FamilyModule):
         return self.model.model.vision_tower
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
-        """Projectors and fusion, plus the LLM when `train_llm`."""
+        """Projectors and fusion, plus the LLM when `train_llm` (its LoRA adapters with `lora_rank`)."""
         params = [p for module in self.encoder.trainable_modules() for p in module.parameters()]
+        if self.hparams.lora_rank:
+            return params + [p for p in self.model.model.language_model.parameters() if p.requires_grad]
         if self.hparams.train_llm:
             params += list(self.model.model.language_model.parameters())
             params += [p for p in self.model.lm_head.parameters() if all(p is not q for q in params)]
@@ -252,8 +267,17 @@ class MustafarModule(FamilyModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def export_weights(self, folder: Path) -> None:
-        """encoder.safetensors, tokenizer/, llm/ when trained (or random-init), clip/ when random-init."""
-        export(self.model, self.processor, self.spec, folder, save_llm=self.hparams.train_llm)
+        """encoder.safetensors, tokenizer/, llm/ when trained (LoRA merged in), clip/ when random-init."""
+        if not self.hparams.lora_rank:
+            export(self.model, self.processor, self.spec, folder, save_llm=self.hparams.train_llm)
+            return
+        adapted = self.model.model.language_model
+        # Merge a copy: the training model keeps its adapters.
+        self.model.model.language_model = copy.deepcopy(adapted).merge_and_unload()
+        try:
+            export(self.model, self.processor, self.spec, folder, save_llm=True)
+        finally:
+            self.model.model.language_model = adapted
 
     def export_config(self) -> dict[str, Any]:
         """zoo_model.json: the spec (export rewrote the subfolder names) plus generation defaults."""
@@ -261,7 +285,7 @@ class MustafarModule(FamilyModule):
         for part in ("llm", "clip", "tokenizer"):
             if (
                 isinstance(record[part], dict)
-                or (part == "llm" and self.hparams.train_llm)
+                or (part == "llm" and (self.hparams.train_llm or self.hparams.lora_rank))
                 or part == "tokenizer"
             ):
                 record[part] = part
