@@ -82,3 +82,16 @@ def test_replace_table_needs_markers():
     with pytest.raises(ValueError, match="model-zoo"):
         replace_table("no markers here", "| table |")
     assert replace_table(f"a {BEGIN}old{END} b", "new\n") == f"a {BEGIN}\nnew\n{END} b"
+
+
+def test_uncached_hub_weights_fail_at_once_with_the_download_command(tmp_path, monkeypatch):
+    import time
+
+    from zoo.backbones import MissingWeightsError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.monotonic()
+    with pytest.raises(MissingWeightsError, match="huggingface-cli download jingheya/lotus-depth-d-v2-0-disparity"):
+        zoo.load("lotus-depth-d")
+    assert time.monotonic() - started < 10  # no network retries: the cache is all that is looked at

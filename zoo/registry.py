@@ -168,18 +168,44 @@ def tiny_models() -> list[ModelEntry]:
     return [get_entry(name) for name in available_models() if get_entry(name).is_local]
 
 
-def load(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+def weights_folder(entry: ModelEntry, allow_download: bool = False) -> str:
+    """The local folder of a model's weights: shipped here, or a hub id's snapshot in the Hugging Face cache.
+
+    Without `allow_download` the hub is never contacted: weights missing from the cache fail at once with the
+    command that fetches them (instead of network retries on an offline machine).
+    """
+    if entry.is_local:
+        return entry.checkpoint_path()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from zoo.backbones import MissingWeightsError
+
+    try:
+        return snapshot_download(entry.checkpoint, local_files_only=not allow_download)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        folder = f"checkpoints/{Path(entry.checkpoint).name}"
+        raise MissingWeightsError(
+            f"{entry.name}: the weights {entry.checkpoint!r} are not in the Hugging Face cache "
+            f"({type(error).__name__}). Fetch them once with `huggingface-cli download {entry.checkpoint} "
+            f"--local-dir {folder}` and load that folder, or call zoo.load({entry.name!r}, allow_download=True)."
+        ) from error
+
+
+def load(name_or_path: str | os.PathLike, allow_download: bool = False, **kwargs: Any) -> Any:
     """Build the predictor of a registered model name, or of a checkpoint folder written by this project.
 
-    A folder must contain `zoo_model.json` naming its family (written when a model is exported).
-    Keyword arguments (device, dtype, ...) go to the predictor's `from_pretrained`.
+    A folder must contain `zoo_model.json` naming its family (written when a model is exported). Registered hub
+    models load from the local Hugging Face cache; `allow_download=True` fetches them first when missing.
+    Other keyword arguments (device, dtype, ...) go to the predictor's `from_pretrained`.
     """
     name = str(name_or_path)
     models = _zoo()[1]
     if name in models:
         entry = models[name]
         predictor_cls = get_family(entry.family).resolve("predictor")
-        return predictor_cls.from_pretrained(entry.checkpoint_path(), **{**entry.predictor_kwargs, **kwargs})
+        folder = weights_folder(entry, allow_download)
+        return predictor_cls.from_pretrained(folder, **{**entry.predictor_kwargs, **kwargs})
     folder = Path(name)
     marker = folder / MODEL_CONFIG_FILE
     if folder.is_dir() and marker.is_file():
