@@ -2,6 +2,7 @@
 
 from zoo.backbones.stable_diffusion import (
     FINAL_TIMESTEP,
+    CorruptWeightsError,
     MissingWeightsError,
     StableDiffusionBackbone,
     replicate_pad,
@@ -12,6 +13,7 @@ from zoo.backbones.task_switcher import task_code, task_codes
 
 __all__ = [
     "FINAL_TIMESTEP",
+    "CorruptWeightsError",
     "FeatureTaps",
     "MissingWeightsError",
     "StableDiffusionBackbone",

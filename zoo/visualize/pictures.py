@@ -14,9 +14,11 @@ def colorize_depth(
 
     Disparity is large when near, so it is reversed first to keep the colours meaning the same thing.
     """
-    values = torch.as_tensor(np.asarray(depth, dtype=np.float32)).squeeze()
+    values = torch.as_tensor(np.asarray(depth, dtype=np.float32))
+    if values.ndim == 3 and values.shape[-1] == 1:
+        values = values[..., 0]  # only the channel axis goes: a 1-pixel-wide [H, 1] map stays 2-d
     if values.ndim != 2:
-        raise ValueError(f"expected a single depth map [H, W]; got shape {tuple(values.shape)}")
+        raise ValueError(f"expected a single depth map [H, W] or [H, W, 1]; got shape {tuple(values.shape)}")
     if disparity:
         values = 1.0 - values
     image = MarigoldImageProcessor.visualize_depth(values.clamp(0, 1)[None, None], color_map=color_map)[0]
