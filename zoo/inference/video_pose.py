@@ -58,12 +58,16 @@ class VideoPoseOutput:
         return len(self.keypoints)
 
     def strip(self, frames: Sequence[np.ndarray], indices: Sequence[int] | None = None,
-              threshold: float = 0.3) -> np.ndarray:
-        """The frames `indices` (default all) with their skeletons, side by side: uint8 RGB [H, n * W, 3]."""
+              threshold: float = 0.3, **draw_options: Any) -> np.ndarray:
+        """The frames `indices` (default all) with their skeletons, side by side: uint8 RGB [H, n * W, 3].
+
+        `draw_options` (radius, thickness) go to zoo.visualize.draw_skeleton.
+        """
         from zoo.visualize import draw_skeleton, image_grid
 
         chosen = range(len(self.keypoints)) if indices is None else indices
-        tiles = [draw_skeleton(frames[i], self.keypoints[i], self.scores[i], self.metainfo, threshold)
+        tiles = [draw_skeleton(frames[i], self.keypoints[i], self.scores[i], self.metainfo, threshold,
+                               **draw_options)
                  for i in chosen]
         return image_grid(tiles, columns=len(tiles))
 
