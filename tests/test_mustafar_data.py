@@ -241,3 +241,37 @@ def test_multiple_choice_accuracy_matches_letters_and_texts():
     )
     metrics = evaluator.compute()
     assert metrics["accuracy"] == pytest.approx(1 / 3) and metrics["unmatched"] == pytest.approx(1 / 3)
+
+
+def test_eval_tool_scores_a_multiple_choice_file(tmp_path, image_root):
+    import sys
+
+    from zoo.registry import REPO_ROOT, get_family
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import eval as eval_tool
+
+    data = [{"image": "mc/cat.png", "question": "What animal?", "options": ["dog", "cat"], "answer": "B"}]
+    path = _write(tmp_path / "mc.json", data)
+    smoke = [a.replace("{tmp}", str(tmp_path)) for a in get_family("mustafar").smoke_overrides]
+    metrics = eval_tool.main(
+        [
+            "--config",
+            str(REPO_ROOT / "configs/tiny/mustafar_stage2.yaml"),
+            "--out",
+            str(tmp_path / "eval"),
+            *smoke,
+            "--data.init_args.source",
+            "files",
+            "--data.init_args.test_format",
+            "multiple_choice",
+            "--data.init_args.test_file",
+            path,
+            "--data.init_args.test_image_root",
+            str(image_root),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    assert set(metrics) == {"test/accuracy", "test/unmatched", "test/count"} and metrics["test/count"] == 1
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics

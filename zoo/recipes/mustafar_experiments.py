@@ -57,6 +57,13 @@ def _model_args(backbone: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def _unet_hash(backbone: str) -> str:
+    from zoo.backbones.stable_diffusion import resolve_source
+    from zoo.utils.files import sha256_file
+
+    return sha256_file(Path(resolve_source(backbone)) / "unet" / "diffusion_pytorch_model.safetensors")[:16]
+
+
 def _test(trainer: pl.Trainer, module: MustafarModule, data: VQADataModule, eval_prompt: str | None) -> dict:
     module.hparams.eval_sd_prompt = eval_prompt
     results = trainer.test(module, datamodule=data, verbose=False)
@@ -119,6 +126,7 @@ def run(
                 for e in evals
             }
             record["seconds"] = round(time.time() - started, 1)
+            record["unet_sha256"] = _unet_hash(backbone)  # the tiny backbone may be retrained meanwhile
             results[group][name] = record
             print(name, json.dumps(record), flush=True)
             (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
