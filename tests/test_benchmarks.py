@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))
 import benchmark  # noqa: E402
 
 
-@pytest.mark.parametrize("mode", ["lotus", "pose", "cocood"])
+@pytest.mark.parametrize("mode", ["lotus", "pose", "cocood", "diffpose", "mustafar"])
 def test_tiny_benchmark_modes_dry_run(mode: str, realdata: Path, capsys: pytest.CaptureFixture) -> None:
     benchmark.main([mode, "--dry-run", "--coco-ann", str(realdata / "coco" / "test_coco.json"),
                     "--coco-images", str(realdata / "coco")])
