@@ -212,6 +212,27 @@ def test_stage2_export_reloads_and_answers_identically(tiny_backbone_dir, tmp_pa
     with pytest.raises(ValueError, match="question 1 is empty"):
         predictor(list(images), ["fine", " "])
 
+    # A question file over a folder: the same answers, and a rerun asks nothing again.
+    import json
+
+    from PIL import Image
+
+    from zoo.inference.vqa_files import answer_question_file
+
+    for i, image in enumerate(images):
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    questions_file = tmp_path / "questions.json"
+    questions_file.write_text(
+        json.dumps([{"image": f"{i}.png", "question": q} for i, q in enumerate(questions)])
+    )
+    written = answer_question_file(predictor, questions_file, tmp_path, tmp_path / "answers.json")
+    from_files = predictor([tmp_path / "0.png", tmp_path / "1.png"], questions).answers
+    assert [r["answer"] for r in written] == from_files
+    calls = []
+    answer_question_file(lambda *a, **k: calls.append(a), questions_file, tmp_path, tmp_path / "answers.json")
+    assert calls == [] and json.loads((tmp_path / "answers.json").read_text()) == written
+
 
 def test_missing_real_parts_say_what_to_download(tmp_path, tiny_backbone_dir):
     from zoo.backbones import MissingWeightsError
