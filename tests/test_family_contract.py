@@ -53,6 +53,7 @@ def test_every_output_kind_has_a_contract_call_or_its_own_tests() -> None:
 def test_spec_resolves_and_the_module_names_its_family(family: str) -> None:
     spec = get_family(family)
     assert spec.resolve("module").family == family
+    assert spec.resolve("predictor").family == family  # how the Annotator finds the spec of a predictor
     for part in ("model", "datamodule", "predictor"):
         assert isinstance(spec.resolve(part), type)
 

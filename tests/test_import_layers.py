@@ -19,9 +19,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zoo.backbones",),
     ("zoo.heads", "zoo.evaluation"),
     ("zoo.models",),
-    ("zoo.builders", "zoo.export"),
+    # The registry names classes as strings and imports them on use: the predictors and the Annotator read it.
+    ("zoo.builders", "zoo.export", "zoo.registry", "zoo.model_zoo"),
     ("zoo.inference",),
-    ("zoo.registry", "zoo.model_zoo", "zoo.cli", "zoo.benchmarks", "zoo.recipes", "zoo"),
+    ("zoo.cli", "zoo.benchmarks", "zoo.recipes", "zoo"),
 )
 
 

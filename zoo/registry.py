@@ -102,10 +102,10 @@ def _build(cls: type, record: dict[str, Any], where: str) -> Any:
 
 @functools.cache
 def _zoo() -> tuple[dict[str, FamilySpec], dict[str, ModelEntry]]:
-    from zoo import model_zoo
+    from zoo.model_zoo import FAMILIES, MODELS
 
     families: dict[str, FamilySpec] = {}
-    for record in model_zoo.FAMILIES:
+    for record in FAMILIES:
         record = dict(record)
         if record.get("ood") is not None:
             record["ood"] = OodSpec(**record["ood"])
@@ -115,7 +115,7 @@ def _zoo() -> tuple[dict[str, FamilySpec], dict[str, ModelEntry]]:
             raise ValueError(f"family {spec.name!r} is registered twice")
         families[spec.name] = spec
     models: dict[str, ModelEntry] = {}
-    for record in model_zoo.MODELS:
+    for record in MODELS:
         record = dict(record)
         record["measured_metrics"] = tuple(record.get("measured_metrics", ()))
         entry = _build(ModelEntry, record, f"model {record.get('name')!r}")

@@ -41,6 +41,7 @@ class LotusPredictor:
     global RNG, no padding, per-channel clamp then mean, un-normalised normals and nearest resize back.
     """
 
+    family = "lotus"
     default_processing_resolution = 768
 
     def __init__(

@@ -137,6 +137,8 @@ class PosePredictor:
     with the demo's formula, otherwise through the resize's pixel centres.
     """
 
+    family = "sdpose"
+
     def __init__(
         self,
         model: SDPose,

@@ -6,7 +6,7 @@ import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,35 @@ def _rounded(values: Any, decimals: int) -> Any:
     return (np.round(np.asarray(values, dtype=np.float64), decimals) + 0.0).tolist()
 
 
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """The Annotator's settings that adapters read (each adapter takes what concerns its task)."""
+
+    processing_resolution: int | None = None
+    box_source: str = "whole_image"
+    det_file: str | os.PathLike | None = None
+    flip_test: bool = False
+    visualize: bool = True
+    controlnet: bool = False
+    coco_annotations: bool = True
+
+
+def adapter_class(predictor: Any) -> type[TaskAdapter]:
+    """The TaskAdapter that the predictor's family names in the registry."""
+    from zoo.registry import get_family
+
+    family = getattr(predictor, "family", None)
+    if not isinstance(family, str):
+        raise TypeError(f"{type(predictor).__name__} names no family: it is not a predictor of the zoo")
+    spec = get_family(family)
+    if spec.annotator_adapter is None:
+        raise TypeError(f"family {family!r} has no Annotator adapter: its predictors do not annotate images")
+    return spec.resolve("annotator_adapter")
+
+
 def predictor_task(predictor: Any) -> str:
-    """"pose", "depth" or "normals" from what the predictor offers."""
-    task = getattr(predictor, "task", None)
-    if task in ("depth", "normals"):
-        return task
-    if hasattr(predictor, "metainfo"):
-        return "pose"
-    raise TypeError(f"{type(predictor).__name__} is neither a pose predictor (metainfo) nor a depth/normals "
-                    "predictor (task)")
+    """The output folder kind of a predictor ("pose", "depth", "normals", ...), as its adapter names it."""
+    return adapter_class(predictor).task_of(predictor)
 
 
 class TaskAdapter(ABC):
@@ -51,8 +71,13 @@ class TaskAdapter(ABC):
 
     kind = ""
 
-    def __init__(self, key: str, predictor: Any, out_dir: Path) -> None:
+    def __init__(self, key: str, predictor: Any, out_dir: Path, options: AnnotateOptions) -> None:
         self.key, self.predictor, self.out_dir = key, predictor, out_dir / key
+
+    @classmethod
+    def task_of(cls, predictor: Any) -> str:
+        """The task this adapter annotates with `predictor` (its default output folder)."""
+        return cls.kind
 
     def settings(self) -> dict[str, Any]:
         """Everything the outputs depend on besides the images and weights; a resumed run must match it."""
@@ -78,11 +103,16 @@ class TaskAdapter(ABC):
 class DenseAdapter(TaskAdapter):
     """Lotus depth or normals: `<stem>.png`, `.npy` and `_vis.png` per image, encoded by the predictor's `save`."""
 
-    def __init__(self, key: str, predictor: Any, out_dir: Path, processing_resolution: int | None) -> None:
-        super().__init__(key, predictor, out_dir)
-        self.kind = predictor.task
-        self.processing_resolution = processing_resolution
+    def __init__(self, key: str, predictor: Any, out_dir: Path, options: AnnotateOptions) -> None:
+        super().__init__(key, predictor, out_dir, options)
+        self.kind = self.task_of(predictor)
+        self.processing_resolution = options.processing_resolution
         self.staging = out_dir / STATE_DIR / key / "staging"
+
+    @classmethod
+    def task_of(cls, predictor: Any) -> str:
+        """"depth" or "normals"."""
+        return predictor.task
 
     def settings(self) -> dict[str, Any]:
         """Task settings plus the processing resolution."""
@@ -128,22 +158,13 @@ class PoseAdapter(TaskAdapter):
 
     kind = "pose"
 
-    def __init__(
-        self,
-        key: str,
-        predictor: Any,
-        out_dir: Path,
-        box_source: str,
-        det_file: str | os.PathLike | None,
-        flip_test: bool,
-        visualize: bool,
-        controlnet: bool,
-        coco_annotations: bool,
-    ) -> None:
+    def __init__(self, key: str, predictor: Any, out_dir: Path, options: AnnotateOptions) -> None:
         from zoo.data.coco_files import read_detections
         from zoo.inference.pose import BOX_SOURCES, detection_boxes, hog_person_boxes
 
-        super().__init__(key, predictor, out_dir)
+        super().__init__(key, predictor, out_dir, options)
+        box_source, det_file, flip_test = options.box_source, options.det_file, options.flip_test
+        visualize, controlnet, coco_annotations = options.visualize, options.controlnet, options.coco_annotations
         if det_file is None and box_source not in BOX_SOURCES:
             raise ValueError(f"box_source must be one of {BOX_SOURCES} or a det_file be given; got {box_source!r}")
         if det_file is None and box_source == "hog":

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from zoo.data.images import ImageLoadError
-from zoo.inference.annotate.adapters import DenseAdapter, PoseAdapter, TaskAdapter, predictor_task
+from zoo.inference.annotate.adapters import AnnotateOptions, TaskAdapter, adapter_class, predictor_task
 from zoo.inference.annotate.inputs import (
     DEFAULT_MAX_PIXELS,
     BatchDataset,
@@ -113,6 +113,8 @@ class Annotator:
         progress: bool = True,
     ) -> None:
         check_options(batch_size, processing_resolution, max_pixels, num_workers)
+        options = AnnotateOptions(processing_resolution, box_source, det_file, flip_test, visualize, controlnet,
+                                  coco_annotations)
         if not isinstance(predictors, Mapping):
             kinds = [predictor_task(p) for p in predictors]
             if len(set(kinds)) != len(kinds):
@@ -128,11 +130,8 @@ class Annotator:
         for key, predictor in predictors.items():
             if not key or key.startswith(".") or "/" in key or "\\" in key or key == FAILURES_FILE:
                 raise ValueError(f"predictor name {key!r} must be a plain folder name")
-            if predictor_task(predictor) == "pose":
-                self.tasks[key] = PoseAdapter(key, predictor, self.out_dir, box_source, det_file, flip_test,
-                                              visualize, controlnet, coco_annotations)
-            else:
-                self.tasks[key] = DenseAdapter(key, predictor, self.out_dir, processing_resolution)
+            # The predictor's family names its adapter in the registry (zoo/model_zoo.py).
+            self.tasks[key] = adapter_class(predictor)(key, predictor, self.out_dir, options)
         self.computed = 0  # image-model predictions run by this process
 
     @property
