@@ -283,3 +283,12 @@ def test_lora_trains_adapters_only_and_exports_a_merged_llm(tiny_backbone_dir, t
     model, processor, _, _ = load_exported(tmp_path / "lora")
     again = model(**processor(questions), pixel_values=_images(1), encoder_prompts=questions).logits
     torch.testing.assert_close(again, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_zoo_load_gives_the_tiny_feature_extractor():
+    import zoo
+
+    features = zoo.load("tiny-sd-features")
+    tokens = features([_images(1)[0]], ["how many spheres are there?"])
+    assert tokens.shape == (1, 4, 64) and features.extractor.guidance_scale == 4.0
+    assert torch.equal(tokens, features([_images(1)[0]], ["how many spheres are there?"]))  # seeded noise

@@ -199,11 +199,4 @@ MODELS += (
         # tools/benchmark.py mustafar, batch 8 of 64x64, 1 CPU thread (see its metrics.json).
         "measured_metrics": ("tokens_per_image", "channels", "images_per_s_s0", "images_per_s_s4"),
     },
-    {
-        "name": "tiny-mustafar", "family": "mustafar", "task": "vqa",
-        "config": "configs/tiny/mustafar_stage2.yaml", "checkpoint": "checkpoints/tiny/mustafar",
-        "description": "Tiny SD + random tiny CLIP by cross-attention, s=4, tiny Llama; synthetic VQA",
-        # Exact-match accuracy on the 256 held-out synthetic test images (tools/train_tiny.py, stages 1, 2).
-        "measured_metrics": ("accuracy", "accuracy/colour", "accuracy/count", "accuracy/position"),
-    },
 )
