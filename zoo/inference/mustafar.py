@@ -44,6 +44,8 @@ class MustafarOutput:
 class MustafarPredictor:
     """Images + questions in, answers out: batched greedy generation through transformers' `generate`."""
 
+    family = "mustafar"
+
     def __init__(
         self,
         model: Any,
@@ -135,6 +137,8 @@ class MustafarPredictor:
 
 class SDFeaturePredictor:
     """Question-conditioned SD features for training one's own heads (`zoo.load("tiny-sd-features")`)."""
+
+    family = "mustafar"
 
     def __init__(self, extractor: SDFeatureExtractor, image_size: tuple[int, int]) -> None:
         self.extractor, self.image_size = extractor, tuple(image_size)
