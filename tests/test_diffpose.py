@@ -14,7 +14,7 @@ import zoo
 from zoo.backbones import StableDiffusionBackbone
 from zoo.data.posetrack import PoseTrackClipDataset, read_posetrack_annotations
 from zoo.data.synthetic.moving_figures import render_moving_video, write_posetrack_videos
-from zoo.inference.video_pose import VideoPosePredictor, greedy_iou_tracks
+from zoo.inference.video_pose import VideoPosePredictor, greedy_iou_tracks, greedy_oks_tracks
 from zoo.models.diffpose.model import DiffPose
 from zoo.models.diffpose.module import DiffPoseModule
 from zoo.registry import get_entry
@@ -91,6 +91,9 @@ def test_greedy_iou_tracks_follow_people() -> None:
     frames = [np.stack([a, b]), np.stack([b + 1, a + 1]), np.stack([a + 2, b + 2, [60, 0, 70, 20]])]
     tracks = greedy_iou_tracks(frames)
     assert tracks[0].tolist() == [0, 1] and tracks[1].tolist() == [1, 0] and tracks[2].tolist() == [0, 1, 2]
+    poses = [np.stack([f[:, :2] + 5, f[:, :2] + 2]).transpose(1, 0, 2).repeat(9, axis=1)[:, :17] for f in frames]
+    sigmas = np.full(17, 0.1, dtype=np.float32)
+    assert [t.tolist() for t in greedy_oks_tracks(poses, frames, sigmas)] == [t.tolist() for t in tracks]
 
 
 def test_missing_clip_frame_and_wrong_keypoint_count_name_the_file(tmp_path: Path) -> None:
@@ -122,6 +125,8 @@ def test_export_round_trip(tmp_path: Path, video: tuple) -> None:
     frames, boxes = video
     out = predictor(frames, boxes=boxes)
     assert len(out) == len(frames)
+    by_pose = predictor(frames, boxes=boxes, track_by="oks")
+    assert [len(t) for t in by_pose.track_ids] == [len(b) for b in boxes]
     assert [k.shape for k in out.keypoints] == [(len(b), 17, 2) for b in boxes]
     assert all(len(t) == len(b) for t, b in zip(out.track_ids, boxes, strict=True))
     with pytest.raises(ValueError, match="one \\[N, 4\\] array per frame"):

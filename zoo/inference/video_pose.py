@@ -38,8 +38,10 @@ from zoo.inference.pose import hog_person_boxes
 from zoo.models.diffpose.model import DiffPose, load_diffpose
 
 BOX_SOURCES = ("whole_frame", "hog")
-# Consecutive-frame matches below this box IoU start a new track.
+# Consecutive-frame matches below this box IoU (or pose OKS) start a new track.
 TRACK_IOU_THRESHOLD = 0.3
+TRACK_OKS_THRESHOLD = 0.5
+TRACK_BY = ("iou", "oks")
 
 
 @dataclass
@@ -82,6 +84,32 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
+def _greedy_link(similarity: np.ndarray, previous_ids: np.ndarray, threshold: float) -> np.ndarray:
+    """Ids [N] of the current persons from a similarity [N, M] to the previous frame's: -1 for no match."""
+    current = np.full(similarity.shape[0], -1, dtype=np.int64)
+    if similarity.size:
+        taken = np.zeros(similarity.shape[1], dtype=bool)
+        for flat in np.argsort(-similarity, axis=None, kind="stable"):  # pairs in decreasing similarity
+            i, j = divmod(int(flat), similarity.shape[1])
+            if similarity[i, j] < threshold:
+                break
+            if current[i] < 0 and not taken[j]:
+                current[i], taken[j] = previous_ids[j], True
+    return current
+
+
+def _greedy_tracks(similarities: Sequence[np.ndarray], threshold: float) -> list[np.ndarray]:
+    """Track ids per frame from similarities [N_t, N_{t-1}] of each frame to the previous one (the first unused)."""
+    ids: list[np.ndarray] = []
+    next_id = 0
+    for t, similarity in enumerate(similarities):
+        current = _greedy_link(similarity, ids[t - 1], threshold) if t else np.full(len(similarity), -1)
+        for i in np.flatnonzero(current < 0):
+            current[i], next_id = next_id, next_id + 1
+        ids.append(current.astype(np.int64))
+    return ids
+
+
 def greedy_iou_tracks(boxes: Sequence[np.ndarray], threshold: float = TRACK_IOU_THRESHOLD) -> list[np.ndarray]:
     """Track ids per frame: each box takes the id of the previous frame's box it overlaps most, greedily.
 
@@ -89,25 +117,25 @@ def greedy_iou_tracks(boxes: Sequence[np.ndarray], threshold: float = TRACK_IOU_
     below `threshold` is no match and the box starts a new track. Only the previous frame is looked at, so a
     person missed for one frame comes back with a new id.
     """
-    ids: list[np.ndarray] = []
-    next_id = 0
-    previous = np.zeros((0, 4), dtype=np.float32)
-    previous_ids = np.zeros(0, dtype=np.int64)
-    for frame_boxes in boxes:
-        current = np.full(len(frame_boxes), -1, dtype=np.int64)
-        if len(frame_boxes) and len(previous):
-            iou = box_iou(frame_boxes, previous)  # [N, M]
-            for flat in np.argsort(-iou, axis=None, kind="stable"):
-                i, j = divmod(int(flat), iou.shape[1])
-                if iou[i, j] < threshold:
-                    break
-                if current[i] < 0 and previous_ids[j] not in current:
-                    current[i] = previous_ids[j]
-        for i in np.flatnonzero(current < 0):
-            current[i], next_id = next_id, next_id + 1
-        ids.append(current)
-        previous, previous_ids = frame_boxes, current
-    return ids
+    similarities = [box_iou(b, boxes[t - 1]) if t else np.zeros((len(b), 0)) for t, b in enumerate(boxes)]
+    return _greedy_tracks(similarities, threshold)
+
+
+def greedy_oks_tracks(
+    keypoints: Sequence[np.ndarray], boxes: Sequence[np.ndarray], sigmas: np.ndarray,
+    threshold: float = TRACK_OKS_THRESHOLD,
+) -> list[np.ndarray]:
+    """Track ids per frame by greedy OKS (mmpose's, box areas) between consecutive frames' poses [N, K, 2]."""
+    from zoo.evaluation.coco import oks_iou  # on use: it imports pycocotools
+
+    def similarity(t: int) -> np.ndarray:
+        current, previous = keypoints[t], keypoints[t - 1]
+        areas = [(b[:, 2:] - b[:, :2]).prod(-1) for b in (boxes[t], boxes[t - 1])]
+        rows = [oks_iou(current[i], previous, float(areas[0][i]), areas[1], sigmas) for i in range(len(current))]
+        return np.stack(rows) if rows else np.zeros((0, len(previous)))
+
+    similarities = [similarity(t) if t else np.zeros((len(k), 0)) for t, k in enumerate(keypoints)]
+    return _greedy_tracks(similarities, threshold)
 
 
 def load_frames(video: Any) -> list[np.ndarray]:
@@ -201,6 +229,7 @@ class VideoPosePredictor:
         box_scores: Sequence[Any] | None = None,
         track_ids: Sequence[Any] | None = None,
         box_source: str = "whole_frame",
+        track_by: str = "iou",
         steps: int | None = None,
         ensemble: int | None = None,
         flip_test: bool = False,
@@ -214,8 +243,10 @@ class VideoPosePredictor:
 
         boxes: one [N, 4] (x1, y1, x2, y2) array per frame (N may be 0); without them `box_source` supplies them
         ("whole_frame": one person filling each frame; "hog": OpenCV's people detector). For a COCO detection
-        file use `zoo.inference.pose.detection_boxes(det_file, image_ids)`. track_ids: one [N] array per frame
-        (default: greedy IoU matching). steps / ensemble: DDIM steps and initialisations (default: the model's).
+        file use `zoo.inference.pose.detection_boxes(det_file, image_ids)`. track_ids: one [N] array per frame;
+        without them `track_by` links consecutive frames greedily by box IoU ("iou", before the poses, so clips
+        can share a track's window box) or by the predicted poses' OKS ("oks", after the poses; every clip then
+        crops with its own key frame's box). steps / ensemble: DDIM steps and initialisations (default: the model's).
         temporal=False gives the model only the key frame (repeated), the one-frame baseline. reuse_features=False
         recomputes every clip's frames (same output, T x the backbone calls). `seed` fixes the diffusion noise.
         """
@@ -229,8 +260,13 @@ class VideoPosePredictor:
         if len(sizes) != 1:
             raise ValueError(f"video frames differ in size: {sorted(sizes)}")
         person_boxes, person_scores = self._boxes(frames, boxes, box_scores, box_source)
+        if track_by not in TRACK_BY:
+            raise ValueError(f"track_by must be one of {TRACK_BY}; got {track_by!r}")
         if track_ids is None:
-            tracks = greedy_iou_tracks(person_boxes)
+            # OKS needs the poses first: tracks come last and no window box can depend on them.
+            tracks = (greedy_iou_tracks(person_boxes) if track_by == "iou"
+                      else [np.zeros(len(b), dtype=np.int64) for b in person_boxes])  # placeholders until poses
+            box_window = box_window if track_by == "iou" else 1
         else:
             tracks = [np.asarray(t, dtype=np.int64).reshape(-1) for t in track_ids]
             if [len(t) for t in tracks] != [len(b) for b in person_boxes]:
@@ -269,8 +305,11 @@ class VideoPosePredictor:
             scores = confidence.cpu().numpy().astype(np.float32)
         counts = [len(b) for b in person_boxes]
         splits = np.cumsum(counts)[:-1]
+        per_frame = np.split(keypoints, splits)
+        if track_ids is None and track_by == "oks":
+            tracks = greedy_oks_tracks(per_frame, person_boxes, self.metainfo.sigmas)
         return VideoPoseOutput(
-            keypoints=np.split(keypoints, splits), scores=np.split(scores, splits), track_ids=tracks,
+            keypoints=per_frame, scores=np.split(scores, splits), track_ids=tracks,
             boxes=person_boxes, box_scores=person_scores, backbone_crops=len(crops) * (2 if flip_test else 1),
             metainfo=self.metainfo,
         )
