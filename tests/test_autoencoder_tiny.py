@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.backbones import MissingWeightsError
-from zoo.backbones.autoencoder_tiny import TinyAutoencoderRoute, load_tiny_autoencoder
+from zoo.backbones import MissingWeightsError, StableDiffusionBackbone
+from zoo.backbones.autoencoder_tiny import TinyAutoencoderRoute
 from zoo.models.autoencoder_tiny import tiny_taesd
 from zoo.registry import REPO_ROOT
 
@@ -31,7 +31,7 @@ def test_routes_send_decode_or_both_through_the_tiny_autoencoder(tiny_backbone, 
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     latents = tiny_backbone.encode(images)  # [2, 4, 4, 4]
     full_decoded = tiny_backbone.decode(latents)
-    tiny = load_tiny_autoencoder(taesd_folder)
+    tiny = StableDiffusionBackbone.load_tiny_autoencoder(taesd_folder)
     with torch.no_grad():
         tiny_latents, tiny_decoded = tiny.encode(images).latents, tiny.decode(latents).sample
 
@@ -101,7 +101,7 @@ def test_shipped_tiny_taesd_is_small_and_follows_the_tiny_vae(tiny_backbone) -> 
     images = torch.stack([scene["image"] for scene in scenes]) * 2 - 1  # [4, 3, 64, 64], never trained on
     latents = tiny_backbone.encode(images)
     decoded = tiny_backbone.decode(latents)
-    tiny = load_tiny_autoencoder(SHIPPED)
+    tiny = StableDiffusionBackbone.load_tiny_autoencoder(SHIPPED)
     assert tiny.dtype == torch.float32  # stored in fp16, loaded in the VAE's dtype
     with torch.no_grad():
         encoder_error = (tiny.encode(images).latents - latents).pow(2).mean() / latents.var()

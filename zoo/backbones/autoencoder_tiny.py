@@ -8,7 +8,6 @@ backbone divides by the VAE's scaling factor before decoding and multiplies by i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,37 +17,9 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.models.autoencoders.vae import DecoderOutput
 from torch import nn
 
-from zoo.backbones.stable_diffusion import MissingWeightsError, _looks_local, resolve_source
-
 VaeMode = Literal["full", "tiny-decode", "tiny"]
 VAE_MODES: tuple[str, ...] = ("full", "tiny-decode", "tiny")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def _missing_tiny_message(source: str, detail: str) -> str:
-    return (
-        f"AutoencoderTiny weights {source!r} are not available here ({detail}).\n"
-        "Download them once, e.g. `huggingface-cli download madebyollin/taesd --local-dir checkpoints/taesd` "
-        "(TAESD for SD 1.x/2.x latents), then pass the folder `checkpoints/taesd` (config.json and "
-        "diffusion_pytorch_model.safetensors); the tiny backbone's is checkpoints/tiny/taesd."
-    )
-
-
-def load_tiny_autoencoder(
-    source: str | os.PathLike, torch_dtype: torch.dtype | None = None
-) -> AutoencoderTiny:
-    """An AutoencoderTiny from a local TAESD-format folder or hub id, in `torch_dtype` (safetensors only)."""
-    source = resolve_source(str(source))
-    if not Path(source).is_dir() and _looks_local(source):
-        raise MissingWeightsError(_missing_tiny_message(source, "no such folder"))
-    local_only = Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") == "1"
-    try:
-        tiny = AutoencoderTiny.from_pretrained(
-            source, torch_dtype=torch_dtype, use_safetensors=True, local_files_only=local_only
-        )
-    except OSError as error:
-        raise MissingWeightsError(_missing_tiny_message(source, str(error).splitlines()[0])) from error
-    return tiny.requires_grad_(False).eval()
 
 
 def taesd_from_config(**overrides: Any) -> AutoencoderTiny:
@@ -130,19 +101,18 @@ class TinyAutoencoderRoute(nn.Module):
         return DecoderOutput(sample=self.tiny.decode(latents * self.scaling_factor).sample)
 
 
-def route_vae(vae: nn.Module, source: str | os.PathLike | AutoencoderTiny | None, mode: VaeMode) -> nn.Module:
-    """The module to use as the backbone's VAE for `mode`: the full VAE or a route through AutoencoderTiny."""
+def route_vae(vae: nn.Module, tiny: AutoencoderTiny | None, mode: VaeMode) -> nn.Module:
+    """The module to use as the backbone's VAE for `mode`: the full VAE or a route through `tiny`."""
     if mode not in VAE_MODES:
         raise ValueError(f"vae must be one of {VAE_MODES}; got {mode!r}")
     full = vae.full if isinstance(vae, TinyAutoencoderRoute) else vae
     if mode == "full":
         return full
-    if source is None:
+    if tiny is None:
         raise ValueError(
             f"vae={mode!r} needs tiny_autoencoder: a TAESD-format folder (e.g. checkpoints/taesd "
             "from madebyollin/taesd, or checkpoints/tiny/taesd for the tiny backbone)"
         )
-    tiny = source if isinstance(source, AutoencoderTiny) else load_tiny_autoencoder(source, full.dtype)
     return TinyAutoencoderRoute(full, tiny, mode)
 
 
@@ -150,7 +120,6 @@ __all__ = [
     "VAE_MODES",
     "PointPosterior",
     "TinyAutoencoderRoute",
-    "load_tiny_autoencoder",
     "route_vae",
     "taesd_from_config",
 ]

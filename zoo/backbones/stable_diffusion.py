@@ -455,15 +455,44 @@ class StableDiffusionBackbone(nn.Module):
     def use_tiny_autoencoder(
         self, source: str | os.PathLike | nn.Module | None, mode: str = "tiny-decode"
     ) -> StableDiffusionBackbone:
-        """Route decode ("tiny-decode") or encode and decode ("tiny") through AutoencoderTiny; "full" undoes it.
+        """Route decode ("tiny-decode") or encode and decode ("tiny") through AutoencoderTiny; "full" undoes.
 
         `source`: a TAESD-format folder or hub id (e.g. madebyollin/taesd), or an AutoencoderTiny.
         """
-        # Imported here: the tiny-autoencoder module builds on this one (MissingWeightsError, resolve_source).
+        # Imported here: the route is a module of its own beside this one and needs nothing from it.
         from zoo.backbones.autoencoder_tiny import route_vae
 
+        if isinstance(source, (str, os.PathLike)) and mode in ("tiny-decode", "tiny"):
+            source = self.load_tiny_autoencoder(source, self.vae.dtype)
         self.vae = route_vae(self.vae, source, mode)
         return self
+
+    @staticmethod
+    def load_tiny_autoencoder(source: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> nn.Module:
+        """A frozen AutoencoderTiny from a TAESD-format folder or hub id (safetensors only)."""
+        from diffusers import AutoencoderTiny
+
+        source = resolve_source(str(source))
+
+        def missing(detail: str) -> MissingWeightsError:
+            return MissingWeightsError(
+                f"AutoencoderTiny weights {source!r} are not available here ({detail}).\n"
+                "Download them once, e.g. `huggingface-cli download madebyollin/taesd --local-dir "
+                "checkpoints/taesd` (TAESD for SD 1.x/2.x latents), then pass the folder `checkpoints/taesd` "
+                "(config.json and diffusion_pytorch_model.safetensors); the tiny backbone's is "
+                "checkpoints/tiny/taesd."
+            )
+
+        if not Path(source).is_dir() and _looks_local(source):
+            raise missing("no such folder")
+        local_only = Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") == "1"
+        try:
+            tiny = AutoencoderTiny.from_pretrained(
+                source, torch_dtype=torch_dtype, use_safetensors=True, local_files_only=local_only
+            )
+        except OSError as error:
+            raise missing(str(error).splitlines()[0]) from error
+        return tiny.requires_grad_(False).eval()
 
 
 def _contiguous_on_cpu(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 
 import torch
 
@@ -33,18 +34,23 @@ def _marigold_pipeline(backbone: StableDiffusionBackbone):
     return pipeline
 
 
-def training_step_peak_kib(gradient_checkpointing: bool, size: int, batch: int, scale: str = "tiny",
-                           in_process: bool = False) -> int:
+def training_step_peak_kib(
+    gradient_checkpointing: bool,
+    size: int,
+    batch: int,
+    build: Callable[[], StableDiffusionBackbone] = load_tiny_backbone,
+    in_process: bool = False,
+) -> int:
     """Peak resident memory growth (KiB) of one Lotus-D training step, run in a fresh process.
 
-    scale: "tiny" (the committed tiny backbone), "sd2" (SD2-base from its configs, random weights) or "dry"
-    (the SD2 layout at a tiny width). `in_process` runs it here instead (dry runs: no process start-up).
+    `build` makes the backbone there (a module-level function or partial, so it pickles): the committed tiny
+    backbone by default. `in_process` runs it here instead (dry runs: no process start-up).
     """
     if in_process:
-        return _measure_training_step(gradient_checkpointing, size, batch, scale)
+        return _measure_training_step(gradient_checkpointing, size, batch, build)
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_measure_training_step, (gradient_checkpointing, size, batch, scale))
+        return pool.apply(_measure_training_step, (gradient_checkpointing, size, batch, build))
 
 
 def _status_kib(field: str) -> int:
@@ -55,14 +61,11 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _measure_training_step(gradient_checkpointing: bool, size: int, batch: int, scale: str = "tiny") -> int:
+def _measure_training_step(
+    gradient_checkpointing: bool, size: int, batch: int, build: Callable[[], StableDiffusionBackbone]
+) -> int:
     torch.set_num_threads(1)
-    if scale == "tiny":
-        backbone = load_tiny_backbone()
-    else:
-        from zoo.benchmarks.sd2 import sd2_backbone
-
-        backbone = sd2_backbone(dry_run=scale == "dry")
+    backbone = build()
     backbone.configure(gradient_checkpointing=gradient_checkpointing).train()
     from zoo.models.lotus.model import Lotus
 

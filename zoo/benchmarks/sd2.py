@@ -9,6 +9,7 @@ from rotting.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -240,7 +241,7 @@ def _run(
     # First, while this process holds no model: each step runs in a fresh process with its own SD2 UNet.
     memory = {
         flag: training_step_peak_kib(
-            flag, train_resolution, train_batch, scale="dry" if dry_run else "sd2", in_process=dry_run
+            flag, train_resolution, train_batch, functools.partial(sd2_backbone, dry_run), in_process=dry_run
         )
         for flag in (False, True)
     }
