@@ -3,7 +3,8 @@
 TAESD works directly in SD's *scaled* latent space (latents * scaling_factor) and is deterministic. The
 backbone divides by the VAE's scaling factor before decoding and multiplies by it after encoding;
 `TinyAutoencoderRoute` keeps the VAE's interface and undoes both scalings, so
-`StableDiffusionBackbone.encode/decode` route through it unchanged.
+`StableDiffusionBackbone.encode/decode` route through it unchanged. Folders are loaded by
+`StableDiffusionBackbone.load_tiny_autoencoder` (its MissingWeightsError); this module needs nothing from it.
 """
 
 from __future__ import annotations
