@@ -13,7 +13,8 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))
 import benchmark  # noqa: E402
 
 
-@pytest.mark.parametrize("mode", ["lotus", "pose", "cocood", "diffpose", "mustafar"])
+# diffpose: its dry run (half a minute) is tests/test_diffpose.py::test_video_folder_and_benchmark_dry_run.
+@pytest.mark.parametrize("mode", ["lotus", "pose", "cocood", "mustafar"])
 def test_tiny_benchmark_modes_dry_run(mode: str, realdata: Path, capsys: pytest.CaptureFixture) -> None:
     benchmark.main([mode, "--dry-run", "--coco-ann", str(realdata / "coco" / "test_coco.json"),
                     "--coco-images", str(realdata / "coco")])
