@@ -151,7 +151,9 @@ MODELS = (
         "checkpoint": "checkpoints/tiny/diffpose",
         "description": "Tiny DiffPose (PoseTrack 17 slots, 3 frames) on the tiny backbone, synthetic moving figures",
         "measured_metrics": ("mAP", "mAP_T1", "mAP_s1_e1", "mAP_s1_e4", "mAP_s2_e1", "mAP_s2_e4", "mAP_s4_e1",
-                             "mAP_s4_e4"),
+                             "mAP_s4_e4", "persons_per_s_T1", "persons_per_s_s1_e1", "persons_per_s_s1_e4",
+                             "persons_per_s_s2_e1", "persons_per_s_s2_e4", "persons_per_s_s4_e1",
+                             "persons_per_s_s4_e4"),
     },
 )
 
