@@ -100,7 +100,7 @@ def test_written_dataset_is_byte_identical_and_loads(tmp_path: Path) -> None:
             for a in coco.loadAnns(coco.getAnnIds())
         ]
         evaluator = COCOeval(coco, coco.loadRes(results), "keypoints")
-        evaluator.compute()
+        evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     assert evaluator.stats[0] == pytest.approx(1.0)
