@@ -292,3 +292,26 @@ def test_zoo_load_gives_the_tiny_feature_extractor():
     tokens = features([_images(1)[0]], ["how many spheres are there?"])
     assert tokens.shape == (1, 4, 64) and features.extractor.guidance_scale == 4.0
     assert torch.equal(tokens, features([_images(1)[0]], ["how many spheres are there?"]))  # seeded noise
+
+
+def test_stage2_starts_from_a_lightning_checkpoint_of_stage1(tiny_backbone_dir, tmp_path):
+    from zoo.models.mustafar.module import MustafarModule
+
+    settings = {
+        "backbone": str(tiny_backbone_dir),
+        "llm": LLM,
+        "tokenizer": TOKENIZER,
+        "fusion": "sd",
+        "image_size": (64, 64),
+    }
+    torch.manual_seed(0)
+    stage1 = MustafarModule(**settings, template="plain", sd_prompt="none", train_llm=False).eval()
+    torch.save({"state_dict": stage1.state_dict()}, tmp_path / "last.ckpt")
+    torch.manual_seed(1)  # a different random init, overwritten by the checkpoint
+    stage2 = MustafarModule(**settings, init_from=str(tmp_path / "last.ckpt")).eval()
+    questions = ["how many spheres are there?"]
+    inputs = stage2.processor(questions)
+    logits = [
+        m.model(**inputs, pixel_values=_images(1), encoder_prompts=questions).logits for m in (stage1, stage2)
+    ]
+    torch.testing.assert_close(logits[1], logits[0], atol=0, rtol=0)
