@@ -51,10 +51,11 @@ def tiny_backbone(tiny_backbone_dir: Path):
 
 @pytest.fixture(scope="session")
 def mmpose_topdown_affine():
-    """mmpose's TopdownAffine(use_udp=True) factory, loaded from its file (`mmpose.datasets` needs xtcocotools).
+    """mmpose's TopdownAffine(use_udp=True) factory, loaded from its file
+    (`mmpose.datasets` needs xtcocotools).
 
-    Loaded once per process: mmpose's registry refuses a second registration of TopdownAffine, so a module that
-    another test already imported (through `mmpose.datasets`) is reused.
+    Loaded once per process: mmpose's registry refuses a second registration of TopdownAffine, so a module
+    that another test already imported (through `mmpose.datasets`) is reused.
     """
     import importlib.util
     import sys

@@ -1,7 +1,8 @@
 """Annotator and tools/annotate.py on real COCO / HumanArt images and a folder of broken and odd files.
 
-Checks: valid COCO results (pycocotools loadRes), every bad file in failures.json with its reason, odd but valid
-images annotated, byte-identical outputs after a SIGKILL and restart, and no recomputation of finished images.
+Checks: valid COCO results (pycocotools loadRes), every bad file in failures.json with its reason, odd but
+valid images annotated, byte-identical outputs after a SIGKILL and restart, and no recomputation of finished
+images.
 """
 
 from __future__ import annotations
@@ -59,8 +60,14 @@ def assert_same_tree(actual: Path, expected: Path) -> None:
 def run_tool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """tools/annotate.py in a fresh interpreter (single-threaded, offline)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(TOOL), *args, "--no-progress"], capture_output=True, text=True,
-                          env=env, cwd=REPO_ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(TOOL), *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
 
 
 def computed(stdout: str) -> int:
@@ -79,7 +86,8 @@ def png_with_header_size(path: Path, width: int, height: int) -> None:
 
 
 def make_inputs(root: Path, realdata: Path) -> Path:
-    """Real HumanArt photos, broken files and odd-but-valid images (gray, RGBA, 16-bit, EXIF-rotated, tiny)."""
+    """Real HumanArt photos, broken files and odd-but-valid images (gray, RGBA, 16-bit, EXIF-rotated, tiny).
+    """
     for image in sorted((realdata / "humanart").rglob("*.jpg")):
         target = root / "humanart" / image.relative_to(realdata / "humanart")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,19 +120,28 @@ def load_results(gt_file: Path, results_file: Path):
         return COCO(str(gt_file)).loadRes(str(results_file))
 
 
-# ---------------------------------------------------------------------------------------------------- fixtures
+# ----------------------------------------------------------------------------------------------------
+# fixtures
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path) -> dict[str, Path]:
-    """Exported tiny pose and depth models (untrained weights: plumbing, not accuracy), loadable by zoo.load."""
+    """Exported tiny pose and depth models (untrained weights: plumbing, not accuracy), loadable by zoo.load.
+    """
     from zoo.models.lotus import LotusModule
     from zoo.models.sdpose import SDPoseModule
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    SDPoseModule(backbone=str(tiny_backbone_dir), input_size=(96, 128), heatmap_size=(24, 32), sigma=1.5,
-                 blur_kernel_size=7).export_pretrained(root / "pose")
-    LotusModule(backbone=str(tiny_backbone_dir), mode="d", task="depth").export_pretrained(str(root / "depth"))
+    SDPoseModule(
+        backbone=str(tiny_backbone_dir),
+        input_size=(96, 128),
+        heatmap_size=(24, 32),
+        sigma=1.5,
+        blur_kernel_size=7,
+    ).export_pretrained(root / "pose")
+    LotusModule(backbone=str(tiny_backbone_dir), mode="d", task="depth").export_pretrained(
+        str(root / "depth")
+    )
     return {"pose": root / "pose", "depth": root / "depth"}
 
 
@@ -144,21 +161,25 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, realdata: Path) -> Path:
 def reference(tmp_path_factory: pytest.TempPathFactory, predictors: dict, inputs: Path) -> Path:
     """One uninterrupted in-process run over the mixed folder, batch size 2."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    Annotator(predictors, out, batch_size=2, processing_resolution=RESOLUTION, controlnet=True,
-              progress=False).run(inputs)
+    Annotator(
+        predictors, out, batch_size=2, processing_resolution=RESOLUTION, controlnet=True, progress=False
+    ).run(inputs)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------- tests
 def test_real_coco_list(tmp_path: Path, predictors: dict, realdata: Path):
     coco_file = realdata / "coco" / "test_coco.json"
-    summary = Annotator(predictors, tmp_path, batch_size=3, processing_resolution=RESOLUTION, num_workers=1,
-                        progress=False).run(coco_file)
+    summary = Annotator(
+        predictors, tmp_path, batch_size=3, processing_resolution=RESOLUTION, num_workers=1, progress=False
+    ).run(coco_file)
     gt = json.loads(coco_file.read_text())
     assert (summary.images, summary.annotated, summary.failed) == (4, 4, 0)
     detections = load_results(coco_file, tmp_path / "pose" / "results.json")
     # One whole-image person per image, under the COCO file's own ids.
-    assert sorted(ann["image_id"] for ann in detections.dataset["annotations"]) == sorted(i["id"] for i in gt["images"])
+    assert sorted(ann["image_id"] for ann in detections.dataset["annotations"]) == sorted(
+        i["id"] for i in gt["images"]
+    )
     for ann in detections.dataset["annotations"]:
         assert len(ann["keypoints"]) == 17 * 3 and ann["category_id"] == 1
     for image in gt["images"]:
@@ -166,7 +187,9 @@ def test_real_coco_list(tmp_path: Path, predictors: dict, realdata: Path):
         depth = np.asarray(Image.open(tmp_path / "depth" / f"{stem}.png"))
         assert depth.dtype == np.uint16 and depth.shape == (image["height"], image["width"])
         assert np.load(tmp_path / "depth" / f"{stem}.npy").shape == (image["height"], image["width"], 1)
-        assert (tmp_path / "depth" / f"{stem}_vis.png").is_file() and (tmp_path / "pose" / f"{stem}_vis.png").is_file()
+        assert (tmp_path / "depth" / f"{stem}_vis.png").is_file() and (
+            tmp_path / "pose" / f"{stem}_vis.png"
+        ).is_file()
     assert json.loads((tmp_path / "failures.json").read_text()) == []
 
 
@@ -200,18 +223,36 @@ def test_controlnet_files_match_export_tool(reference: Path, tmp_path: Path):
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     import export_controlnet
 
-    assert export_controlnet.main(["--annotations", str(reference / "pose" / "annotations.json"),
-                                   "--results", str(reference / "pose" / "results.json"), "--out", str(tmp_path)]) == 0
+    assert (
+        export_controlnet.main(
+            [
+                "--annotations",
+                str(reference / "pose" / "annotations.json"),
+                "--results",
+                str(reference / "pose" / "results.json"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert_same_tree(reference / "pose" / "controlnet", tmp_path)
 
 
 def test_detection_file_boxes(tmp_path: Path, predictors: dict, realdata: Path):
-    """--boxes det-file: one person per detection, in the detection's box, scored by box x keypoint confidence."""
+    """--boxes det-file: one person per detection, in the detection's box, scored by box x keypoint
+    confidence."""
     detections = json.loads((realdata / "coco" / "test_coco_det_AP_H_56.json").read_text())
     kept = [d for d in detections if d["score"] > 0.3][::3]  # a few boxes keep the test fast
     (tmp_path / "dets.json").write_text(json.dumps(kept))
-    Annotator({"pose": predictors["pose"]}, tmp_path / "out", det_file=tmp_path / "dets.json", flip_test=True,
-              visualize=False, progress=False).run(realdata / "coco" / "test_coco.json")
+    Annotator(
+        {"pose": predictors["pose"]},
+        tmp_path / "out",
+        det_file=tmp_path / "dets.json",
+        flip_test=True,
+        visualize=False,
+        progress=False,
+    ).run(realdata / "coco" / "test_coco.json")
     results = json.loads((tmp_path / "out" / "pose" / "results.json").read_text())
     assert len(results) == len(kept) >= 6
     expected = sorted((d["image_id"], d["bbox"]) for d in kept)
@@ -232,12 +273,18 @@ def test_box_source_checked_up_front(tmp_path: Path, predictors: dict):
 
 
 def test_coco_list_with_escaping_and_missing_names(tmp_path: Path, predictors: dict, realdata: Path):
-    coco = {"images": [{"id": 7, "file_name": "000000000785.jpg"}, {"id": 8, "file_name": "../secret.jpg"},
-                       {"id": 9, "file_name": "missing.jpg"}]}
+    coco = {
+        "images": [
+            {"id": 7, "file_name": "000000000785.jpg"},
+            {"id": 8, "file_name": "../secret.jpg"},
+            {"id": 9, "file_name": "missing.jpg"},
+        ]
+    }
     (tmp_path / "list.json").write_text(json.dumps(coco))
     out = tmp_path / "out"
     Annotator({"depth": predictors["depth"]}, out, processing_resolution=RESOLUTION, progress=False).run(
-        tmp_path / "list.json", image_root=realdata / "coco")
+        tmp_path / "list.json", image_root=realdata / "coco"
+    )
     failures = {f["file"]: f["reason"] for f in json.loads((out / "failures.json").read_text())}
     assert sorted(failures) == ["../secret.jpg", "missing.jpg"]
     assert "escapes" in failures["../secret.jpg"] and "no such file" in failures["missing.jpg"]
@@ -245,14 +292,19 @@ def test_coco_list_with_escaping_and_missing_names(tmp_path: Path, predictors: d
 
 
 def test_resume_skips_finished_batches(tmp_path: Path, predictors: dict, inputs: Path, reference: Path):
-    # A run killed part-way: merged files not yet written, two batches without records (one of them half done),
-    # a half-written temp file left behind.
+    # A run killed part-way: merged files not yet written, two batches without records
+    # (one of them half done), a half-written temp file left behind.
     partial = tmp_path / "partial"
     shutil.copytree(reference, partial)
-    annotator = Annotator(predictors, partial, batch_size=2, processing_resolution=RESOLUTION, controlnet=True,
-                          progress=False)
+    annotator = Annotator(
+        predictors, partial, batch_size=2, processing_resolution=RESOLUTION, controlnet=True, progress=False
+    )
     batches = annotator.batches(annotator.list_inputs(inputs))
-    for path in (partial / "failures.json", partial / "pose" / "results.json", partial / "pose" / "annotations.json"):
+    for path in (
+        partial / "failures.json",
+        partial / "pose" / "results.json",
+        partial / "pose" / "annotations.json",
+    ):
         path.unlink()
     for item in batches[2] + batches[-1][:1]:
         for key in predictors:
@@ -260,7 +312,9 @@ def test_resume_skips_finished_batches(tmp_path: Path, predictors: dict, inputs:
     victim = partial / "depth" / "humanart" / "real_human" / "acrobatics" / "000000000590.jpg.png"
     (victim.parent / f".{victim.name}.abcd1234.tmp").write_bytes(b"half")
     kept = {p: p.stat().st_ino for p in (partial / STATE_DIR).rglob("*.json")}
-    expected = sum(len([i for i in b if not i.file_name.startswith("broken/")]) for b in (batches[2], batches[-1]))
+    expected = sum(
+        len([i for i in b if not i.file_name.startswith("broken/")]) for b in (batches[2], batches[-1])
+    )
     assert expected == 4
     summary = annotator.run(inputs)
     assert summary.computed == expected * len(predictors)
@@ -271,11 +325,16 @@ def test_resume_skips_finished_batches(tmp_path: Path, predictors: dict, inputs:
 
 def test_changed_settings_need_no_resume(tmp_path: Path, predictors: dict, realdata: Path):
     folder = realdata / "humanart"
-    Annotator({"depth": predictors["depth"]}, tmp_path, processing_resolution=RESOLUTION, progress=False).run(folder)
+    Annotator({"depth": predictors["depth"]}, tmp_path, processing_resolution=RESOLUTION, progress=False).run(
+        folder
+    )
     with pytest.raises(AnnotationError, match="other settings"):
-        Annotator({"depth": predictors["depth"]}, tmp_path, processing_resolution=32, progress=False).run(folder)
-    summary = Annotator({"depth": predictors["depth"]}, tmp_path, processing_resolution=32, resume=False,
-                        progress=False).run(folder)
+        Annotator({"depth": predictors["depth"]}, tmp_path, processing_resolution=32, progress=False).run(
+            folder
+        )
+    summary = Annotator(
+        {"depth": predictors["depth"]}, tmp_path, processing_resolution=32, resume=False, progress=False
+    ).run(folder)
     assert summary.computed == 3
 
 
@@ -288,24 +347,37 @@ class PickyLotus(LotusPredictor):
         return super().__call__(images, **kwargs)
 
 
-def test_model_refusal_is_one_failure(tmp_path: Path, predictors: dict, tiny_backbone_dir: Path, inputs: Path):
+def test_model_refusal_is_one_failure(
+    tmp_path: Path, predictors: dict, tiny_backbone_dir: Path, inputs: Path
+):
     from zoo.backbones import StableDiffusionBackbone
 
     picky = PickyLotus(StableDiffusionBackbone.from_pretrained(tiny_backbone_dir), "d", "depth")
-    Annotator({"pose": predictors["pose"], "picky": picky}, tmp_path, batch_size=8, processing_resolution=RESOLUTION,
-              visualize=False, progress=False).run(inputs)
+    Annotator(
+        {"pose": predictors["pose"], "picky": picky},
+        tmp_path,
+        batch_size=8,
+        processing_resolution=RESOLUTION,
+        visualize=False,
+        progress=False,
+    ).run(inputs)
     failures = {f["file"]: f for f in json.loads((tmp_path / "failures.json").read_text())}
     refused = {"odd/depth16.png", "odd/gray.png", "odd/rgba.png"}  # 60x40; the EXIF-rotated one is 40x60
     assert sorted(failures) == sorted([*BROKEN, *refused])
     for name in refused:
-        assert failures[name] == {"file": name, "models": ["picky"], "reason": "cannot process 60-pixel-wide images"}
+        assert failures[name] == {
+            "file": name,
+            "models": ["picky"],
+            "reason": "cannot process 60-pixel-wide images",
+        }
     # Their batch-mates were still annotated one by one.
     for stem in ("exif_rotated.jpg", "tiny.png"):
         assert (tmp_path / "picky" / "odd" / f"{stem}.png").is_file()
 
 
-def test_tool_killed_input_changed_and_restarted_is_byte_identical(tmp_path: Path, predictors: dict, model_dirs: dict,
-                                                     realdata: Path, capsys: pytest.CaptureFixture):
+def test_tool_killed_input_changed_and_restarted_is_byte_identical(
+    tmp_path: Path, predictors: dict, model_dirs: dict, realdata: Path, capsys: pytest.CaptureFixture
+):
     # Enough small images for the kill to land mid-run.
     folder = tmp_path / "images"
     folder.mkdir()
@@ -313,12 +385,27 @@ def test_tool_killed_input_changed_and_restarted_is_byte_identical(tmp_path: Pat
     for index in range(16):
         image = Image.open(sources[index % len(sources)]).convert("RGB")
         image.resize((96 + 8 * index, 72 + 4 * index)).save(folder / f"img{index:02d}.png")
-    args = ["--input", str(folder), "--models", str(model_dirs["pose"]), str(model_dirs["depth"]),
-            "--batch-size", "2", "--processing-resolution", str(RESOLUTION), "--controlnet"]
+    args = [
+        "--input",
+        str(folder),
+        "--models",
+        str(model_dirs["pose"]),
+        str(model_dirs["depth"]),
+        "--batch-size",
+        "2",
+        "--processing-resolution",
+        str(RESOLUTION),
+        "--controlnet",
+    ]
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen([sys.executable, str(TOOL), *args, "--out", str(out), "--no-progress"], env=env,
-                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(TOOL), *args, "--out", str(out), "--no-progress"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     records = out / STATE_DIR / "depth" / "records"
     deadline = time.monotonic() + 90
     while len(list(records.rglob("*.json"))) < 3 and time.monotonic() < deadline:
@@ -352,7 +439,8 @@ def test_tool_killed_input_changed_and_restarted_is_byte_identical(tmp_path: Pat
     assert computed(capsys.readouterr().out) == sum(len(batch) for batch in todo) < 16 * len(predictors)
 
     expected = tmp_path / "uninterrupted"
-    Annotator(predictors, expected, batch_size=2, processing_resolution=RESOLUTION, controlnet=True,
-              progress=False).run(folder)
+    Annotator(
+        predictors, expected, batch_size=2, processing_resolution=RESOLUTION, controlnet=True, progress=False
+    ).run(folder)
     assert_same_tree(out, expected)  # the changed image's outputs (and its batch-mate's) are the new ones
     assert np.load(out / "depth" / f"{changed.stem}.npy").shape == (120, 80, 1)

@@ -1,4 +1,5 @@
-"""Scale-out annotation: tools/annotate.py with 2 CPU processes (Lightning DDP, gloo) equals a single process."""
+"""Scale-out annotation: tools/annotate.py with 2 CPU processes (Lightning DDP, gloo) equals a single process.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ def test_shard_sampler_covers_each_index_once(length: int, world: int):
     assert [len(ShardSampler(length, world, rank)) for rank in range(world)] == [len(s) for s in shards]
 
 
-def test_two_process_ddp_equals_one_process(tmp_path: Path, predictors: dict, model_dirs: dict,  # noqa: F811
-                                            realdata: Path):
+def test_two_process_ddp_equals_one_process(
+    tmp_path: Path,
+    predictors: dict,  # noqa: F811
+    model_dirs: dict,  # noqa: F811
+    realdata: Path,
+):
     # Five images in batches of two: rank 0 gets two batches, rank 1 one; one file is broken.
     folder = tmp_path / "images"
     for image in sorted((realdata / "humanart").rglob("*.jpg")):
@@ -30,14 +35,31 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, predictors: dict, mo
         shutil.copy(image, target)
     (folder / "broken.jpg").write_text("not an image")
     Image.open(realdata / "coco" / "000000000785.jpg").convert("L").resize((64, 48)).save(folder / "gray.png")
-    args = ["--input", str(folder), "--models", str(model_dirs["pose"]), str(model_dirs["depth"]),
-            "--batch-size", "2", "--processing-resolution", str(RESOLUTION), "--controlnet"]
+    args = [
+        "--input",
+        str(folder),
+        "--models",
+        str(model_dirs["pose"]),
+        str(model_dirs["depth"]),
+        "--batch-size",
+        "2",
+        "--processing-resolution",
+        str(RESOLUTION),
+        "--controlnet",
+    ]
 
-    result = run_tool(*args, "--out", str(tmp_path / "ddp"), "--devices", "2", "--strategy", "ddp",
-                      "--accelerator", "cpu")
+    result = run_tool(
+        *args, "--out", str(tmp_path / "ddp"), "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert computed(result.stdout) == 4 * 2  # summed over both ranks: 4 readable images x 2 models
 
-    Annotator(predictors, tmp_path / "single", batch_size=2, processing_resolution=RESOLUTION, controlnet=True,
-              progress=False).run(folder)
+    Annotator(
+        predictors,
+        tmp_path / "single",
+        batch_size=2,
+        processing_resolution=RESOLUTION,
+        controlnet=True,
+        progress=False,
+    ).run(folder)
     assert_same_tree(tmp_path / "ddp", tmp_path / "single")

@@ -43,7 +43,9 @@ def test_empty_prompt_is_bos_eos_only(tiny_backbone):
     # Recomputing through the text stack gives the cached value (do_not_pad: BOS + EOS).
     from zoo.backbones.stable_diffusion import encode_prompts
 
-    torch.testing.assert_close(encode_prompts(tiny_backbone.text_encoder, tiny_backbone.tokenizer, [""], pad=False), embeds)
+    torch.testing.assert_close(
+        encode_prompts(tiny_backbone.text_encoder, tiny_backbone.tokenizer, [""], pad=False), embeds
+    )
     assert tiny_backbone.prompt_embeds(3).shape == (3, 2, embeds.shape[-1])
 
 
@@ -86,7 +88,9 @@ def test_backbone_widening_updates_config(tiny_backbone):
     before = tiny_backbone.unet_forward(latent)
     tiny_backbone.set_unet_in_channels(8)
     assert tiny_backbone.unet.config.in_channels == 8
-    torch.testing.assert_close(tiny_backbone.unet_forward(torch.cat([latent, latent], 1)), before, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        tiny_backbone.unet_forward(torch.cat([latent, latent], 1)), before, atol=1e-5, rtol=1e-4
+    )
 
 
 def test_feature_taps_shapes(tiny_backbone):
@@ -171,16 +175,23 @@ def test_folder_without_empty_prompt_or_text_encoder_is_refused(tiny_backbone_di
 
 
 def _write_official_lotus_like_folder(source: StableDiffusionBackbone, folder: Path) -> None:
-    """Lay out a folder like jingheya/lotus-depth-g-*: unknown pipeline class, 8-channel UNet with projection."""
+    """Lay out a folder like jingheya/lotus-depth-g-*: unknown pipeline class, 8-channel UNet with projection.
+    """
     source.set_unet_in_channels(8)
     for name, module in (("vae", source.vae), ("unet", source.unet), ("text_encoder", source.text_encoder)):
         module.save_pretrained(folder / name, safe_serialization=True)
     source.tokenizer.save_pretrained(folder / "tokenizer")
     source.scheduler.save_pretrained(folder / "scheduler")
-    index = {"_class_name": "LotusGPipeline", "_diffusers_version": "0.28.0",
-             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-             "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None]}
+    index = {
+        "_class_name": "LotusGPipeline",
+        "_diffusers_version": "0.28.0",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+    }
     (folder / "model_index.json").write_text(json.dumps(index))
 
 
@@ -224,7 +235,9 @@ def test_channels_last_and_math_attention_give_the_same_outputs(tiny_backbone):
 
 
 def test_exports_can_reference_the_vae_of_their_base(tiny_backbone, tiny_backbone_dir, tmp_path):
-    tiny_backbone.save_pretrained(tmp_path / "model", include_text_encoder=False, vae_from=str(tiny_backbone_dir))
+    tiny_backbone.save_pretrained(
+        tmp_path / "model", include_text_encoder=False, vae_from=str(tiny_backbone_dir)
+    )
     assert not (tmp_path / "model" / "vae").exists()
     loaded = StableDiffusionBackbone.from_pretrained(tmp_path / "model")
     for name, tensor in tiny_backbone.vae.state_dict().items():

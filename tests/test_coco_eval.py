@@ -4,9 +4,10 @@ mmpose's metrics import xtcocotools, whose wheels do not load under numpy 2 (not
 comparison therefore registers a small stand-in `xtcocotools` package that forwards to pycocotools: `COCO` is
 pycocotools' class and `COCOeval(gt, dt, "keypoints", sigmas, use_area=True)` is pycocotools' COCOeval with
 `params.kpt_oks_sigmas = sigmas`. Everything else is mmpose's own code: CocoMetric's de-duplication, instance
-rescoring, OKS-NMS, results JSON and stats. For standard COCO keypoints pycocotools and xtcocotools compute the
-same stats given the same sigmas (ecosystem notes §3.1); the two xtcocotools-only rules (per-part GT ignore, dropping
-results without a positive keypoint score) are exercised by the whole-body tests, not by this comparison.
+rescoring, OKS-NMS, results JSON and stats. For standard COCO keypoints pycocotools and xtcocotools compute
+the same stats given the same sigmas (ecosystem notes §3.1); the two xtcocotools-only rules
+(per-part GT ignore, dropping results without a positive keypoint score) are exercised by the whole-body
+tests, not by this comparison.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def test_rejects_mismatched_metainfo(realdata):
 
 @pytest.fixture(scope="module")
 def mmpose_coco_metric():
-    """mmpose's CocoMetric class, importable through the pycocotools-backed `xtcocotools` stand-in (see module doc)."""
+    """mmpose's CocoMetric class, importable through the pycocotools-backed `xtcocotools` stand-in
+    (see module doc)."""
     pytest.importorskip("mmpose")
     stand_ins = {}
     try:

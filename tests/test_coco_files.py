@@ -28,16 +28,26 @@ from zoo.export.controlnet import ExportInputError, read_coco_poses
 from zoo.inference.pose import detection_boxes
 
 IMAGE = {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}
-PERSON = {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 30.0, 40.0], "area": 1200.0,
-          "iscrowd": 0, "num_keypoints": 1, "keypoints": [5, 6, 2] + [0] * 48}
+PERSON = {
+    "id": 10,
+    "image_id": 1,
+    "category_id": 1,
+    "bbox": [1.0, 2.0, 30.0, 40.0],
+    "area": 1200.0,
+    "iscrowd": 0,
+    "num_keypoints": 1,
+    "keypoints": [5, 6, 2] + [0] * 48,
+}
 DETECTION = {"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 30.0, 40.0], "score": 0.9}
 
 
 def coco(images: Any = None, annotations: Any = None, **extra: Any) -> dict[str, Any]:
     """A valid COCO dict with one image and one person, parts replaced by the arguments."""
-    data = {"images": [IMAGE] if images is None else images,
-            "annotations": [PERSON] if annotations is None else annotations,
-            "categories": [{"id": 1, "name": "person"}]}
+    data = {
+        "images": [IMAGE] if images is None else images,
+        "annotations": [PERSON] if annotations is None else annotations,
+        "categories": [{"id": 1, "name": "person"}],
+    }
     return {**data, **extra}
 
 
@@ -54,56 +64,113 @@ BAD_ANNOTATIONS: list[tuple[str, Any, str]] = [
     ("no-images", {"annotations": []}, r"not a COCO annotation file"),
     ("images-not-list", {"images": {"1": IMAGE}}, r"not a COCO annotation file"),
     ("image-not-object", coco(images=[7]), r"images\[0\]: must be an object"),
-    ("missing-id", coco(images=[{"file_name": "a.jpg", "width": 4, "height": 4}]),
-     r"images\[0\]: lacks 'id'"),
+    (
+        "missing-id",
+        coco(images=[{"file_name": "a.jpg", "width": 4, "height": 4}]),
+        r"images\[0\]: lacks 'id'",
+    ),
     ("missing-size", coco(images=[{"id": 1, "file_name": "a.jpg"}]), r"images\[0\]: lacks 'width', 'height'"),
     ("bool-id", coco(images=[{**IMAGE, "id": True}]), r"images\[0\]\['id'\]: .*integer; got True"),
     ("string-id", coco(images=[{**IMAGE, "id": "1"}]), r"images\[0\]\['id'\]: .*integer; got '1'"),
     ("float-id", coco(images=[{**IMAGE, "id": 1.5}]), r"images\[0\]\['id'\]: .*integer; got 1.5"),
     ("negative-id", coco(images=[{**IMAGE, "id": -3}]), r"images\[0\]\['id'\]: must be a non-negative"),
-    ("duplicate-id", coco(images=[IMAGE, {**IMAGE, "file_name": "b.jpg"}]),
-     r"images\[1\]\['id'\]: duplicate image id 1"),
-    ("empty-file-name", coco(images=[{**IMAGE, "file_name": ""}]),
-     r"images\[0\]\['file_name'\]: must be a non-empty"),
+    (
+        "duplicate-id",
+        coco(images=[IMAGE, {**IMAGE, "file_name": "b.jpg"}]),
+        r"images\[1\]\['id'\]: duplicate image id 1",
+    ),
+    (
+        "empty-file-name",
+        coco(images=[{**IMAGE, "file_name": ""}]),
+        r"images\[0\]\['file_name'\]: must be a non-empty",
+    ),
     ("number-file-name", coco(images=[{**IMAGE, "file_name": 12}]), r"images\[0\]\['file_name'\]"),
     ("absurd-width", coco(images=[{**IMAGE, "width": 200_000}]), r"images\[0\]\['width'\]: .*at most 65535"),
-    ("absurd-area", coco(images=[{**IMAGE, "width": 60_000, "height": 60_000}]),
-     r"images\[0\]: .*pixel limit"),
+    (
+        "absurd-area",
+        coco(images=[{**IMAGE, "width": 60_000, "height": 60_000}]),
+        r"images\[0\]: .*pixel limit",
+    ),
     ("zero-height", coco(images=[{**IMAGE, "height": 0}]), r"images\[0\]\['height'\]: must be a positive"),
     ("string-width", coco(images=[{**IMAGE, "width": "64"}]), r"images\[0\]\['width'\]: .*got '64'"),
     ("annotations-not-list", coco(annotations={}), r"'annotations' must be a list"),
     ("annotation-not-object", coco(annotations=["x"]), r"annotations\[0\]: must be an object"),
-    ("unknown-image", coco(annotations=[{**PERSON, "image_id": 99}]),
-     r"annotations\[0\]\['image_id'\]: image 99 is not in 'images'"),
+    (
+        "unknown-image",
+        coco(annotations=[{**PERSON, "image_id": 99}]),
+        r"annotations\[0\]\['image_id'\]: image 99 is not in 'images'",
+    ),
     ("bool-image-id", coco(annotations=[{**PERSON, "image_id": True}]), r"annotations\[0\]\['image_id'\]"),
-    ("duplicate-annotation-id", coco(annotations=[PERSON, PERSON]),
-     r"annotations\[1\]\['id'\]: duplicate annotation id 10"),
-    ("string-coordinate", coco(annotations=[{**PERSON, "keypoints": ["367"] + [0] * 50}]),
-     r"annotations\[0\]\['keypoints'\]: values must be numbers; got '367'"),
-    ("bool-coordinate", coco(annotations=[{**PERSON, "keypoints": [True] + [0] * 50}]),
-     r"annotations\[0\]\['keypoints'\]: values must be numbers; got True"),
-    ("nan-coordinate", coco(annotations=[{**PERSON, "keypoints": [float("nan")] + [0] * 50}]),
-     r"annotations\[0\]\['keypoints'\]: contains NaN"),
-    ("huge-coordinate", coco(annotations=[{**PERSON, "keypoints": [10**400] + [0] * 50}]),
-     r"annotations\[0\]\['keypoints'\]: contains NaN, infinite or out-of-range"),
-    ("nested-keypoints", coco(annotations=[{**PERSON, "keypoints": [[5, 6, 2]] + [0] * 50}]),
-     r"annotations\[0\]\['keypoints'\]: values must be numbers"),
-    ("keypoints-not-triplets", coco(annotations=[{**PERSON, "keypoints": [0] * 50}]),
-     r"annotations\[0\]\['keypoints'\]: has 50 values; expected a multiple of 3"),
-    ("face-not-list", coco(annotations=[{**PERSON, "face_kpts": 0}]),
-     r"annotations\[0\]\['face_kpts'\]: must be a list"),
-    ("short-bbox", coco(annotations=[{**PERSON, "bbox": [1, 2, 3]}]),
-     r"annotations\[0\]\['bbox'\]: has 3 values"),
-    ("negative-bbox", coco(annotations=[{**PERSON, "bbox": [1, 2, -3, 4]}]),
-     r"annotations\[0\]\['bbox'\]: width and height must not be negative"),
-    ("infinite-bbox", coco(annotations=[{**PERSON, "bbox": [1, 2, float("inf"), 4]}]),
-     r"\['bbox'\]: contains NaN"),
-    ("string-area", coco(annotations=[{**PERSON, "area": "12"}]),
-     r"annotations\[0\]\['area'\]: must be a finite"),
-    ("iscrowd-2", coco(annotations=[{**PERSON, "iscrowd": 2}]),
-     r"annotations\[0\]\['iscrowd'\]: must be 0 or 1"),
-    ("string-category", coco(annotations=[{**PERSON, "category_id": "1"}]),
-     r"annotations\[0\]\['category_id'\]"),
+    (
+        "duplicate-annotation-id",
+        coco(annotations=[PERSON, PERSON]),
+        r"annotations\[1\]\['id'\]: duplicate annotation id 10",
+    ),
+    (
+        "string-coordinate",
+        coco(annotations=[{**PERSON, "keypoints": ["367"] + [0] * 50}]),
+        r"annotations\[0\]\['keypoints'\]: values must be numbers; got '367'",
+    ),
+    (
+        "bool-coordinate",
+        coco(annotations=[{**PERSON, "keypoints": [True] + [0] * 50}]),
+        r"annotations\[0\]\['keypoints'\]: values must be numbers; got True",
+    ),
+    (
+        "nan-coordinate",
+        coco(annotations=[{**PERSON, "keypoints": [float("nan")] + [0] * 50}]),
+        r"annotations\[0\]\['keypoints'\]: contains NaN",
+    ),
+    (
+        "huge-coordinate",
+        coco(annotations=[{**PERSON, "keypoints": [10**400] + [0] * 50}]),
+        r"annotations\[0\]\['keypoints'\]: contains NaN, infinite or out-of-range",
+    ),
+    (
+        "nested-keypoints",
+        coco(annotations=[{**PERSON, "keypoints": [[5, 6, 2]] + [0] * 50}]),
+        r"annotations\[0\]\['keypoints'\]: values must be numbers",
+    ),
+    (
+        "keypoints-not-triplets",
+        coco(annotations=[{**PERSON, "keypoints": [0] * 50}]),
+        r"annotations\[0\]\['keypoints'\]: has 50 values; expected a multiple of 3",
+    ),
+    (
+        "face-not-list",
+        coco(annotations=[{**PERSON, "face_kpts": 0}]),
+        r"annotations\[0\]\['face_kpts'\]: must be a list",
+    ),
+    (
+        "short-bbox",
+        coco(annotations=[{**PERSON, "bbox": [1, 2, 3]}]),
+        r"annotations\[0\]\['bbox'\]: has 3 values",
+    ),
+    (
+        "negative-bbox",
+        coco(annotations=[{**PERSON, "bbox": [1, 2, -3, 4]}]),
+        r"annotations\[0\]\['bbox'\]: width and height must not be negative",
+    ),
+    (
+        "infinite-bbox",
+        coco(annotations=[{**PERSON, "bbox": [1, 2, float("inf"), 4]}]),
+        r"\['bbox'\]: contains NaN",
+    ),
+    (
+        "string-area",
+        coco(annotations=[{**PERSON, "area": "12"}]),
+        r"annotations\[0\]\['area'\]: must be a finite",
+    ),
+    (
+        "iscrowd-2",
+        coco(annotations=[{**PERSON, "iscrowd": 2}]),
+        r"annotations\[0\]\['iscrowd'\]: must be 0 or 1",
+    ),
+    (
+        "string-category",
+        coco(annotations=[{**PERSON, "category_id": "1"}]),
+        r"annotations\[0\]\['category_id'\]",
+    ),
 ]
 
 
@@ -119,7 +186,8 @@ def write(tmp_path: Path, name: str, content: Any) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("case", "content", "message"), BAD_ANNOTATIONS,
+    ("case", "content", "message"),
+    BAD_ANNOTATIONS,
     ids=[c[0] for c in BAD_ANNOTATIONS],
 )
 def test_bad_annotation_file_is_named(tmp_path: Path, case: str, content: Any, message: str) -> None:
@@ -134,27 +202,36 @@ def test_bad_annotation_file_is_named(tmp_path: Path, case: str, content: Any, m
 BAD_DETECTIONS: list[tuple[str, Any, str]] = [
     ("not-a-list", {"image_id": 1}, r"expected a COCO results list"),
     ("record-not-object", [DETECTION, 3], r"results\[1\]: must be an object"),
-    ("missing-score", [{k: v for k, v in DETECTION.items() if k != "score"}],
-     r"results\[0\]: lacks 'score'"),
-    ("missing-bbox", [DETECTION, {k: v for k, v in DETECTION.items() if k != "bbox"}],
-     r"results\[1\]: lacks 'bbox'"),
+    ("missing-score", [{k: v for k, v in DETECTION.items() if k != "score"}], r"results\[0\]: lacks 'score'"),
+    (
+        "missing-bbox",
+        [DETECTION, {k: v for k, v in DETECTION.items() if k != "bbox"}],
+        r"results\[1\]: lacks 'bbox'",
+    ),
     ("bool-image-id", [{**DETECTION, "image_id": False}], r"results\[0\]\['image_id'\]: .*got False"),
     ("string-image-id", [{**DETECTION, "image_id": "785"}], r"results\[0\]\['image_id'\]: .*got '785'"),
     ("nan-box", [{**DETECTION, "bbox": [float("nan"), 0, 1, 1]}], r"results\[0\]\['bbox'\]: contains NaN"),
-    ("string-box", [{**DETECTION, "bbox": ["367", 0, 1, 1]}],
-     r"results\[0\]\['bbox'\]: values must be numbers"),
-    ("five-values-box", [{**DETECTION, "bbox": [0, 0, 1, 1, 1]}],
-     r"results\[0\]\['bbox'\]: has 5 values; expected 4"),
-    ("infinite-score", [{**DETECTION, "score": float("inf")}],
-     r"results\[0\]\['score'\]: must be a finite number"),
+    (
+        "string-box",
+        [{**DETECTION, "bbox": ["367", 0, 1, 1]}],
+        r"results\[0\]\['bbox'\]: values must be numbers",
+    ),
+    (
+        "five-values-box",
+        [{**DETECTION, "bbox": [0, 0, 1, 1, 1]}],
+        r"results\[0\]\['bbox'\]: has 5 values; expected 4",
+    ),
+    (
+        "infinite-score",
+        [{**DETECTION, "score": float("inf")}],
+        r"results\[0\]\['score'\]: must be a finite number",
+    ),
     ("string-score", [{**DETECTION, "score": "0.9"}], r"results\[0\]\['score'\]: must be a finite"),
     ("deeply-nested", nested(100_000), r"nested too deeply"),
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "content", "message"), BAD_DETECTIONS, ids=[c[0] for c in BAD_DETECTIONS]
-)
+@pytest.mark.parametrize(("case", "content", "message"), BAD_DETECTIONS, ids=[c[0] for c in BAD_DETECTIONS])
 def test_bad_detection_file_is_named(tmp_path: Path, case: str, content: Any, message: str) -> None:
     path = write(tmp_path, case, content)
     for read in (read_detections, lambda p: detection_boxes(p, [1])):
@@ -211,8 +288,10 @@ def test_detection_of_unknown_image_names_both_files(tmp_path: Path) -> None:
 
 
 def test_valid_file_round_trip(tmp_path: Path) -> None:
-    data = coco(images=[IMAGE, {"id": 2, "file_name": "b.jpg", "width": 8, "height": 8}],
-                annotations=[PERSON, {**PERSON, "id": 11, "iscrowd": 1}, {**PERSON, "id": 12, "image_id": 2}])
+    data = coco(
+        images=[IMAGE, {"id": 2, "file_name": "b.jpg", "width": 8, "height": 8}],
+        annotations=[PERSON, {**PERSON, "id": 11, "iscrowd": 1}, {**PERSON, "id": 12, "image_id": 2}],
+    )
     path = write(tmp_path, "good", data)
     parsed = read_coco(path)
     assert parsed.data == data and [image.id for image in parsed.images] == [1, 2]
@@ -227,10 +306,13 @@ def test_valid_file_round_trip(tmp_path: Path) -> None:
 def test_wholebody_layout_comes_from_the_metainfo(tmp_path: Path) -> None:
     parts = keypoint_parts("coco_wholebody")
     assert [(p.name, p.field, p.start, p.end) for p in parts] == [
-        (name, field, start, end) for name, field, (start, end) in zip(
+        (name, field, start, end)
+        for name, field, (start, end) in zip(
             ("body", "foot", "face", "left_hand", "right_hand"),
             ("keypoints", "foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts"),
-            load_metainfo("coco_wholebody").parts.values(), strict=True)
+            load_metainfo("coco_wholebody").parts.values(),
+            strict=True,
+        )
     ]
     assert [p.field for p in keypoint_parts("coco")] == ["keypoints"]
     ann = {**PERSON, **{p.field: [1.0] * (3 * p.count) for p in parts[1:]}, "face_valid": False}

@@ -1,4 +1,5 @@
-"""COCO-OOD builder on the real COCO samples: annotation preservation, determinism, resume, shards, workers, refusals."""
+"""COCO-OOD builder on the real COCO samples: annotation preservation, determinism, resume, shards, workers,
+refusals."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ LIGHT = ["pencil", "corrupt-s3"]
 
 def tree(root: Path) -> dict[str, str]:
     """Every file under `root` (hidden ones included, so leftovers count) mapped to its SHA-256."""
-    return {str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*")) if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +59,25 @@ def assert_only_allowed_differences(source: dict, split: dict, name: str, suffix
     for key in source:
         if key not in ("info", "images"):
             assert split[key] == source[key], key
-    assert split["info"] == {**source["info"], "coco_ood": {"split": name,
-                                                             "source_annotations_sha256": split["info"]["coco_ood"]
-                                                             ["source_annotations_sha256"]}}
+    assert split["info"] == {
+        **source["info"],
+        "coco_ood": {
+            "split": name,
+            "source_annotations_sha256": split["info"]["coco_ood"]["source_annotations_sha256"],
+        },
+    }
     assert len(split["images"]) == len(source["images"])
     for before, after in zip(source["images"], split["images"], strict=True):
-        assert {k: v for k, v in after.items() if k != "file_name"} == {k: v for k, v in before.items()
-                                                                         if k != "file_name"}
+        assert {k: v for k, v in after.items() if k != "file_name"} == {
+            k: v for k, v in before.items() if k != "file_name"
+        }
         assert after["file_name"] == str(Path(before["file_name"]).with_suffix(suffix))
 
 
 def test_default_styles_are_the_weight_free_splits() -> None:
-    assert default_styles() == ["oil", "pencil", "watercolor", "cartoon"] + [f"corrupt-s{k}" for k in range(1, 6)]
+    assert default_styles() == ["oil", "pencil", "watercolor", "cartoon"] + [
+        f"corrupt-s{k}" for k in range(1, 6)
+    ]
 
 
 def test_annotations_differ_only_in_allowed_fields(coco: tuple[Path, Path], full_build: Path) -> None:
@@ -83,8 +93,9 @@ def test_png_output_renames_files_in_annotations(coco: tuple[Path, Path], tmp_pa
     out = tmp_path / "ood"
     build(*coco, out, ["corrupt-s1"], image_format="png", progress=False)
     paths = split_paths(out, "corrupt-s1")
-    assert_only_allowed_differences(json.loads(coco[0].read_text()), json.loads(paths.annotations.read_text()),
-                                    "corrupt-s1", ".png")
+    assert_only_allowed_differences(
+        json.loads(coco[0].read_text()), json.loads(paths.annotations.read_text()), "corrupt-s1", ".png"
+    )
     assert sorted(p.suffix for p in paths.images.iterdir()) == [".png"] * 4
     assert verify(out, "corrupt-s1") == []
 
@@ -116,7 +127,9 @@ def test_verify_detects_a_tampered_image(coco: tuple[Path, Path], tmp_path: Path
     assert verify(out, "corrupt-s2") == [f"{victim}: hash differs from the manifest"]
 
 
-def test_same_seed_same_bytes_other_seed_differs(coco: tuple[Path, Path], light_build: Path, tmp_path: Path) -> None:
+def test_same_seed_same_bytes_other_seed_differs(
+    coco: tuple[Path, Path], light_build: Path, tmp_path: Path
+) -> None:
     again, other = tmp_path / "again", tmp_path / "other"
     build(*coco, again, LIGHT, seed=0, progress=False)
     assert tree(again) == tree(light_build)
@@ -126,7 +139,9 @@ def test_same_seed_same_bytes_other_seed_differs(coco: tuple[Path, Path], light_
     assert len(images) == 8 and all(reference[key] != changed[key] for key in images)
 
 
-def test_rerun_repairs_missing_and_corrupt_outputs(coco: tuple[Path, Path], light_build: Path, tmp_path: Path) -> None:
+def test_rerun_repairs_missing_and_corrupt_outputs(
+    coco: tuple[Path, Path], light_build: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ood"
     build(*coco, out, LIGHT, progress=False)
     images = split_paths(out, "pencil").images
@@ -142,7 +157,9 @@ def test_two_workers_equal_one(coco: tuple[Path, Path], light_build: Path, tmp_p
     assert tree(out) == tree(light_build)
 
 
-def test_shards_merge_to_the_bytes_of_one_run(coco: tuple[Path, Path], light_build: Path, tmp_path: Path) -> None:
+def test_shards_merge_to_the_bytes_of_one_run(
+    coco: tuple[Path, Path], light_build: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ood"
     assert build(*coco, out, LIGHT, shard=(1, 2), progress=False) is None
     with pytest.raises(CocoOodError, match="0/2 missing"):
@@ -157,9 +174,21 @@ def test_killed_run_resumes_to_identical_bytes(coco: tuple[Path, Path], tmp_path
     styles = ["oil", "watercolor"]  # the slowest styles: a wide window to kill in
     reference, out = tmp_path / "reference", tmp_path / "killed"
     build(*coco, reference, styles, progress=False)
-    command = [sys.executable, str(REPO_ROOT / "tools" / "build_coco_ood.py"), "--ann", str(coco[0]),
-               "--image-root", str(coco[1]), "--out", str(out), "--styles", *styles, "--no-progress",
-               "--checkpoint-seconds", "0"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "tools" / "build_coco_ood.py"),
+        "--ann",
+        str(coco[0]),
+        "--image-root",
+        str(coco[1]),
+        "--out",
+        str(out),
+        "--styles",
+        *styles,
+        "--no-progress",
+        "--checkpoint-seconds",
+        "0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     oil = split_paths(out, "oil").images
@@ -174,7 +203,9 @@ def test_killed_run_resumes_to_identical_bytes(coco: tuple[Path, Path], tmp_path
     process.wait()
     process.stderr.close()
     assert process.returncode == -signal.SIGKILL
-    assert not split_paths(out, "oil").manifest.exists(), "the run finished before the kill; nothing was tested"
+    assert not split_paths(out, "oil").manifest.exists(), (
+        "the run finished before the kill; nothing was tested"
+    )
     progress = json.loads((out / ".work" / "shard-0-of-1.json").read_text())
     assert len(progress["splits"]["oil"]["images"]) >= 1
     build(*coco, out, styles, progress=False)
@@ -203,7 +234,9 @@ def test_escaping_file_name_is_refused(coco: tuple[Path, Path], tmp_path: Path) 
     ann = tmp_path / "evil.json"
     ann.write_text(json.dumps(data))
     out = tmp_path / "ood"
-    with pytest.raises(CocoOodError, match=r"image id 40083: file name '../../etc/passwd.jpg' escapes the image root"):
+    with pytest.raises(
+        CocoOodError, match=r"image id 40083: file name '../../etc/passwd.jpg' escapes the image root"
+    ):
         build(ann, coco[1], out, LIGHT, progress=False)
     assert not out.exists()
 
@@ -214,8 +247,12 @@ def test_other_settings_into_the_same_root_are_refused(coco: tuple[Path, Path], 
 
 
 def test_image_seed_depends_on_seed_style_and_image_only() -> None:
-    seeds = {image_seed(0, "oil", 785), image_seed(1, "oil", 785), image_seed(0, "pencil", 785),
-             image_seed(0, "oil", 786)}
+    seeds = {
+        image_seed(0, "oil", 785),
+        image_seed(1, "oil", 785),
+        image_seed(0, "pencil", 785),
+        image_seed(0, "oil", 786),
+    }
     assert len(seeds) == 4
     assert image_seed(0, "oil", 785) == image_seed(0, "oil", 785)
 

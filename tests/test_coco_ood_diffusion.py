@@ -1,8 +1,9 @@
-"""COCO-OOD diffusion back-ends on tiny random SD / ControlNet folders: plumbing, sizes, determinism, annotations.
+"""COCO-OOD diffusion back-ends on tiny random SD / ControlNet folders: plumbing, sizes, determinism,
+annotations.
 
-The UNet and ControlNet are random, so the images are noise: what is checked is that the real diffusers pipelines run
-through the builder, keep every annotation and image size, are deterministic by seed, and that the ControlNet sees
-this project's own OpenPose render of the ground truth.
+The UNet and ControlNet are random, so the images are noise: what is checked is that the real diffusers
+pipelines run through the builder, keep every annotation and image size, are deterministic by seed, and that
+the ControlNet sees this project's own OpenPose render of the ground truth.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from zoo.data.images import load_rgb_uint8
 from zoo.export.controlnet import export_image, read_coco_poses
 from zoo.visualize.openpose import person_from_coco, render_openpose
 
-# Two DDIM steps (4 * 0.5) with classifier-free guidance on, at a 64-pixel long side: seconds for the whole module.
+# Two DDIM steps (4 * 0.5) with classifier-free guidance on, at a 64-pixel long side: seconds for the whole
+# module.
 TINY = {"steps": 4, "strength": 0.5, "guidance_scale": 2.0, "max_side": 64}
 IMAGE_IDS = (785, 40083)  # one person; three annotations of which one has no keypoints
 NAMES = ["sd-monet", "sd-pose-monet"]
@@ -49,7 +51,8 @@ NAMES = ["sd-monet", "sd-pose-monet"]
 
 @pytest.fixture(scope="module")
 def sd_folders(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path) -> tuple[Path, Path]:
-    """(SD folder, ControlNet folder): the tiny backbone's VAE and text stack with a plain random text-to-image UNet."""
+    """(SD folder, ControlNet folder): the tiny backbone's VAE and text stack with a plain random
+    text-to-image UNet."""
     from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
 
     root = tmp_path_factory.mktemp("weights")
@@ -57,10 +60,14 @@ def sd_folders(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path
     for component in ("vae", "text_encoder", "tokenizer"):
         shutil.copytree(tiny_backbone_dir / component, sd / component)
     # The settings SD's own scheduler configs carry; the pipelines warn about (and patch) any others.
-    DDIMScheduler.from_pretrained(tiny_backbone_dir / "scheduler", steps_offset=1,
-                                  clip_sample=False).save_pretrained(sd / "scheduler")
-    config = {key: value for key, value in UNet2DConditionModel.load_config(tiny_backbone_dir / "unet").items()
-              if not key.startswith("_")}
+    DDIMScheduler.from_pretrained(
+        tiny_backbone_dir / "scheduler", steps_offset=1, clip_sample=False
+    ).save_pretrained(sd / "scheduler")
+    config = {
+        key: value
+        for key, value in UNet2DConditionModel.load_config(tiny_backbone_dir / "unet").items()
+        if not key.startswith("_")
+    }
     # An img2img UNet has no task-switcher projection.
     config.update(class_embed_type=None, projection_class_embeddings_input_dim=None)
     torch.manual_seed(0)
@@ -75,8 +82,11 @@ def coco2(tmp_path_factory: pytest.TempPathFactory, realdata: Path) -> tuple[Pat
     """(annotation file, image root): a two-image subset of the real COCO samples, copied."""
     root = tmp_path_factory.mktemp("coco2")
     source = json.loads((realdata / "coco" / "test_coco.json").read_text())
-    subset = {**source, "images": [image for image in source["images"] if image["id"] in IMAGE_IDS],
-              "annotations": [ann for ann in source["annotations"] if ann["image_id"] in IMAGE_IDS]}
+    subset = {
+        **source,
+        "images": [image for image in source["images"] if image["id"] in IMAGE_IDS],
+        "annotations": [ann for ann in source["annotations"] if ann["image_id"] in IMAGE_IDS],
+    }
     (root / "images").mkdir()
     for image in subset["images"]:
         shutil.copy(realdata / "coco" / image["file_name"], root / "images" / image["file_name"])
@@ -89,15 +99,19 @@ def coco2(tmp_path_factory: pytest.TempPathFactory, realdata: Path) -> tuple[Pat
 def registered(sd_folders: tuple[Path, Path]) -> Iterator[list[str]]:
     """Register one img2img and one ControlNet style for this module, restoring the registry afterwards."""
     saved = dict(styles._REGISTRY)
-    names = [style.name for style in register_diffusion_styles(*sd_folders, {"monet": STYLE_PROMPTS["monet"]},
-                                                                  **TINY)]
+    names = [
+        style.name
+        for style in register_diffusion_styles(*sd_folders, {"monet": STYLE_PROMPTS["monet"]}, **TINY)
+    ]
     yield names
     styles._REGISTRY.clear()
     styles._REGISTRY.update(saved)
 
 
 @pytest.fixture(scope="module")
-def reference(coco2: tuple[Path, Path], registered: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(
+    coco2: tuple[Path, Path], registered: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Both diffusion splits built once with seed 0."""
     out = tmp_path_factory.mktemp("ood") / "out"
     build(*coco2, out, registered, seed=0, progress=False)
@@ -109,7 +123,9 @@ def test_registered_styles_are_off_by_default(registered: list[str]) -> None:
     assert set(NAMES) <= set(available_styles())
     assert not set(NAMES) & set(default_styles())
     described = get_style("sd-pose-monet").describe()
-    assert described["weights"].startswith("tiny-sd@") and described["controlnet"].startswith("tiny-controlnet@")
+    assert described["weights"].startswith("tiny-sd@") and described["controlnet"].startswith(
+        "tiny-controlnet@"
+    )
     assert described["prompt"] == STYLE_PROMPTS["monet"] and described["steps"] == TINY["steps"]
 
 
@@ -125,7 +141,15 @@ def test_annotations_kept_sizes_kept_and_params_recorded(coco2: tuple[Path, Path
         for record in manifest["images"]:
             assert load_rgb_uint8(paths.images / record["file_name"]).shape == (*sizes[record["image_id"]], 3)
             params = record["params"]
-            assert {"seed", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "weights"} <= set(params)
+            assert {
+                "seed",
+                "prompt",
+                "negative_prompt",
+                "strength",
+                "steps",
+                "guidance_scale",
+                "weights",
+            } <= set(params)
             assert (params["steps"], params["strength"], params["guidance_scale"]) == (4, 0.5, 2.0)
             assert params["weights"] == manifest["header"]["style"]["weights"]
             # 640x425 and 500x333 shrink to a 64-pixel long side, sides rounded to multiples of 8.
@@ -133,8 +157,9 @@ def test_annotations_kept_sizes_kept_and_params_recorded(coco2: tuple[Path, Path
         assert ("controlnet" in manifest["images"][0]["params"]) == (name == "sd-pose-monet")
 
 
-def test_same_seed_same_bytes_other_seed_other_images(coco2: tuple[Path, Path], reference: Path,
-                                                      tmp_path: Path) -> None:
+def test_same_seed_same_bytes_other_seed_other_images(
+    coco2: tuple[Path, Path], reference: Path, tmp_path: Path
+) -> None:
     build(*coco2, tmp_path / "again", NAMES, seed=0, progress=False)
     assert tree(tmp_path / "again") == tree(reference)
     build(*coco2, tmp_path / "other", NAMES, seed=1, progress=False)
@@ -145,8 +170,9 @@ def test_same_seed_same_bytes_other_seed_other_images(coco2: tuple[Path, Path], 
             assert a["sha256"] != b["sha256"] and a["params"]["seed"] != b["params"]["seed"]
 
 
-def test_controlnet_sees_the_exported_gt_pose(coco2: tuple[Path, Path], registered: list[str], tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_controlnet_sees_the_exported_gt_pose(
+    coco2: tuple[Path, Path], registered: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
     seen: list[np.ndarray] = []
@@ -171,7 +197,9 @@ def test_controlnet_sees_the_exported_gt_pose(coco2: tuple[Path, Path], register
         assert np.array_equal(control, expected) and expected.any()
         # At the image's own size the style's conditioning is exactly the exporter's image for the GT.
         own = [ann for ann in annotations if ann["image_id"] == image.image_id]
-        assert np.array_equal(style.conditioning_image(own, image.width, image.height), export_image(image).image)
+        assert np.array_equal(
+            style.conditioning_image(own, image.width, image.height), export_image(image).image
+        )
 
 
 def test_exact_size_for_sides_that_are_not_multiples_of_8(sd_folders: tuple[Path, Path]) -> None:
@@ -180,14 +208,16 @@ def test_exact_size_for_sides_that_are_not_multiples_of_8(sd_folders: tuple[Path
     styled, params = style.apply(image, np.random.default_rng(1), [])
     assert styled.shape == image.shape and styled.dtype == np.uint8
     assert params["processing_size"] == [40, 24]
-    # Pickled into a worker, the style carries its settings but not the loaded pipeline, and renders the same bytes.
+    # Pickled into a worker, the style carries its settings but not the loaded pipeline, and renders the same
+    # bytes.
     clone = pickle.loads(pickle.dumps(style))
     assert clone._pipe is None
     assert np.array_equal(clone.apply(image, np.random.default_rng(1), [])[0], styled)
 
 
-def test_missing_or_unusable_weights_name_the_folder(sd_folders: tuple[Path, Path], tiny_backbone_dir: Path,
-                                                     tmp_path: Path) -> None:
+def test_missing_or_unusable_weights_name_the_folder(
+    sd_folders: tuple[Path, Path], tiny_backbone_dir: Path, tmp_path: Path
+) -> None:
     missing = tmp_path / "stable-diffusion-2-base"
     with pytest.raises(DiffusionWeightsError, match="stable-diffusion-2-base.*does not exist"):
         SDImg2ImgStyle(missing, "a sketch")
@@ -210,7 +240,9 @@ def test_settings_that_would_run_no_step_are_refused(sd_folders: tuple[Path, Pat
         SDImg2ImgStyle(sd_folders[0], "a sketch", steps=2, strength=0.3)
 
 
-def test_two_worker_processes_give_the_same_bytes(coco2: tuple[Path, Path], reference: Path, tmp_path: Path) -> None:
+def test_two_worker_processes_give_the_same_bytes(
+    coco2: tuple[Path, Path], reference: Path, tmp_path: Path
+) -> None:
     # Each spawned worker unpickles the styles without a pipeline and loads its own.
     build(*coco2, tmp_path / "workers", NAMES, seed=0, workers=2, progress=False)
     assert tree(tmp_path / "workers") == tree(reference)

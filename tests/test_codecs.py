@@ -28,8 +28,9 @@ def _noisy_heatmaps(codec: UDPHeatmap, num: int, seed: int, noise: float = 0.02)
 def test_round_trip_at_heatmap_resolution(input_size, heatmap_size, sigma):
     """Keypoints whose 3-sigma window lies inside the heatmap come back within 0.1 heatmap pixels.
 
-    Nearer the border mmpose's DARK-UDP itself is biased (zero-padded blur of a truncated Gaussian, up to about
-    one heatmap pixel), and this codec reproduces mmpose there rather than correcting it.
+    Nearer the border mmpose's DARK-UDP itself is biased
+    (zero-padded blur of a truncated Gaussian, up to about one heatmap pixel), and this codec reproduces
+    mmpose there rather than correcting it.
     """
     codec = UDPHeatmap(input_size, heatmap_size, sigma=sigma)
     rng = np.random.default_rng(0)
@@ -139,7 +140,8 @@ def test_flip_heatmaps_mirrors_and_swaps():
 
 @pytest.mark.mmpose
 def test_flip_heatmaps_equals_mmpose_without_shift():
-    """mmpose's flip_heatmaps(flip_mode='heatmap', shift_heatmap=False); loaded from its file since mmpose.models needs mmcv."""
+    """mmpose's flip_heatmaps(flip_mode='heatmap', shift_heatmap=False); loaded from its file since
+    mmpose.models needs mmcv."""
     import importlib.util
     from pathlib import Path
 

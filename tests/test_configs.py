@@ -1,4 +1,5 @@
-"""Every YAML recipe under configs/ parses and runs one step with the tiny backbone in place of real weights."""
+"""Every YAML recipe under configs/ parses and runs one step with the tiny backbone in place of real weights.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from zoo.registry import family_of_module  # noqa: E402
 
 CONFIGS = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "configs").rglob("*.yaml"))
 
+
 def test_configs_exist():
     assert any("configs/tiny/" in c for c in CONFIGS) and any("configs/lotus/" in c for c in CONFIGS)
 
@@ -27,16 +29,37 @@ def test_config_runs_one_step_on_the_tiny_backbone(config, tmp_path):
     # The family spec knows how to shrink its recipes to a one-step smoke run.
     spec = family_of_module(recipe["model"]["class_path"])
     overrides = [arg.replace("{tmp}", str(tmp_path)) for arg in spec.smoke_overrides]
-    model_overrides = {arg.removeprefix("--model.init_args.") for arg in overrides[::2] if arg.startswith("--model.")}
-    cli = train_tool.main([
-        "fit", "--config", str(REPO_ROOT / config),
-        "--model.init_args.backbone", "checkpoints/tiny/backbone",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-        "--trainer.precision", "32-true", "--trainer.fast_dev_run", "1", "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path),
-        "--trainer.default_root_dir", str(tmp_path),
-        *overrides,
-    ])
+    model_overrides = {
+        arg.removeprefix("--model.init_args.") for arg in overrides[::2] if arg.startswith("--model.")
+    }
+    cli = train_tool.main(
+        [
+            "fit",
+            "--config",
+            str(REPO_ROOT / config),
+            "--model.init_args.backbone",
+            "checkpoints/tiny/backbone",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--checkpoint.dirpath",
+            str(tmp_path),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *overrides,
+        ]
+    )
     assert cli.trainer.global_step == 1
     # What the recipe says is what was built (the real-size settings survive the substitution).
     for key, value in recipe["model"].get("init_args", {}).items():

@@ -112,7 +112,8 @@ def test_disparity_alignment_uses_positive_pixels_and_clips_disparity() -> None:
     aligned, scale, shift = align_prediction(pred, gt, valid, space="disparity")
     assert scale.item() == pytest.approx(5.0) and shift.item() == pytest.approx(-0.5)
     torch.testing.assert_close(aligned[valid], gt[valid].double())
-    # Disparity is clipped to >= 1e-3 before inversion: a pixel aligned to a negative disparity becomes 1000 m.
+    # Disparity is clipped to >= 1e-3 before inversion: a pixel aligned to a negative disparity becomes 1000
+    # m.
     gt = torch.tensor([[[1.0, 2.0, 4.0, 0.0]]])
     pred = torch.tensor([[[1.0, 0.5, 0.25, -10.0]]])
     aligned, scale, shift = align_prediction(pred, gt, gt > 0, space="disparity")

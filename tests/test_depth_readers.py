@@ -39,7 +39,8 @@ def write_u16(path: Path, values: np.ndarray) -> None:
     Image.fromarray(values.astype(np.uint16)).save(path)
 
 
-# ---------------------------------------------------------------------------------------------- depth eval sets
+# ---------------------------------------------------------------------------------------------- depth eval
+# sets
 
 
 def test_nyuv2_reads_mm_and_applies_range_and_eigen_crop(tmp_path: Path) -> None:
@@ -110,7 +111,8 @@ def test_eth3d_raw_float_with_inf(tmp_path: Path) -> None:
     raw.parent.mkdir(parents=True)
     depth.tofile(raw)
     row = [
-        "rgb/courtyard/images/dslr_images/DSC_0286.JPG depth/courtyard/ground_truth_masks/dslr_images/DSC_0286.JPG"
+        "rgb/courtyard/images/dslr_images/DSC_0286.JPG "
+        "depth/courtyard/ground_truth_masks/dslr_images/DSC_0286.JPG"
     ]
     item = ETH3DDepthDataset(tmp_path, row)[0]
     assert item["depth"][0, 0, 0].item() == 0.0 and not item["valid"][0, 0, 0]
@@ -199,7 +201,8 @@ def test_hypersim_planar_depth_and_outward_normals(tmp_path: Path) -> None:
     full = hypersim_distance_to_depth(np.ones((768, 1024), np.float32))
     corner = 886.81 / math.sqrt(511.5**2 + 383.5**2 + 886.81**2)
     assert full[0, 0] == pytest.approx(corner, rel=1e-6) and full.max() < 1.0
-    # Camera alignment flips normals that point along the viewing ray (their z goes toward the camera: +z, LUB).
+    # Camera alignment flips normals that point along the viewing ray
+    # (their z goes toward the camera: +z, LUB).
     np.save(geometry / "frame.0000.normal_cam.npy", -normals)  # z = -0.8 after loading: points away
     aligned = HypersimDataset(tmp_path, align_normals=True)[0]["normals"]
     assert aligned[2, 1:].min().item() == pytest.approx(0.8)  # row 0 holds the NaN pixel: no point to compare
@@ -267,7 +270,8 @@ def test_virtual_kitti2_cm_valid_sky_and_crop(tmp_path: Path) -> None:
         VirtualKITTI2Dataset(tmp_path, scenes=["06"], conditions=["clone"], cameras=["0"])
 
 
-# ---------------------------------------------------------------------------------------------- DSINE normal sets
+# ---------------------------------------------------------------------------------------------- DSINE normal
+# sets
 
 
 def test_dsine_nyuv2_png_normals_mask_and_intrinsics(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""DiffPose: shapes, the one-frame path, sampling options, seeds, feature reuse, bad input, export round trip."""
+"""DiffPose: shapes, the one-frame path, sampling options, seeds, feature reuse, bad input, export round trip.
+"""
 
 from __future__ import annotations
 
@@ -31,14 +32,18 @@ def model() -> DiffPose:
 
 @pytest.fixture(scope="module")
 def clips() -> torch.Tensor:
-    return torch.rand(2, 3, 3, SIZE[1], SIZE[0], generator=torch.Generator().manual_seed(1))  # [B, T, 3, H, W]
+    return torch.rand(
+        2, 3, 3, SIZE[1], SIZE[0], generator=torch.Generator().manual_seed(1)
+    )  # [B, T, 3, H, W]
 
 
 @pytest.fixture(scope="module")
 def video() -> tuple[list[np.ndarray], list[np.ndarray]]:
     rendered = render_moving_video(3, num_frames=5, width=128, height=128)
-    boxes = [np.array([[x, y, x + w, y + h] for x, y, w, h in (p.bbox for p in people)]).reshape(-1, 4)
-             for people in rendered.people]
+    boxes = [
+        np.array([[x, y, x + w, y + h] for x, y, w, h in (p.bbox for p in people)]).reshape(-1, 4)
+        for people in rendered.people
+    ]
     return rendered.frames, boxes
 
 
@@ -50,7 +55,9 @@ def test_shapes_and_loss(model: DiffPose, clips: torch.Tensor) -> None:
     heatmaps = model.sample(features, steps=2, ensemble=2, generator=torch.Generator().manual_seed(0))
     assert heatmaps.shape == (2, 17, 16, 12)
     targets = torch.rand(2, 17, 16, 12)
-    loss = model.training_loss(features, targets, torch.ones(2, 17), generator=torch.Generator().manual_seed(0))
+    loss = model.training_loss(
+        features, targets, torch.ones(2, 17), generator=torch.Generator().manual_seed(0)
+    )
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
@@ -91,7 +98,9 @@ def test_greedy_iou_tracks_follow_people() -> None:
     frames = [np.stack([a, b]), np.stack([b + 1, a + 1]), np.stack([a + 2, b + 2, [60, 0, 70, 20]])]
     tracks = greedy_iou_tracks(frames)
     assert tracks[0].tolist() == [0, 1] and tracks[1].tolist() == [1, 0] and tracks[2].tolist() == [0, 1, 2]
-    poses = [np.stack([f[:, :2] + 5, f[:, :2] + 2]).transpose(1, 0, 2).repeat(9, axis=1)[:, :17] for f in frames]
+    poses = [
+        np.stack([f[:, :2] + 5, f[:, :2] + 2]).transpose(1, 0, 2).repeat(9, axis=1)[:, :17] for f in frames
+    ]
     sigmas = np.full(17, 0.1, dtype=np.float32)
     assert [t.tolist() for t in greedy_oks_tracks(poses, frames, sigmas)] == [t.tolist() for t in tracks]
 
@@ -103,19 +112,24 @@ def test_missing_clip_frame_and_wrong_keypoint_count_name_the_file(tmp_path: Pat
     first = dataset.instances[0].image
     missing = tmp_path / f"images/val/{first.video}/{first.frame_index + 1:06d}.jpg"
     missing.unlink()
-    with pytest.raises(FileNotFoundError, match=rf"{ann_file.name}.*clip frame {first.frame_index + 1} is missing"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"{ann_file.name}.*clip frame {first.frame_index + 1} is missing"
+    ):
         dataset[0]
     data = json.loads(ann_file.read_text())
     data["annotations"][0]["keypoints"] = data["annotations"][0]["keypoints"][:-3]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=rf"bad.json: annotation {data['annotations'][0]['id']} .* 48 keypoint values"):
+    with pytest.raises(
+        ValueError, match=rf"bad.json: annotation {data['annotations'][0]['id']} .* 48 keypoint values"
+    ):
         read_posetrack_annotations(bad)
 
 
 def test_export_round_trip(tmp_path: Path, video: tuple) -> None:
-    module = DiffPoseModule(input_size=SIZE, sigma=1.0, blur_kernel_size=5, width=16, strl_layers=1, heads=4,
-                            steps=2, ensemble=2)
+    module = DiffPoseModule(
+        input_size=SIZE, sigma=1.0, blur_kernel_size=5, width=16, strl_layers=1, heads=4, steps=2, ensemble=2
+    )
     module.export_pretrained(tmp_path / "export")
     predictor = zoo.load(tmp_path / "export")
     assert isinstance(predictor, VideoPosePredictor)
@@ -152,7 +166,9 @@ def test_tiny_registry_model_reuses_features_with_identical_output(video: tuple)
     assert all(np.array_equal(a, b) for a, b in zip(reused.keypoints, again.keypoints, strict=True))
 
 
-def test_video_folder_and_benchmark_dry_run(tmp_path: Path, video: tuple, capsys: pytest.CaptureFixture) -> None:
+def test_video_folder_and_benchmark_dry_run(
+    tmp_path: Path, video: tuple, capsys: pytest.CaptureFixture
+) -> None:
     frames, _ = video
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -170,13 +186,17 @@ def test_video_folder_and_benchmark_dry_run(tmp_path: Path, video: tuple, capsys
     assert "persons/s" in capsys.readouterr().out
 
 
-def test_video_annotator_writes_posetrack_json_overlays_controlnet_and_resumes(tmp_path: Path, video: tuple) -> None:
+def test_video_annotator_writes_posetrack_json_overlays_controlnet_and_resumes(
+    tmp_path: Path, video: tuple
+) -> None:
     from zoo.evaluation.posetrack import poseval_frames
     from zoo.inference.annotate.video import VideoAnnotator, write_mp4
 
     frames, _ = video
     write_mp4(tmp_path / "clip.mp4", frames, fps=5)
-    annotator = VideoAnnotator(zoo.load("tiny-diffpose"), tmp_path / "out", controlnet=True, steps=1, ensemble=1)
+    annotator = VideoAnnotator(
+        zoo.load("tiny-diffpose"), tmp_path / "out", controlnet=True, steps=1, ensemble=1
+    )
     summary = annotator.run([tmp_path / "clip.mp4", tmp_path / "absent.mp4"])
     assert summary.done == ["clip"] and "absent.mp4" in summary.failures[0]["reason"]
     folder = tmp_path / "out" / "clip"

@@ -1,8 +1,8 @@
 """Evaluation is the same on one process and on two: the evaluator protocol gathers before it computes.
 
-Real 2-process runs (Lightning DDP, gloo on the CPU) of tools/eval.py and of a validation inside `fit` with the
-shipped tiny models, against one process; plus the merge rules (padding repeats, sample-id order, the exact
-streaming median) with several ranks simulated in one process.
+Real 2-process runs (Lightning DDP, gloo on the CPU) of tools/eval.py and of a validation inside `fit` with
+the shipped tiny models, against one process; plus the merge rules
+(padding repeats, sample-id order, the exact streaming median) with several ranks simulated in one process.
 """
 
 from __future__ import annotations
@@ -30,28 +30,55 @@ OPEN = DepthEvalProtocol("open", 1e-6, 1e6, None)  # no range clipping: the merg
 # ---------------------------------------------------------------------------------------------- real DDP
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 # Five held-out samples in batches of one: two ranks get three each, so Lightning's DistributedSampler repeats
 # sample 0 on rank 1, and the evaluators must not count it twice.
 TINY_RUNS = {
     "sdpose": [
-        "--config", "configs/tiny/sdpose_body.yaml", "--model.init_args.backbone", "checkpoints/tiny/sdpose_body",
-        "--data.init_args.test_images", "5", "--data.init_args.val_images", "5", "--data.init_args.batch_size", "1",
+        "--config",
+        "configs/tiny/sdpose_body.yaml",
+        "--model.init_args.backbone",
+        "checkpoints/tiny/sdpose_body",
+        "--data.init_args.test_images",
+        "5",
+        "--data.init_args.val_images",
+        "5",
+        "--data.init_args.batch_size",
+        "1",
     ],
     "lotus": [
-        "--config", "configs/tiny/lotus_depth_d.yaml", "--model.init_args.backbone", "checkpoints/tiny/lotus_depth_d",
-        "--data.init_args.test_size", "5", "--data.init_args.val_size", "5", "--data.init_args.batch_size", "1",
+        "--config",
+        "configs/tiny/lotus_depth_d.yaml",
+        "--model.init_args.backbone",
+        "checkpoints/tiny/lotus_depth_d",
+        "--data.init_args.test_size",
+        "5",
+        "--data.init_args.val_size",
+        "5",
+        "--data.init_args.batch_size",
+        "1",
     ],
 }
 
 
 def _eval(family: str, devices: int, tmp_path: Path) -> dict[str, float]:
     out = tmp_path / f"{family}_{devices}"
-    args = ["tools/eval.py", *TINY_RUNS[family], "--out", str(out), "--trainer.devices", str(devices),
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    args = [
+        "tools/eval.py",
+        *TINY_RUNS[family],
+        "--out",
+        str(out),
+        "--trainer.devices",
+        str(devices),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     if family == "sdpose":
         args += ["--data.init_args.cache_dir", str(tmp_path / "cache")]
     if devices > 1:
@@ -90,13 +117,36 @@ def _validate_in_fit(devices: int, tmp_path: Path) -> dict[str, float]:
     script.write_text(VALIDATE_SCRIPT.format(repo=str(REPO_ROOT), out=str(out)))
     # One training step at learning rate 0 (the weights stay the shipped ones), then the validation of `fit`,
     # which under DDP runs through the DistributedDataParallel wrapper with padded, even shards.
-    args = [str(script), *TINY_RUNS["sdpose"], "--data.init_args.cache_dir", str(tmp_path / "cache"),
-            "--data.init_args.train_images", "4", "--data.init_args.num_workers", "0",
-            "--model.init_args.lr", "0.0", "--model.init_args.head_lr", "0.0", "--trainer.max_steps", "1",
-            "--trainer.val_check_interval", "1", "--trainer.limit_train_batches", "1",
-            "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.devices", str(devices),
-            "--trainer.default_root_dir", str(tmp_path / f"fit_{devices}"), "--checkpoint.dirpath", str(tmp_path)]
+    args = [
+        str(script),
+        *TINY_RUNS["sdpose"],
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.init_args.train_images",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+        "--model.init_args.lr",
+        "0.0",
+        "--model.init_args.head_lr",
+        "0.0",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.val_check_interval",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.devices",
+        str(devices),
+        "--trainer.default_root_dir",
+        str(tmp_path / f"fit_{devices}"),
+        "--checkpoint.dirpath",
+        str(tmp_path),
+    ]
     if devices > 1:
         args += ["--trainer.strategy", "ddp"]
     result = _run(args)
@@ -146,8 +196,10 @@ def test_depth_evaluator_merges_ranks_and_drops_padding_repeats(monkeypatch: pyt
 
 def test_normal_evaluator_merges_ranks_and_drops_the_last_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
     generator = torch.Generator().manual_seed(0)
-    images = {index: (torch.randn(1, 3, 5, 7, generator=generator), torch.randn(1, 3, 5, 7, generator=generator))
-              for index in range(5)}
+    images = {
+        index: (torch.randn(1, 3, 5, 7, generator=generator), torch.randn(1, 3, 5, 7, generator=generator))
+        for index in range(5)
+    }
     single = NormalEvaluator()
     for index, (pred, gt) in images.items():
         single.update(pred, gt, sample_ids=[index])

@@ -1,4 +1,5 @@
-"""ControlNet OpenPose export: mapping, JSON, the tool, and pixel parity with controlnet_aux's own drawing code."""
+"""ControlNet OpenPose export: mapping, JSON, the tool, and pixel parity with controlnet_aux's own drawing
+code."""
 
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ from zoo.visualize.openpose import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOL = REPO_ROOT / "tools" / "export_controlnet.py"
 
-# Written out from the reference table (ecosystem.md 1.1 / 1.6) by name, independently of the module's index table.
+# Written out from the reference table (ecosystem.md 1.1 / 1.6) by name, independently of the module's index
+# table.
 OPENPOSE18 = [
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
+    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist",
+    "left_shoulder", "left_elbow", "left_wrist",
     "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
     "right_eye", "left_eye", "right_ear", "left_ear",
 ]  # fmt: skip
@@ -47,9 +50,9 @@ OPENPOSE18 = [
 def cnaux() -> types.SimpleNamespace:
     """controlnet_aux's real open_pose drawing code, loaded without running the package's __init__.
 
-    `import controlnet_aux` imports every detector (torchvision, timm, ...), which this environment cannot import;
-    the drawing functions live in open_pose/util.py and only need open_pose/body.py, so the two parent packages are
-    registered with their real folders as __path__ and the real files are imported through them.
+    `import controlnet_aux` imports every detector (torchvision, timm, ...), which this environment cannot
+    import; the drawing functions live in open_pose/util.py and only need open_pose/body.py, so the two parent
+    packages are registered with their real folders as __path__ and the real files are imported through them.
     """
     spec = importlib.util.find_spec("controlnet_aux")
     if spec is None or not spec.submodule_search_locations:
@@ -84,7 +87,8 @@ def cnaux() -> types.SimpleNamespace:
 
 
 def _library_points(points: np.ndarray | None, keypoint_cls: type, missing: str) -> list | None:
-    """Normalised [K, 2] with NaN -> controlnet_aux Keypoints; missing as None (body) or (-1, -1) (hands/face)."""
+    """Normalised [K, 2] with NaN -> controlnet_aux Keypoints; missing as None (body) or (-1, -1)
+    (hands/face)."""
     if points is None:
         return None
     out = []
@@ -97,7 +101,8 @@ def _library_points(points: np.ndarray | None, keypoint_cls: type, missing: str)
 
 
 def _library_render(cnaux: types.SimpleNamespace, people: list[dict], height: int, width: int) -> np.ndarray:
-    """Render with controlnet_aux's functions in draw_poses' order: per person body, left hand, right hand, face."""
+    """Render with controlnet_aux's functions in draw_poses' order: per person body, left hand, right hand,
+    face."""
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     for person in people:
         canvas = cnaux.util.draw_bodypose(canvas, _library_points(person["body"], cnaux.Keypoint, "none"))
@@ -118,7 +123,8 @@ def _body(pixels: dict[int, tuple[float, float]], width: int, height: int) -> np
 
 
 STANDING = {
-    0: (200.0, 60.5), 1: (201.3, 110.0), 2: (160.2, 112.7), 3: (140.9, 170.1), 4: (131.0, 228.4), 5: (243.7, 108.2),
+    0: (200.0, 60.5), 1: (201.3, 110.0), 2: (160.2, 112.7), 3: (140.9, 170.1), 4: (131.0, 228.4),
+    5: (243.7, 108.2),
     6: (262.5, 167.3), 7: (281.1, 225.6), 8: (175.5, 240.0), 9: (170.2, 320.8), 10: (168.8, 400.1),
     11: (226.4, 238.3), 12: (232.7, 318.9), 13: (236.1, 398.6), 14: (190.4, 50.2), 15: (210.8, 49.9),
     16: (178.3, 58.7), 17: (223.6, 57.1),
@@ -152,7 +158,8 @@ def test_body_render_matches_controlnet_aux(cnaux: types.SimpleNamespace, case: 
 
 
 def test_hands_and_face_match_controlnet_aux_synthetic(cnaux: types.SimpleNamespace) -> None:
-    """Two whole-body people on a non-square canvas, with missing points and points on row/column 0 (hidden)."""
+    """Two whole-body people on a non-square canvas, with missing points and points on row/column 0 (hidden).
+    """
     height, width = 200, 360
     rng = np.random.default_rng(0)
     people = []
@@ -250,7 +257,8 @@ def test_hand_edge_colours_match_matplotlib() -> None:
 
 
 def _wholebody_people(realdata: Path, image_id: int, width: int, height: int) -> list[dict]:
-    """The test's own reading of COCO-WholeBody ground truth into controlnet_aux inputs (normalised, NaN missing)."""
+    """The test's own reading of COCO-WholeBody ground truth into controlnet_aux inputs
+    (normalised, NaN missing)."""
     data = json.loads((realdata / "coco" / "test_coco_wholebody.json").read_text())
     coco_names = data["categories"][0]["keypoints"]
     people = []
@@ -325,7 +333,8 @@ def _run_tool(argv: list[str]) -> int:
 def test_tool_on_coco_ground_truth_matches_controlnet_aux(
     cnaux: types.SimpleNamespace, realdata: Path, tmp_path: Path
 ) -> None:
-    """Issue 5 acceptance: one PNG + JSON per image, each PNG equal to controlnet_aux's rendering pixel for pixel."""
+    """Issue 5 acceptance: one PNG + JSON per image, each PNG equal to controlnet_aux's rendering pixel for
+    pixel."""
     annotations = realdata / "coco" / "test_coco.json"
     out = tmp_path / "out"
     # As a real command from another folder, to check it runs without installing the package.

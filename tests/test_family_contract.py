@@ -1,9 +1,10 @@
-"""The contract every family inherits: read from the registry, so a new family's spec gets these tests for free.
+"""The contract every family inherits: read from the registry, so a new family's spec gets these tests for
+free.
 
 For each family: its spec resolves, its LightningModule names the family, and its shipped tiny models load
 through `zoo.load`, accept paths / PIL / numpy / tensors with identical results, and give a clear error that
-names a missing file. For every family with a smoke configuration: a module built on the tiny backbone exports a
-folder that `zoo.load` reads back. (One fast_dev_run step per config is tests/test_configs.py.)
+names a missing file. For every family with a smoke configuration: a module built on the tiny backbone exports
+a folder that `zoo.load` reads back. (One fast_dev_run step per config is tests/test_configs.py.)
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def test_tiny_model_names_a_missing_file(name: str, tmp_path: Path) -> None:
 
 
 def _module_from_smoke_config(family: str, tmp_path: Path) -> Any:
-    """The family's LightningModule built the way its first config builds it, shrunk by its smoke overrides."""
+    """The family's LightningModule built the way its first config builds it, shrunk by its smoke overrides.
+    """
     import yaml
 
     spec = get_family(family)

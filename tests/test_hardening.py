@@ -1,9 +1,9 @@
 """Hardening: a messy corpus against the tools and the Annotator; each case ends correct or as a named error.
 
 The corpus (built in tmp_path) holds colliding names, special files, names that are not UTF-8, GIF/PPM/PGM and
-1-pixel-wide images, symlink escapes, outputs overlapping inputs, inputs changed between runs, NaN boxes, a full
-disk, two threads on one predictor and bad arguments. Every case asserts either the right result, or an error that
-names the problem with nothing lost (no input replaced, no file written outside the output folder).
+1-pixel-wide images, symlink escapes, outputs overlapping inputs, inputs changed between runs, NaN boxes, a
+full disk, two threads on one predictor and bad arguments. Every case asserts either the right result, or an
+error that names the problem with nothing lost (no input replaced, no file written outside the output folder).
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def corpus(tmp_path: Path) -> Path:
     """The messy folder: colliding names, formats, a FIFO, a non-UTF-8 name, 1-pixel-wide images."""
     root = tmp_path / "photos"
     root.mkdir()
-    for index, name in enumerate(["frame.0001.jpg", "frame.0002.jpg", "a.jpg", "a_vis.jpg", "x.jpg", "x.png"]):
+    for index, name in enumerate(
+        ["frame.0001.jpg", "frame.0002.jpg", "a.jpg", "a_vis.jpg", "x.jpg", "x.png"]
+    ):
         photo(40 + 8 * index, 32, index).save(root / name)
     frames = [photo(24, 16, 10), photo(24, 16, 11)]
     frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
@@ -117,23 +119,39 @@ def test_output_names_are_injective() -> None:
     outcome("correct")
 
 
-def test_messy_folder_annotated_or_reported(corpus: Path, tmp_path: Path, pose: object, depth: object) -> None:
+def test_messy_folder_annotated_or_reported(
+    corpus: Path, tmp_path: Path, pose: object, depth: object
+) -> None:
     out = tmp_path / "out"
     user_temp = out / "depth" / ".notes.abcdefgh.tmp"  # a user's file that looks like a temp name
     user_temp.parent.mkdir(parents=True)
     user_temp.write_text("mine")
-    summary = Annotator({"pose": pose, "depth": depth}, out, batch_size=4, processing_resolution=RESOLUTION,
-                        progress=False).run(corpus)
+    summary = Annotator(
+        {"pose": pose, "depth": depth}, out, batch_size=4, processing_resolution=RESOLUTION, progress=False
+    ).run(corpus)
     failures: dict[str, list[dict]] = {}
     for failure in json.loads((out / "failures.json").read_text()):
         failures.setdefault(failure["file"], []).append(failure)
     assert failures.pop("broken.jpg") == [{"file": "broken.jpg", "reason": "not an image file PIL can read"}]
-    assert failures.pop("fifo.jpg") == [{"file": "fifo.jpg",
-                                         "reason": "not a regular file (a FIFO); only regular files are read"}]
+    assert failures.pop("fifo.jpg") == [
+        {"file": "fifo.jpg", "reason": "not a regular file (a FIFO); only regular files are read"}
+    ]
     assert summary.images == 14
     # Every readable input has its own outputs: no name lost a suffix or shadowed another's.
-    for name in ["frame.0001.jpg", "frame.0002.jpg", "a.jpg", "a_vis.jpg", "x.jpg", "x.png", "anim.gif",
-                 "gray.pgm", "rgb.ppm", os.fsdecode(b"caf\xe9.png"), "thin.png", "dot.png"]:
+    for name in [
+        "frame.0001.jpg",
+        "frame.0002.jpg",
+        "a.jpg",
+        "a_vis.jpg",
+        "x.jpg",
+        "x.png",
+        "anim.gif",
+        "gray.pgm",
+        "rgb.ppm",
+        os.fsdecode(b"caf\xe9.png"),
+        "thin.png",
+        "dot.png",
+    ]:
         size = Image.open(safe_join(corpus, name)).size
         outputs = {"depth": [f"{name}.npy", f"{name}.png", f"{name}_vis.png"], "pose": [f"{name}_vis.png"]}
         refused = [key for failure in failures.get(name, []) for key in failure["models"]]
@@ -168,8 +186,9 @@ def test_messy_folder_annotated_or_reported(corpus: Path, tmp_path: Path, pose: 
     photo(96, 64, 99).save(corpus / "x.jpg")
     os.unlink(corpus / "fifo.jpg")
     photo(8, 8, 98).save(corpus / "fifo.jpg")
-    again = Annotator({"pose": pose, "depth": depth}, out, batch_size=4, processing_resolution=RESOLUTION,
-                      progress=False).run(corpus)
+    again = Annotator(
+        {"pose": pose, "depth": depth}, out, batch_size=4, processing_resolution=RESOLUTION, progress=False
+    ).run(corpus)
     assert (again.annotated, again.failed) == (summary.annotated + 1, summary.failed - 1)
     assert np.load(out / "depth" / "x.jpg.npy").shape == (64, 96, 1)
     assert (out / "depth" / "fifo.jpg.png").is_file()
@@ -177,14 +196,18 @@ def test_messy_folder_annotated_or_reported(corpus: Path, tmp_path: Path, pose: 
     fresh_user = fresh / "depth" / ".notes.abcdefgh.tmp"
     fresh_user.parent.mkdir(parents=True)
     fresh_user.write_text("mine")
-    Annotator({"pose": pose, "depth": depth}, fresh, batch_size=4, processing_resolution=RESOLUTION,
-              progress=False).run(corpus)
-    assert tree(out) == tree(fresh)  # the resumed folder equals a fresh run on the changed inputs, byte for byte
+    Annotator(
+        {"pose": pose, "depth": depth}, fresh, batch_size=4, processing_resolution=RESOLUTION, progress=False
+    ).run(corpus)
+    assert tree(out) == tree(
+        fresh
+    )  # the resumed folder equals a fresh run on the changed inputs, byte for byte
     outcome("correct")
     outcome("correct")
 
 
-# ---------------------------------------------------------------------------------------------------- locations
+# ----------------------------------------------------------------------------------------------------
+# locations
 def test_outputs_never_overlap_inputs(corpus: Path, tmp_path: Path, depth: object, realdata: Path) -> None:
     before = tree(corpus)
     annotator = Annotator({"depth": depth}, corpus, processing_resolution=RESOLUTION, progress=False)
@@ -198,7 +221,8 @@ def test_outputs_never_overlap_inputs(corpus: Path, tmp_path: Path, depth: objec
     coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}]}))
     with pytest.raises(OutputLocationError, match="output folder lies inside the image root"):
         Annotator({"depth": depth}, corpus / "sub", processing_resolution=RESOLUTION, progress=False).run(
-            coco, image_root=corpus)  # a COCO list's image root may not hold the output
+            coco, image_root=corpus
+        )  # a COCO list's image root may not hold the output
     outcome("named error")
     # A symlinked output sub-folder pointing at the inputs.
     out = tmp_path / "linked"
@@ -221,8 +245,10 @@ def test_outputs_never_overlap_inputs(corpus: Path, tmp_path: Path, depth: objec
     export = tool("export_controlnet")
     annotations = tmp_path / "gt.json"
     annotations.write_text((realdata / "coco" / "test_coco.json").read_text())
-    for argv in (["--annotations", str(annotations), "--out", str(tmp_path)],
-                 ["--annotations", str(annotations), "--image-root", str(corpus), "--out", str(corpus)]):
+    for argv in (
+        ["--annotations", str(annotations), "--out", str(tmp_path)],
+        ["--annotations", str(annotations), "--image-root", str(corpus), "--out", str(corpus)],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             export.main(argv)
         assert exit_info.value.code == 2
@@ -252,13 +278,34 @@ def test_coco_ood_never_writes_outside_out(tmp_path: Path, capsys: pytest.Captur
     ann = tmp_path / "ann.json"
 
     def annotations(file_name: str) -> None:
-        ann.write_text(json.dumps({"images": [{"id": 1, "file_name": file_name, "width": 16, "height": 12}],
-                                   "annotations": [], "categories": [{"id": 1, "name": "person"}]}))
+        ann.write_text(
+            json.dumps(
+                {
+                    "images": [{"id": 1, "file_name": file_name, "width": 16, "height": 12}],
+                    "annotations": [],
+                    "categories": [{"id": 1, "name": "person"}],
+                }
+            )
+        )
 
     out = tmp_path / "deep" / "er" / "out"
     annotations("a/../../../../x.jpg")  # stays inside the image root only because `a` is a symlink
-    assert build.main(["--ann", str(ann), "--image-root", str(images), "--out", str(out), "--styles", "oil",
-                       "--no-progress"]) == 2
+    assert (
+        build.main(
+            [
+                "--ann",
+                str(ann),
+                "--image-root",
+                str(images),
+                "--out",
+                str(out),
+                "--styles",
+                "oil",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "escapes" in capsys.readouterr().err
     # `out/oil/images/a/../../../../x.jpg` would be tmp/deep/er/x.jpg: nothing was written anywhere outside.
     assert [p for p in tmp_path.rglob("x.jpg") if p.parent != images] == [] and not (out / "oil").exists()
@@ -268,14 +315,28 @@ def test_coco_ood_never_writes_outside_out(tmp_path: Path, capsys: pytest.Captur
     gt = ann.read_bytes()
     for sheet in (ann, images / "ok.jpg"):  # --contact-sheet at the annotation file or a source image
         with pytest.raises(SystemExit) as exit_info:
-            build.main(["--ann", str(ann), "--image-root", str(images), "--out", str(out), "--styles", "oil",
-                        "--contact-sheet", str(sheet), "--no-progress"])
+            build.main(
+                [
+                    "--ann",
+                    str(ann),
+                    "--image-root",
+                    str(images),
+                    "--out",
+                    str(out),
+                    "--styles",
+                    "oil",
+                    "--contact-sheet",
+                    str(sheet),
+                    "--no-progress",
+                ]
+            )
         assert exit_info.value.code == 2
         outcome("named error")
     assert tree(images) == sources and ann.read_bytes() == gt
 
 
-# ---------------------------------------------------------------------------------------------------- JSON, disk
+# ---------------------------------------------------------------------------------------------------- JSON,
+# disk
 def test_json_writers_refuse_non_finite(tmp_path: Path, pose: object) -> None:
     target = tmp_path / "results.json"
     with pytest.raises(NonFiniteJSONError, match=r"results\.json.*\[0\]\['bbox'\]\[1\]"):
@@ -289,8 +350,9 @@ def test_json_writers_refuse_non_finite(tmp_path: Path, pose: object) -> None:
     outcome("named error")
 
 
-def test_full_disk_is_named_and_a_rerun_finishes(corpus: Path, tmp_path: Path, depth: object,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_is_named_and_a_rerun_finishes(
+    corpus: Path, tmp_path: Path, depth: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
     real_replace = os.replace
     calls = {"n": 0}
@@ -307,12 +369,18 @@ def test_full_disk_is_named_and_a_rerun_finishes(corpus: Path, tmp_path: Path, d
     outcome("named error")
     monkeypatch.setattr(files.os, "replace", full_after_some)
     with pytest.raises(OutputWriteError, match="no space left on device"):
-        Annotator({"depth": depth}, out, batch_size=2, processing_resolution=RESOLUTION, progress=False).run(corpus)
+        Annotator({"depth": depth}, out, batch_size=2, processing_resolution=RESOLUTION, progress=False).run(
+            corpus
+        )
     monkeypatch.setattr(files.os, "replace", real_replace)
     assert not [p for p in out.rglob("*.tmp")]  # the failed write left no temp file
-    Annotator({"depth": depth}, out, batch_size=2, processing_resolution=RESOLUTION, progress=False).run(corpus)
+    Annotator({"depth": depth}, out, batch_size=2, processing_resolution=RESOLUTION, progress=False).run(
+        corpus
+    )
     reference = tmp_path / "reference"
-    Annotator({"depth": depth}, reference, batch_size=2, processing_resolution=RESOLUTION, progress=False).run(corpus)
+    Annotator(
+        {"depth": depth}, reference, batch_size=2, processing_resolution=RESOLUTION, progress=False
+    ).run(corpus)
     assert tree(out) == tree(reference)
     outcome("named error")
     outcome("correct")
@@ -322,7 +390,10 @@ def test_full_disk_is_named_and_a_rerun_finishes(corpus: Path, tmp_path: Path, d
 @pytest.mark.parametrize("which", ["pose", "depth"])
 def test_two_threads_get_their_own_results(which: str, pose: object, depth: object) -> None:
     predictor = {"pose": pose, "depth": depth}[which]
-    inputs = [np.asarray(photo(48, 64, 1), dtype=np.float32) / 255, np.asarray(photo(64, 40, 2), np.float32) / 255]
+    inputs = [
+        np.asarray(photo(48, 64, 1), dtype=np.float32) / 255,
+        np.asarray(photo(64, 40, 2), np.float32) / 255,
+    ]
 
     def call(image: np.ndarray) -> np.ndarray:
         if which == "pose":
@@ -356,39 +427,68 @@ def test_two_threads_get_their_own_results(which: str, pose: object, depth: obje
     outcome("correct")
 
 
-# ---------------------------------------------------------------------------------------------------- arguments
-@pytest.mark.parametrize("argv, message", [
-    (["--processing-resolution", "30"], "multiple of 8"),
-    (["--processing-resolution", "-8"], "multiple of 8"),
-    (["--batch-size", "0"], "batch_size"),
-    (["--max-pixels", "-1"], "--max-pixels"),
-])
-def test_tool_arguments_checked_at_start(argv: list[str], message: str, corpus: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture) -> None:
+# ----------------------------------------------------------------------------------------------------
+# arguments
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--processing-resolution", "30"], "multiple of 8"),
+        (["--processing-resolution", "-8"], "multiple of 8"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--max-pixels", "-1"], "--max-pixels"),
+    ],
+)
+def test_tool_arguments_checked_at_start(
+    argv: list[str], message: str, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     annotate = tool("annotate")
     with pytest.raises(SystemExit) as exit_info:
-        annotate.main(["--input", str(corpus), "--models", "tiny-lotus-depth-d", "--out", str(tmp_path / "o"),
-                       *argv])
+        annotate.main(
+            ["--input", str(corpus), "--models", "tiny-lotus-depth-d", "--out", str(tmp_path / "o"), *argv]
+        )
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written, no model loaded
     outcome("named error")
 
 
-@pytest.mark.parametrize("kind, content, message", [
-    ("list", '{"images": [{"id": true, "file_name": "a.jpg"}]}', r"list\.json: images\[0\]\['id'\]"),
-    ("list", '{"images": [{"id": 1, "file_name": "a.jpg"}', r"list\.json"),
-    ("dets", '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, "4", 4], "score": 1}]', r"dets\.json.*bbox"),
-    ("dets", '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, Infinity], "score": 1}]', r"dets\.json.*bbox"),
-])
-def test_tool_input_files_checked_at_start(kind: str, content: str, message: str, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "kind, content, message",
+    [
+        ("list", '{"images": [{"id": true, "file_name": "a.jpg"}]}', r"list\.json: images\[0\]\['id'\]"),
+        ("list", '{"images": [{"id": 1, "file_name": "a.jpg"}', r"list\.json"),
+        (
+            "dets",
+            '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, "4", 4], "score": 1}]',
+            r"dets\.json.*bbox",
+        ),
+        (
+            "dets",
+            '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, Infinity], "score": 1}]',
+            r"dets\.json.*bbox",
+        ),
+    ],
+)
+def test_tool_input_files_checked_at_start(
+    kind: str, content: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "in").mkdir()  # the list's folder is its image root, which may not hold the output
     listing, dets = tmp_path / "in" / "list.json", tmp_path / "dets.json"
     listing.write_text(content if kind == "list" else '{"images": [{"id": 1, "file_name": "a.jpg"}]}')
     dets.write_text(content if kind == "dets" else "[]")
     with pytest.raises(SystemExit) as exit_info:
-        tool("annotate").main(["--coco-images", str(listing), "--models", "tiny-sdpose-body", "--boxes", "det-file",
-                               str(dets), "--out", str(tmp_path / "o")])
+        tool("annotate").main(
+            [
+                "--coco-images",
+                str(listing),
+                "--models",
+                "tiny-sdpose-body",
+                "--boxes",
+                "det-file",
+                str(dets),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
@@ -404,7 +504,8 @@ def test_annotator_refuses_bad_options(tmp_path: Path, depth: object) -> None:
 
 # ---------------------------------------------------------------------------------------------------- memory
 def test_decoding_is_per_batch(tmp_path: Path, depth: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    """64 mixed-size images at batch size 8: never more than one batch of decoded images alive, decode then predict."""
+    """64 mixed-size images at batch size 8: never more than one batch of decoded images alive, decode then
+    predict."""
     from zoo.inference.annotate import inputs
 
     alive, events = {"now": 0, "peak": 0}, []
@@ -431,8 +532,9 @@ def test_decoding_is_per_batch(tmp_path: Path, depth: object, monkeypatch: pytes
     folder.mkdir()
     for index in range(64):
         photo(24 + 8 * (index % 5), 16 + 8 * (index % 3), index).save(folder / f"{index:03d}.png")
-    Annotator({"depth": depth}, tmp_path / "out", batch_size=8, processing_resolution=RESOLUTION,
-              progress=False).run(folder)
+    Annotator(
+        {"depth": depth}, tmp_path / "out", batch_size=8, processing_resolution=RESOLUTION, progress=False
+    ).run(folder)
     assert events == (["decode"] * 8 + ["predict"]) * 8
     assert alive["peak"] <= 8, alive  # memory is bounded by batch_size, not by the number of inputs
     outcome("correct")

@@ -93,8 +93,9 @@ def _official_reference(backbone, images, mode, size, noise_seed, global_seed):
     batch = images.shape[0]
     task_emb = torch.tensor([1, 0]).float().unsqueeze(0).repeat(1, 1)
     task_emb = torch.cat([torch.sin(task_emb), torch.cos(task_emb)], dim=-1).repeat(batch, 1)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              prediction_type="sample")
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="sample"
+    )
     torch.manual_seed(global_seed)
     rgb_in = images * 2 - 1
     with torch.no_grad():
@@ -107,9 +108,13 @@ def _official_reference(backbone, images, mode, size, noise_seed, global_seed):
         else:
             unet_input = rgb_latents
         t = torch.tensor(999)  # timesteps=[999] in every official script
-        prediction = backbone.unet(unet_input, t, encoder_hidden_states=prompt_embeds, class_labels=task_emb).sample
+        prediction = backbone.unet(
+            unet_input, t, encoder_hidden_states=prompt_embeds, class_labels=task_emb
+        ).sample
         decoded = backbone.vae.decode(prediction / backbone.vae.config.scaling_factor).sample
-    array = VaeImageProcessor(vae_scale_factor=8).postprocess(decoded, output_type="pt")  # [B, 3, h, w] in [0, 1]
+    array = VaeImageProcessor(vae_scale_factor=8).postprocess(
+        decoded, output_type="pt"
+    )  # [B, 3, h, w] in [0, 1]
     array = torch.nn.functional.interpolate(array, size, mode="nearest-exact")
     return array
 
@@ -128,9 +133,13 @@ def test_lotus_compat_reproduces_the_official_pipeline(tiny_backbone, mode, batc
     torch.testing.assert_close(got.prediction, expected, atol=1e-5, rtol=1e-4)
     # The default (deterministic) mode differs from the sampled posterior: compat mode is really a mode.
     torch.manual_seed(3)
-    default = LotusPredictor(tiny_backbone, mode, task)(images, processing_resolution=0, batch_size=batch,
-                                                        generator=torch.Generator().manual_seed(7) if mode == "g" else None,
-                                                        output_type="pt")
+    default = LotusPredictor(tiny_backbone, mode, task)(
+        images,
+        processing_resolution=0,
+        batch_size=batch,
+        generator=torch.Generator().manual_seed(7) if mode == "g" else None,
+        output_type="pt",
+    )
     assert not torch.allclose(default.prediction, expected, atol=1e-3)
 
 
@@ -138,8 +147,9 @@ def test_default_mode_is_deterministic_and_batch_invariant(tiny_backbone):
     predictor = LotusPredictor(tiny_backbone, "d", "depth")
     images = torch.rand(3, 3, 24, 40, generator=torch.Generator().manual_seed(0))
     batched = predictor(images, processing_resolution=0, batch_size=3, output_type="pt").prediction
-    single = torch.cat([predictor(images[i : i + 1], processing_resolution=0, output_type="pt").prediction
-                        for i in range(3)])
+    single = torch.cat(
+        [predictor(images[i : i + 1], processing_resolution=0, output_type="pt").prediction for i in range(3)]
+    )
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
     assert batched.shape == (3, 1, 24, 40)
     assert batched.min() >= 0 and batched.max() <= 1
@@ -151,9 +161,17 @@ def test_predictor_accepts_every_input_kind(tiny_backbone, tmp_path):
     Image.fromarray(rgb).save(tmp_path / "a.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "gray16.png")
     Image.fromarray(np.dstack([rgb, np.full((20, 28), 128, np.uint8)])).save(tmp_path / "rgba.png")
-    inputs = [tmp_path / "a.png", str(tmp_path / "gray16.png"), tmp_path / "rgba.png", Image.fromarray(rgb), rgb,
-              rgb.astype(np.float32) / 255, (rgb.astype(np.uint16) * 257), torch.from_numpy(rgb).permute(2, 0, 1),
-              rgb[..., 0]]
+    inputs = [
+        tmp_path / "a.png",
+        str(tmp_path / "gray16.png"),
+        tmp_path / "rgba.png",
+        Image.fromarray(rgb),
+        rgb,
+        rgb.astype(np.float32) / 255,
+        (rgb.astype(np.uint16) * 257),
+        torch.from_numpy(rgb).permute(2, 0, 1),
+        rgb[..., 0],
+    ]
     out = predictor(inputs, processing_resolution=16, batch_size=4)
     assert out.prediction.shape == (len(inputs), 20, 28, 3)
     norms = np.linalg.norm(out.prediction, axis=-1)
@@ -172,8 +190,12 @@ def test_bad_inputs_get_clear_errors(tiny_backbone, tmp_path):
     good = tmp_path / "good.jpg"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(good)
     (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:200])
-    for name, message in (("empty.jpg", "empty"), ("junk.jpg", "not an image"), ("cut.jpg", "truncated"),
-                          ("missing.jpg", "no such file")):
+    for name, message in (
+        ("empty.jpg", "empty"),
+        ("junk.jpg", "not an image"),
+        ("cut.jpg", "truncated"),
+        ("missing.jpg", "no such file"),
+    ):
         with pytest.raises(ImageLoadError, match=message) as info:
             predictor(tmp_path / name)
         assert name in str(info.value)
@@ -201,10 +223,13 @@ def test_sixteen_bit_png_export_round_trip(tiny_backbone, tmp_path):
 def test_video_blending_feeds_the_previous_latent(tiny_backbone):
     predictor = LotusPredictor(tiny_backbone, "g", "depth")
     frames = [np.full((16, 16, 3), v, np.uint8) for v in (10, 10)]
-    independent = [predictor(f, processing_resolution=0, generator=torch.Generator().manual_seed(0)).prediction[0]
-                   for f in frames]
-    blended = predictor.predict_video(frames, blend=0.5, generator=torch.Generator().manual_seed(0),
-                                      processing_resolution=0)
+    independent = [
+        predictor(f, processing_resolution=0, generator=torch.Generator().manual_seed(0)).prediction[0]
+        for f in frames
+    ]
+    blended = predictor.predict_video(
+        frames, blend=0.5, generator=torch.Generator().manual_seed(0), processing_resolution=0
+    )
     assert len(blended) == 2
     # The second frame starts from a blend with the first frame's output, so it differs from a fresh start.
     assert not np.allclose(blended[1], independent[1])
@@ -219,8 +244,12 @@ def test_decode_prediction_modes():
 
 
 def test_flip_negates_the_normal_x_component():
-    sample = {"image": torch.rand(3, 2, 3), "normals": torch.randn(3, 2, 3), "depth": torch.rand(1, 2, 3),
-              "valid": torch.ones(1, 2, 3, dtype=torch.bool)}
+    sample = {
+        "image": torch.rand(3, 2, 3),
+        "normals": torch.randn(3, 2, 3),
+        "depth": torch.rand(1, 2, 3),
+        "valid": torch.ones(1, 2, 3, dtype=torch.bool),
+    }
     flipped = hflip_sample(sample)
     torch.testing.assert_close(flipped["normals"][0], -sample["normals"][0].flip(-1))
     torch.testing.assert_close(flipped["normals"][1:], sample["normals"][1:].flip(-1))
@@ -269,7 +298,9 @@ def test_constant_normal_baseline_is_the_mean_direction():
     expected = torch.nn.functional.normalize(torch.tensor([1.0, 0.0, 3.0]), dim=0)
     torch.testing.assert_close(baseline[0, :, 1, 1], expected)
     valid[0, 0, 0, 0] = False  # invalid pixels do not pull the direction
-    torch.testing.assert_close(constant_normal_baseline(normals, valid)[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(
+        constant_normal_baseline(normals, valid)[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0])
+    )
 
 
 def test_predictor_decodes_batch_by_batch_and_keeps_dotted_stems(tmp_path, monkeypatch):
@@ -279,9 +310,14 @@ def test_predictor_decodes_batch_by_batch_and_keeps_dotted_stems(tmp_path, monke
     predictor = zoo.load("tiny-lotus-depth-d")
     events: list[str] = []
     real_load, real_predict = lotus_inference.load_rgb, predictor.model.predict
-    monkeypatch.setattr(lotus_inference, "load_rgb", lambda image, name=None: events.append("load") or
-                        real_load(image, name=name))
-    monkeypatch.setattr(predictor.model, "predict", lambda *a, **k: events.append("predict") or real_predict(*a, **k))
+    monkeypatch.setattr(
+        lotus_inference,
+        "load_rgb",
+        lambda image, name=None: events.append("load") or real_load(image, name=name),
+    )
+    monkeypatch.setattr(
+        predictor.model, "predict", lambda *a, **k: events.append("predict") or real_predict(*a, **k)
+    )
     images = [np.full((16, 16, 3), value, dtype=np.uint8) for value in (10, 90, 170, 250)]
     out = predictor(images, processing_resolution=16, batch_size=2)
     # Memory follows batch_size: the second batch is decoded only after the first one was predicted.

@@ -91,7 +91,8 @@ def test_arrays_are_read_only():
     [("coco", "coco.py"), ("humanart", "humanart.py"), ("coco_wholebody", "coco_wholebody.py")],
 )
 def test_matches_mmpose_parse_pose_metainfo(name, config):
-    """Every field equals mmpose's own dataset config, read with mmengine (mmpose.datasets needs xtcocotools to import).
+    """Every field equals mmpose's own dataset config, read with mmengine
+    (mmpose.datasets needs xtcocotools to import).
 
     Flip pairs compare as a set: mmpose's parser lists each pair in both orders.
     """

@@ -31,18 +31,37 @@ def test_find_splits_needs_finished_splits(tmp_path):
 
 
 def test_ood_table_of_the_tiny_pose_model(tmp_path):
-    ann, images = write_coco_figures(tmp_path / "figures", 6, seed=5_000_000, split="val", width=192, height=192)
+    ann, images = write_coco_figures(
+        tmp_path / "figures", 6, seed=5_000_000, split="val", width=192, height=192
+    )
     build(ann, images, tmp_path / "ood", ["corrupt-s5", "pencil"], progress=False)
     out = tmp_path / "eval"
-    metrics = eval_tool.main([
-        "--config", str(REPO_ROOT / "configs" / "tiny" / "sdpose_body.yaml"),
-        "--model.init_args.backbone", "checkpoints/tiny/sdpose_body",
-        "--data.init_args.source", "coco",
-        "--data.init_args.val_ann_file", str(ann), "--data.init_args.val_image_root", str(images),
-        "--data.init_args.test_ann_file", str(ann), "--data.init_args.test_image_root", str(images),
-        "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false",
-        "--ood-root", str(tmp_path / "ood"), "--out", str(out),
-    ])
+    metrics = eval_tool.main(
+        [
+            "--config",
+            str(REPO_ROOT / "configs" / "tiny" / "sdpose_body.yaml"),
+            "--model.init_args.backbone",
+            "checkpoints/tiny/sdpose_body",
+            "--data.init_args.source",
+            "coco",
+            "--data.init_args.val_ann_file",
+            str(ann),
+            "--data.init_args.val_image_root",
+            str(images),
+            "--data.init_args.test_ann_file",
+            str(ann),
+            "--data.init_args.test_image_root",
+            str(images),
+            "--data.init_args.batch_size",
+            "8",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--ood-root",
+            str(tmp_path / "ood"),
+            "--out",
+            str(out),
+        ]
+    )
     ood = json.loads((out / "ood.json").read_text())
     assert set(ood) == {"original", "corrupt-s5", "pencil"}
     assert ood["original"] == metrics

@@ -1,4 +1,5 @@
-"""PosePredictor on the real COCO samples: whole-image, caller and detection-file boxes; batching; flip; HOG."""
+"""PosePredictor on the real COCO samples: whole-image, caller and detection-file boxes; batching; flip; HOG.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ INPUT_SIZE = (96, 128)
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory) -> PosePredictor:
-    """A predictor from a freshly exported tiny SDPose (the export path, independent of the shipped weights)."""
+    """A predictor from a freshly exported tiny SDPose (the export path, independent of the shipped weights).
+    """
     torch.set_num_threads(1)
     torch.manual_seed(0)
     module = SDPoseModule(input_size=INPUT_SIZE, heatmap_size=(24, 32), sigma=2.0, blur_kernel_size=11)
@@ -49,24 +51,32 @@ PLANTED = np.stack([np.linspace(16, 79, 17), np.linspace(16, 111, 17)], axis=-1)
 
 @pytest.fixture()
 def planted(predictor: PosePredictor, monkeypatch: pytest.MonkeyPatch) -> PosePredictor:
-    """The predictor with its network replaced by known heatmaps, to check the crop -> image mapping exactly."""
+    """The predictor with its network replaced by known heatmaps, to check the crop -> image mapping exactly.
+    """
     from zoo.codecs import UDPHeatmap
 
-    heatmaps = torch.from_numpy(UDPHeatmap(INPUT_SIZE, (24, 32), sigma=2.0).encode(PLANTED).heatmaps)  # [17, 32, 24]
-    monkeypatch.setattr(predictor.model, "predict_heatmaps", lambda crops, flip_indices=None: heatmaps.expand(
-        len(crops), -1, -1, -1).clone())
+    heatmaps = torch.from_numpy(
+        UDPHeatmap(INPUT_SIZE, (24, 32), sigma=2.0).encode(PLANTED).heatmaps
+    )  # [17, 32, 24]
+    monkeypatch.setattr(
+        predictor.model,
+        "predict_heatmaps",
+        lambda crops, flip_indices=None: heatmaps.expand(len(crops), -1, -1, -1).clone(),
+    )
     return predictor
 
 
 def _crop_regions(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corner [N, 2] and size [N, 2] of the image region each crop covers (box x1.25, widened to 3:4)."""
+    """Top-left corner [N, 2] and size [N, 2] of the image region each crop covers
+    (box x1.25, widened to 3:4)."""
     center, scale = bbox_xyxy_to_center_scale(boxes)
     scale = fix_aspect_ratio(scale, INPUT_SIZE[0] / INPUT_SIZE[1])
     return center - scale / 2, scale
 
 
 def _assert_planted(keypoints: np.ndarray, boxes: np.ndarray) -> None:
-    """UDP: crop pixel 0 .. size-1 spans the crop region, so the planted points land at known image positions."""
+    """UDP: crop pixel 0 .. size-1 spans the crop region, so the planted points land at known image positions.
+    """
     corner, size = _crop_regions(np.asarray(boxes, dtype=np.float64))
     expected = corner[:, None] + PLANTED[None] * (size[:, None] / (np.array(INPUT_SIZE) - 1))  # [N, 17, 2]
     # Within a quarter of a crop pixel (DARK on an exact Gaussian), expressed in image pixels.
@@ -77,7 +87,9 @@ def _assert_planted(keypoints: np.ndarray, boxes: np.ndarray) -> None:
 def test_whole_image_boxes(predictor: PosePredictor, coco: dict):
     out = predictor([str(p) for p in coco["paths"]], box_source="whole_image")
     assert len(out) == len(coco["paths"])
-    for keypoints, scores, boxes, (width, height) in zip(out.keypoints, out.scores, out.boxes, coco["sizes"], strict=True):
+    for keypoints, scores, boxes, (width, height) in zip(
+        out.keypoints, out.scores, out.boxes, coco["sizes"], strict=True
+    ):
         assert keypoints.shape == (1, 17, 2) and scores.shape == (1, 17)
         np.testing.assert_array_equal(boxes, [[0, 0, width - 1, height - 1]])
         assert np.isfinite(keypoints).all()
@@ -95,13 +107,16 @@ def test_caller_boxes_pool_crops_across_images(predictor: PosePredictor, coco: d
         anns = [a for a in coco["annotations"] if a["image_id"] == image_id and a["num_keypoints"] > 0]
         boxes.append(bbox_xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)))
     boxes.append(np.zeros((0, 4)))  # an image without persons
-    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in coco["paths"]] + [np.zeros((32, 32, 3), np.uint8)]
+    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in coco["paths"]] + [
+        np.zeros((32, 32, 3), np.uint8)
+    ]
     pooled = predictor(images, boxes=boxes, batch_size=16)
     one_by_one = predictor(images, boxes=boxes, batch_size=1)
     for index, image_boxes in enumerate(boxes):
         keypoints, scores = pooled.keypoints[index], pooled.scores[index]
         assert keypoints.shape == (len(image_boxes), 17, 2) and scores.shape == (len(image_boxes), 17)
-        # Same persons in the same order; the untrained head's flat maps make DARK amplify float noise a little.
+        # Same persons in the same order; the untrained head's flat maps make DARK amplify float noise a
+        # little.
         np.testing.assert_allclose(scores, one_by_one.scores[index], atol=1e-5)
         if len(image_boxes):
             assert np.median(np.abs(keypoints - one_by_one.keypoints[index])) < 1e-2
@@ -119,7 +134,9 @@ def test_detection_file_boxes_and_flip_test(predictor: PosePredictor, coco: dict
     boxes, scores = detection_boxes(coco["root"] / "test_coco_det_AP_H_56.json", coco["ids"], score_thr=0.3)
     assert any(len(b) for b in boxes)
     out = predictor([str(p) for p in coco["paths"]], boxes=boxes, box_scores=scores, flip_test=True)
-    for keypoints, image_boxes, image_scores, got_scores in zip(out.keypoints, boxes, scores, out.box_scores, strict=True):
+    for keypoints, image_boxes, image_scores, got_scores in zip(
+        out.keypoints, boxes, scores, out.box_scores, strict=True
+    ):
         assert keypoints.shape == (len(image_boxes), 17, 2)
         np.testing.assert_array_equal(got_scores, image_scores)
 
@@ -163,9 +180,18 @@ def test_shipped_tiny_model_finds_held_out_figures(tmp_path: Path):
     gt = json.loads(ann_file.read_text())
     predictor = load("tiny-sdpose-body")
     ids = [image["id"] for image in gt["images"]]
-    boxes = [np.clip(bbox_xywh_to_xyxy(np.array(
-        [a["bbox"] for a in gt["annotations"] if a["image_id"] == i and a["num_keypoints"] > 0]).reshape(-1, 4)), 0, 191)
-        for i in ids]
+    boxes = [
+        np.clip(
+            bbox_xywh_to_xyxy(
+                np.array(
+                    [a["bbox"] for a in gt["annotations"] if a["image_id"] == i and a["num_keypoints"] > 0]
+                ).reshape(-1, 4)
+            ),
+            0,
+            191,
+        )
+        for i in ids
+    ]
     out = predictor([image_dir / image["file_name"] for image in gt["images"]], boxes=boxes, flip_test=True)
     evaluator = CocoKeypointEvaluator(ann_file, "coco")
     for image_id, keypoints, scores in zip(ids, out.keypoints, out.scores, strict=True):

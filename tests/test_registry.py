@@ -16,7 +16,9 @@ from model_zoo_table import BEGIN, END, replace_table  # noqa: E402
 
 def test_readme_table_is_generated_from_the_registry():
     readme = (REPO_ROOT / "README.md").read_text()
-    assert replace_table(readme, model_zoo_markdown()) == readme, "README table is stale: run `make readme-table`"
+    assert replace_table(readme, model_zoo_markdown()) == readme, (
+        "README table is stale: run `make readme-table`"
+    )
 
 
 def test_every_entry_names_an_existing_config_and_a_known_family():
@@ -58,12 +60,16 @@ def test_importing_zoo_reads_no_model_file(tmp_path):
         "import zoo\n"
         "print([f for f in seen if f.endswith('.json')])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
     assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_shipped_models_carry_the_numbers_measured_for_them():
-    shipped = [get_entry(n) for n in zoo.available_models() if get_entry(n).checkpoint.startswith("checkpoints/")]
+    shipped = [
+        get_entry(n) for n in zoo.available_models() if get_entry(n).checkpoint.startswith("checkpoints/")
+    ]
     assert shipped, "no tiny model is registered"
     for entry in shipped:
         metrics = json.loads((REPO_ROOT / entry.checkpoint / "metrics.json").read_text())
@@ -92,6 +98,8 @@ def test_uncached_hub_weights_fail_at_once_with_the_download_command(tmp_path, m
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     started = time.monotonic()
-    with pytest.raises(MissingWeightsError, match="huggingface-cli download jingheya/lotus-depth-d-v2-0-disparity"):
+    with pytest.raises(
+        MissingWeightsError, match="huggingface-cli download jingheya/lotus-depth-d-v2-0-disparity"
+    ):
         zoo.load("lotus-depth-d")
     assert time.monotonic() - started < 10  # no network retries: the cache is all that is looked at

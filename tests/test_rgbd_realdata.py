@@ -1,4 +1,5 @@
-"""Real RGB-D sensor frames (Redwood, NYUv2 raw, SUN RGB-D, TUM): conversions and the evaluator on real holes."""
+"""Real RGB-D sensor frames (Redwood, NYUv2 raw, SUN RGB-D, TUM): conversions and the evaluator on real holes.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_converted_depth_is_plausible_indoor_range_with_real_holes(frames: list[
 
 
 def test_toolbox_conversion_formulas() -> None:
-    # NYU: values come out of a big-endian PGM read byte-swapped; raw 1000 -> 351.3 / 92.5 m; 2047 = no reading.
+    # NYU: values come out of a big-endian PGM read byte-swapped; raw 1000 -> 351.3 / 92.5 m; 2047 = no
+    # reading.
     swapped = np.array(
         [(1000 & 0xFF) << 8 | 1000 >> 8, (2047 & 0xFF) << 8 | 2047 >> 8, (1092 & 0xFF) << 8 | 1092 >> 8]
     )

@@ -1,4 +1,5 @@
-"""SDPose: head shapes, feature sites, losses and the reconstruction switch, flip test, training CLI, converter."""
+"""SDPose: head shapes, feature sites, losses and the reconstruction switch, flip test, training CLI,
+converter."""
 
 from __future__ import annotations
 
@@ -54,7 +55,11 @@ def test_head_upsamples_twice_with_official_layout():
     assert head(torch.randn(2, 32, 16, 12)).shape == (2, 17, 32, 24)
     # The released checkpoint's names (strict load) and no affine InstanceNorm parameters.
     assert set(head.state_dict()) == {
-        "deconv_layers.0.weight", "conv_layers.0.weight", "conv_layers.0.bias", "final_layer.weight", "final_layer.bias",
+        "deconv_layers.0.weight",
+        "conv_layers.0.weight",
+        "conv_layers.0.bias",
+        "final_layer.weight",
+        "final_layer.bias",
     }
     kinds = [type(m).__name__ for m in head.deconv_layers] + [type(m).__name__ for m in head.conv_layers]
     assert kinds == ["ConvTranspose2d", "InstanceNorm2d", "SiLU", "Conv2d", "InstanceNorm2d", "SiLU"]
@@ -142,10 +147,13 @@ def test_flip_test_plumbing(backbone):
     torch.testing.assert_close(
         model.predict_heatmaps(crop.flip(-1), COCO.flip_indices),
         flip_heatmaps(model.predict_heatmaps(crop, COCO.flip_indices), COCO.flip_indices),
-        atol=1e-6, rtol=1e-5,
+        atol=1e-6,
+        rtol=1e-5,
     )
     without = model.predict_heatmaps(crop)
-    assert not torch.allclose(without, flip_heatmaps(model.predict_heatmaps(crop.flip(-1)), COCO.flip_indices))
+    assert not torch.allclose(
+        without, flip_heatmaps(model.predict_heatmaps(crop.flip(-1)), COCO.flip_indices)
+    )
 
 
 def _tiny_module(**overrides) -> SDPoseModule:
@@ -159,8 +167,15 @@ def _figure_batch(tmp_path: Path, size: int = 3) -> dict:
 
     from zoo.data.pose_datamodule import PoseDataModule
 
-    data = PoseDataModule(input_size=TINY_INPUT, train_images=4, val_images=2, test_images=2, batch_size=size,
-                          cache_dir=str(tmp_path / "figures"), figure_size=(96, 96))
+    data = PoseDataModule(
+        input_size=TINY_INPUT,
+        train_images=4,
+        val_images=2,
+        test_images=2,
+        batch_size=size,
+        cache_dir=str(tmp_path / "figures"),
+        figure_size=(96, 96),
+    )
     data.prepare_data()
     dataset = data.dataset("train")
     return default_collate([dataset[i] for i in range(size)])
@@ -168,11 +183,15 @@ def _figure_batch(tmp_path: Path, size: int = 3) -> dict:
 
 def test_training_step_logs_each_term(tmp_path: Path):
     batch = _figure_batch(tmp_path)
-    for weight, expected in ((1.0, {"train/loss_keypoint", "train/loss_reconstruction", "train/loss"}),
-                             (0.0, {"train/loss_keypoint", "train/loss"})):
+    for weight, expected in (
+        (1.0, {"train/loss_keypoint", "train/loss_reconstruction", "train/loss"}),
+        (0.0, {"train/loss_keypoint", "train/loss"}),
+    ):
         module = _tiny_module(reconstruction_weight=weight)
         logged: dict = {}
-        module.log_dict = lambda values, _logged=logged, **_: _logged.update(values)  # no trainer: capture the logs
+        module.log_dict = lambda values, _logged=logged, **_: _logged.update(
+            values
+        )  # no trainer: capture the logs
         loss = module.training_step(batch, 0)
         assert set(logged) == expected
         assert loss.item() == pytest.approx(logged["train/loss"].item())
@@ -189,28 +208,56 @@ def test_fast_dev_run_of_the_tiny_recipe(tmp_path: Path):
     sys.path.insert(0, str(REPO / "tools"))
     from train import main
 
-    cli = main([
-        "fit", "--config", str(REPO / "configs/tiny/sdpose_body.yaml"), "--trainer.fast_dev_run", "1",
-        "--data.init_args.cache_dir", str(tmp_path / "figures"), "--data.init_args.train_images", "4",
-        "--data.init_args.val_images", "2", "--data.init_args.test_images", "2",
-        "--data.init_args.batch_size", "2", "--data.init_args.figure_size", "[96, 96]",
-        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
-    ])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/tiny/sdpose_body.yaml"),
+            "--trainer.fast_dev_run",
+            "1",
+            "--data.init_args.cache_dir",
+            str(tmp_path / "figures"),
+            "--data.init_args.train_images",
+            "4",
+            "--data.init_args.val_images",
+            "2",
+            "--data.init_args.test_images",
+            "2",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.figure_size",
+            "[96, 96]",
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+        ]
+    )
     metrics = cli.trainer.callback_metrics
-    assert {"train/loss_keypoint", "train/loss_reconstruction", "train/loss", "val/AP", "val/AR"} <= set(metrics)
+    assert {"train/loss_keypoint", "train/loss_reconstruction", "train/loss", "val/AP", "val/AR"} <= set(
+        metrics
+    )
     assert 0.0 <= float(metrics["val/AP"]) <= 1.0
 
 
-# ---------------------------------------------------------------------------------------------------- converter
-def _official_checkpoint(tmp_path: Path, tiny_backbone_dir: Path, num_keypoints: int, head_state: dict) -> Path:
-    """A fake checkpoint in the released layout: diffusers subfolders, SDPose_D_Pipeline index, decoder/ head."""
+# ----------------------------------------------------------------------------------------------------
+# converter
+def _official_checkpoint(
+    tmp_path: Path, tiny_backbone_dir: Path, num_keypoints: int, head_state: dict
+) -> Path:
+    """A fake checkpoint in the released layout: diffusers subfolders, SDPose_D_Pipeline index, decoder/ head.
+    """
     folder = tmp_path / "official"
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         shutil.copytree(tiny_backbone_dir / part, folder / part)
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "SDPose_D_Pipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "decoder": ["mmpose", "HeatmapHead"],
-    }))
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "SDPose_D_Pipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "decoder": ["mmpose", "HeatmapHead"],
+            }
+        )
+    )
     (folder / "decoder").mkdir()
     save_file(head_state, str(folder / "decoder" / "decoder.safetensors"))
     return folder
@@ -234,11 +281,18 @@ def test_official_checkpoint_loads_and_converts(tmp_path: Path, tiny_backbone_di
     assert is_official_layout(folder)
     model, config = load_official_sdpose(folder)
     assert (config["metainfo"], config["feature_site"], config["input_size"], config["sigma"]) == (
-        "coco", "up_blocks.3", [768, 1024], 6.0)
+        "coco",
+        "up_blocks.3",
+        [768, 1024],
+        6.0,
+    )
     for name, tensor in state.items():
         torch.testing.assert_close(model.head.state_dict()[name], tensor)
     converted = convert_official_sdpose(folder, tmp_path / "zoo")
-    assert not (converted / "text_encoder").exists() and (converted / "empty_prompt_embeds.safetensors").is_file()
+    assert (
+        not (converted / "text_encoder").exists()
+        and (converted / "empty_prompt_embeds.safetensors").is_file()
+    )
     reloaded, reloaded_config = load_sdpose(converted)
     assert reloaded_config["metainfo"] == "coco" and reloaded_config["converted_from"] == str(folder)
     crops = _crops(1, 6)
@@ -274,8 +328,18 @@ def test_export_folder_round_trip(tmp_path: Path):
         module.model.head.final_layer.bias.fill_(0.25)  # a non-default weight that must survive the export
     module.export_pretrained(tmp_path / "export")
     config = json.loads((tmp_path / "export" / "zoo_model.json").read_text())
-    assert config | {"family": "sdpose", "input_size": [96, 128], "heatmap_size": [24, 32], "sigma": 2.0,
-                     "feature_site": "up_blocks.3", "metainfo": "coco"} == config
+    assert (
+        config
+        | {
+            "family": "sdpose",
+            "input_size": [96, 128],
+            "heatmap_size": [24, 32],
+            "sigma": 2.0,
+            "feature_site": "up_blocks.3",
+            "metainfo": "coco",
+        }
+        == config
+    )
     model, _ = load_sdpose(tmp_path / "export")
     crops = _crops(2, 8)
     torch.testing.assert_close(model.predict_heatmaps(crops), module.model.predict_heatmaps(crops))

@@ -94,7 +94,8 @@ def test_written_dataset_is_byte_identical_and_loads(tmp_path: Path) -> None:
         assert len(category["keypoints"]) == 17 and category["keypoints"][9] == "left_wrist"
         assert all(1 <= a <= 17 and 1 <= b <= 17 for a, b in category["skeleton"])
         assert len(coco.getImgIds()) == 6
-        # Ground truth given back as predictions scores AP 1: boxes, areas and keypoints agree with each other.
+        # Ground truth given back as predictions scores AP 1: boxes, areas and keypoints agree with each
+        # other.
         results = [
             {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
             for a in coco.loadAnns(coco.getAnnIds())

@@ -82,7 +82,8 @@ def test_normals_are_unit_and_face_the_camera() -> None:
         s = render_scene(seed, 48, 48)
         n = s.normals[s.valid].astype(np.float64)
         np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-5)
-        # A visible surface faces the viewer: in the visual frame the view ray is (x, -y, -z) of the OpenCV point.
+        # A visible surface faces the viewer: in the visual frame the view ray is (x, -y, -z) of the OpenCV
+        # point.
         p = _points(s)[s.valid] * np.array([1.0, -1.0, -1.0])
         assert np.all((n * p).sum(-1) < 1e-6)
 
@@ -93,8 +94,8 @@ def test_normals_agree_with_depth() -> None:
         p = _points(s)  # [H, W, 3]
         du = p[1:-1, 2:] - p[1:-1, :-2]
         dv = p[2:, 1:-1] - p[:-2, 1:-1]
-        # Inverse depth is affine in pixel coordinates on a plane: a zero second difference marks smooth pixels
-        # (no occlusion edge or crease), where the finite differences see a single surface.
+        # Inverse depth is affine in pixel coordinates on a plane: a zero second difference marks smooth
+        # pixels (no occlusion edge or crease), where the finite differences see a single surface.
         inv = np.where(s.valid, 1.0 / np.maximum(s.depth, 1e-6), 0.0).astype(np.float64)
         curv_u = np.abs(inv[1:-1, 2:] - 2 * inv[1:-1, 1:-1] + inv[1:-1, :-2])
         curv_v = np.abs(inv[2:, 1:-1] - 2 * inv[1:-1, 1:-1] + inv[:-2, 1:-1])
@@ -125,7 +126,8 @@ def test_fronto_parallel_wall_and_sphere() -> None:
 
 
 def test_floor_depth_and_normal() -> None:
-    # Camera 1 m above an endless floor, looking level: rows below the centre see the floor at depth f / (v - cy).
+    # Camera 1 m above an endless floor, looking level: rows below the centre see the floor at depth f /
+    # (v - cy).
     s = render(_frontal_scene(0.5, (-1e3, -1.0, -1e3), (1e3, 1e3, 1e3)), 32, 32)
     f, cy = float(s.intrinsics[0, 0]), float(s.intrinsics[1, 2])
     rows = np.arange(24, 32)

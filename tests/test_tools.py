@@ -1,4 +1,5 @@
-"""tools/train.py and tools/eval.py end to end: TensorBoard logs, last.ckpt, explicit resume, seeds, metrics files."""
+"""tools/train.py and tools/eval.py end to end: TensorBoard logs, last.ckpt, explicit resume, seeds, metrics
+files."""
 
 from __future__ import annotations
 
@@ -20,19 +21,31 @@ CONFIG = str(REPO_ROOT / "configs" / "tiny" / "lotus_depth_d.yaml")
 
 def _small(tmp: Path, steps: int, name: str = "run", checkpoint_dir: bool = True) -> list[str]:
     return [
-        "--config", CONFIG,
-        "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", "2",
-        "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(tmp / "logs"),
-        "--trainer.logger.init_args.name", name,
+        "--config",
+        CONFIG,
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp / "logs"),
+        "--trainer.logger.init_args.name",
+        name,
         *(["--checkpoint.dirpath", str(tmp / name / "checkpoints")] if checkpoint_dir else []),
-        "--data.init_args.image_size", "[32, 32]",
-        "--data.init_args.train_size", "8",
-        "--data.init_args.val_size", "2",
-        "--data.init_args.test_size", "4",
-        "--data.init_args.batch_size", "2",
+        "--data.init_args.image_size",
+        "[32, 32]",
+        "--data.init_args.train_size",
+        "8",
+        "--data.init_args.val_size",
+        "2",
+        "--data.init_args.test_size",
+        "4",
+        "--data.init_args.batch_size",
+        "2",
     ]
 
 
@@ -79,8 +92,19 @@ def test_resume_from_an_explicit_checkpoint_continues_the_step_count(trained, tm
 
 
 def test_same_seed_same_weights_and_another_seed_differs(tmp_path):
-    runs = [train_tool.main(["fit", *_small(tmp_path / str(i), 1), "--seed_everything", str(seed),
-                             "--trainer.limit_val_batches", "0"]) for i, seed in enumerate((3, 3, 4))]
+    runs = [
+        train_tool.main(
+            [
+                "fit",
+                *_small(tmp_path / str(i), 1),
+                "--seed_everything",
+                str(seed),
+                "--trainer.limit_val_batches",
+                "0",
+            ]
+        )
+        for i, seed in enumerate((3, 3, 4))
+    ]
     weights = [_unet_weights(cli) for cli in runs]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
@@ -121,25 +145,55 @@ def test_eval_scores_a_benchmark_reader_with_its_protocol(trained, tmp_path):
         rows.append(f"test/room/rgb_{index}.png test/room/depth_{index}.png")
     (root / "list.txt").write_text("\n".join(rows) + "\n")
     tmp, _ = trained
-    metrics = eval_tool.main([
-        *_small(tmp_path, 2, checkpoint_dir=False), "--ckpt_path", str(tmp / "run" / "checkpoints" / "last.ckpt"),
-        "--data.init_args.test_dataset", "nyuv2", "--data.init_args.test_root", str(root),
-        "--data.init_args.test_filelist", str(root / "list.txt"), "--out", str(tmp_path / "eval"),
-    ])
+    metrics = eval_tool.main(
+        [
+            *_small(tmp_path, 2, checkpoint_dir=False),
+            "--ckpt_path",
+            str(tmp / "run" / "checkpoints" / "last.ckpt"),
+            "--data.init_args.test_dataset",
+            "nyuv2",
+            "--data.init_args.test_root",
+            str(root),
+            "--data.init_args.test_filelist",
+            str(root / "list.txt"),
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert 0 < metrics["test/abs_rel"] < 10 and 0 <= metrics["test/delta1"] <= 1
-    # A constant aligned in disparity space scores the same on both identical-GT images: a finite, positive floor.
+    # A constant aligned in disparity space scores the same on both identical-GT images: a finite, positive
+    # floor.
     assert metrics["test/constant_baseline_abs_rel"] > 0
 
 
 def test_eval_refuses_empty_ground_truth_with_a_named_error(tmp_path, realdata, capsys):
     ann = tmp_path / "empty.json"
     image = {"id": 785, "file_name": "000000000785.jpg", "width": 640, "height": 425}
-    ann.write_text(json.dumps({"images": [image], "annotations": [],
-                               "categories": [{"id": 1, "name": "person", "keypoints": [], "skeleton": []}]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [image],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "person", "keypoints": [], "skeleton": []}],
+            }
+        )
+    )
     with pytest.raises(SystemExit) as exit_info:
-        eval_tool.main(["--config", str(REPO_ROOT / "configs/tiny/sdpose_body.yaml"),
-                        "--model.init_args.backbone", "checkpoints/tiny/sdpose_body",
-                        "--data.init_args.source", "coco", "--data.init_args.val_ann_file", str(ann),
-                        "--data.init_args.val_image_root", str(realdata / "coco"), "--out", str(tmp_path / "out")])
+        eval_tool.main(
+            [
+                "--config",
+                str(REPO_ROOT / "configs/tiny/sdpose_body.yaml"),
+                "--model.init_args.backbone",
+                "checkpoints/tiny/sdpose_body",
+                "--data.init_args.source",
+                "coco",
+                "--data.init_args.val_ann_file",
+                str(ann),
+                "--data.init_args.val_image_root",
+                str(realdata / "coco"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "empty.json" in capsys.readouterr().err and not (tmp_path / "out" / "metrics.json").exists()

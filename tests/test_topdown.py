@@ -154,7 +154,8 @@ def test_detection_boxes(realdata: Path) -> None:
 
 def test_humanart_accepts_both_layouts(realdata: Path, tmp_path: Path) -> None:
     ann_file = realdata / "humanart" / "test_humanart.json"
-    # The realdata folder is the images folder itself; the official layout has "HumanArt/images/..." below root.
+    # The realdata folder is the images folder itself; the official layout has "HumanArt/images/..." below
+    # root.
     direct = HumanArtPoseDataset(ann_file, realdata / "humanart")
     assert all(inst.image_path.is_file() for inst in direct.instances)
     for (

@@ -1,4 +1,5 @@
-"""Top-down transforms: box -> centre/scale, UDP affine, flips, round trips, augmentation and the clean crop."""
+"""Top-down transforms: box -> centre/scale, UDP affine, flips, round trips, augmentation and the clean crop.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +37,6 @@ NO_AUG = TopDownAugmentation(
     median_blur_prob=0.0,
     dropout_prob=0.0,
 )
-
-
 
 
 def _image(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
@@ -134,8 +133,9 @@ def test_decoded_keypoints_map_back_like_mmpose() -> None:
 @pytest.mark.mmpose
 def test_flip_in_one_warp_equals_mmpose_flip_then_affine(mmpose_topdown_affine) -> None:
     keypoint_ops = pytest.importorskip("mmpose.structures.keypoint")
-    # A smooth image: OpenCV 4 quantises sampling positions to 1/32 px, so one composed warp and flip-then-warp
-    # differ by a sub-pixel shift whose effect on pixel values is bounded by the image gradient.
+    # A smooth image: OpenCV 4 quantises sampling positions to 1/32 px, so one composed warp and
+    # flip-then-warp differ by a sub-pixel shift whose effect on pixel values is bounded by the image
+    # gradient.
     image = cv2.GaussianBlur(_image(), (0, 0), 3)
     bbox = np.array([30.0, 10.0, 90.0, 100.0])
     keypoints = np.random.default_rng(3).uniform(20, 100, size=(17, 2))
@@ -165,7 +165,8 @@ def test_flip_in_one_warp_equals_mmpose_flip_then_affine(mmpose_topdown_affine) 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_augmented_keypoints_follow_the_image(seed: int) -> None:
-    # A bright dot at the keypoint must land where the transformed keypoint says, whatever the random geometry.
+    # A bright dot at the keypoint must land where the transformed keypoint says, whatever the random
+    # geometry.
     image = np.zeros((200, 240, 3), dtype=np.uint8)
     keypoint = np.array([[150.0, 80.0]])
     image[78:83, 148:153] = 255

@@ -6,10 +6,11 @@
         --boxes det-file person_detections.json --controlnet --out out/
     python tools/annotate.py --input photos/ --models lotus-depth-d --out out/ --devices 4 --strategy ddp
 
-Writes per model `<out>/<name>/` (name: the task, or the model name when two models share a task): COCO keypoint
-results.json + annotations.json + skeleton overlays (pose), or <stem>.png/.npy/_vis.png (depth, normals); and
-`<out>/failures.json` listing every input that could not be annotated, with the reason. A killed run restarted
-with the same command continues where it stopped and ends with the same bytes as an uninterrupted one.
+Writes per model `<out>/<name>/` (name: the task, or the model name when two models share a task): COCO
+keypoint results.json + annotations.json + skeleton overlays (pose), or <stem>.png/.npy/_vis.png
+(depth, normals); and `<out>/failures.json` listing every input that could not be annotated, with the reason.
+A killed run restarted with the same command continues where it stopped and ends with the same bytes as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -38,39 +39,81 @@ from zoo.utils.files import OutputWriteError  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=Path, help="folder of images (searched recursively)")
-    source.add_argument("--coco-images", type=Path, help="COCO JSON whose images[].file_name lists the images")
-    parser.add_argument("--image-root", type=Path, help="folder the COCO file names are relative to "
-                        "(default: the COCO file's folder)")
-    parser.add_argument("--models", nargs="+", required=True,
-                        help="registered model names (see `zoo.available_models()`) or exported model folders")
+    source.add_argument(
+        "--coco-images", type=Path, help="COCO JSON whose images[].file_name lists the images"
+    )
+    parser.add_argument(
+        "--image-root",
+        type=Path,
+        help="folder the COCO file names are relative to (default: the COCO file's folder)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        help="registered model names (see `zoo.available_models()`) or exported model folders",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--boxes", nargs="+", default=["whole_image"], metavar="SOURCE",
-                        help="person boxes for pose: whole_image (default), hog, or det-file PATH "
-                        "(COCO detection results, image ids as in --coco-images)")
+    parser.add_argument(
+        "--boxes",
+        nargs="+",
+        default=["whole_image"],
+        metavar="SOURCE",
+        help="person boxes for pose: whole_image (default), hog, or det-file PATH "
+        "(COCO detection results, image ids as in --coco-images)",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call (default 4)")
     parser.add_argument("--device", default="cpu", help="torch device of a single-process run (default cpu)")
-    parser.add_argument("--flip-test", action="store_true", help="pose: average with mirrored crops (2x cost)")
-    parser.add_argument("--processing-resolution", type=int,
-                        help="depth/normals: long side the model runs at (default: the model's, 768 for SD2)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue a previous run in --out (default); --no-resume redoes every image")
-    parser.add_argument("--controlnet", action="store_true",
-                        help="pose: also write ControlNet OpenPose conditioning PNG + pose JSON per image")
-    parser.add_argument("--visualize", action=argparse.BooleanOptionalAction, default=True,
-                        help="pose: write skeleton overlays (default on; depth/normals always write _vis.png)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"report images with more pixels as too large (default {DEFAULT_MAX_PIXELS}; 0: no "
-                        "limit but the decoder's decompression-bomb guard)")
+    parser.add_argument(
+        "--flip-test", action="store_true", help="pose: average with mirrored crops (2x cost)"
+    )
+    parser.add_argument(
+        "--processing-resolution",
+        type=int,
+        help="depth/normals: long side the model runs at (default: the model's, 768 for SD2)",
+    )
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue a previous run in --out (default); --no-resume redoes every image",
+    )
+    parser.add_argument(
+        "--controlnet",
+        action="store_true",
+        help="pose: also write ControlNet OpenPose conditioning PNG + pose JSON per image",
+    )
+    parser.add_argument(
+        "--visualize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pose: write skeleton overlays (default on; depth/normals always write _vis.png)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"report images with more pixels as too large (default {DEFAULT_MAX_PIXELS}; 0: no "
+        "limit but the decoder's decompression-bomb guard)",
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    scale = parser.add_argument_group("scale-out through Lightning (used when --devices > 1 or --num-nodes > 1)")
+    scale = parser.add_argument_group(
+        "scale-out through Lightning (used when --devices > 1 or --num-nodes > 1)"
+    )
     scale.add_argument("--devices", type=int, default=1, help="processes (GPUs) per node")
     scale.add_argument("--num-nodes", type=int, default=1, help="nodes")
-    scale.add_argument("--strategy", default="ddp", help="Lightning strategy (default ddp; ddp_spawn also works)")
-    scale.add_argument("--accelerator", help="Lightning accelerator (default: cpu for --device cpu, else gpu)")
+    scale.add_argument(
+        "--strategy", default="ddp", help="Lightning strategy (default ddp; ddp_spawn also works)"
+    )
+    scale.add_argument(
+        "--accelerator", help="Lightning accelerator (default: cpu for --device cpu, else gpu)"
+    )
     return parser
 
 
@@ -125,18 +168,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Scale-out loads on the CPU; Lightning moves each rank's copy to its device.
         predictors = [zoo.load(name, device="cpu" if distributed else args.device) for name in args.models]
         annotator = Annotator(
-            dict(zip(_output_names(args.models, predictors), predictors, strict=True)), args.out,
-            batch_size=args.batch_size, processing_resolution=args.processing_resolution,
-            flip_test=args.flip_test, visualize=args.visualize, controlnet=args.controlnet, resume=args.resume,
-            max_pixels=args.max_pixels or None, num_workers=args.num_workers, progress=not args.no_progress,
+            dict(zip(_output_names(args.models, predictors), predictors, strict=True)),
+            args.out,
+            batch_size=args.batch_size,
+            processing_resolution=args.processing_resolution,
+            flip_test=args.flip_test,
+            visualize=args.visualize,
+            controlnet=args.controlnet,
+            resume=args.resume,
+            max_pixels=args.max_pixels or None,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
             **boxes,
         )
         if distributed:
             from zoo.inference.distributed import annotate_distributed
 
             accelerator = args.accelerator or ("cpu" if args.device == "cpu" else "gpu")
-            summary = annotate_distributed(annotator, inputs, args.image_root, accelerator=accelerator,
-                                           devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy)
+            summary = annotate_distributed(
+                annotator,
+                inputs,
+                args.image_root,
+                accelerator=accelerator,
+                devices=args.devices,
+                num_nodes=args.num_nodes,
+                strategy=args.strategy,
+            )
         else:
             summary = annotator.run(inputs, args.image_root)
     except (AnnotationError, FileNotFoundError, KeyError, ValueError, OutputWriteError) as error:
@@ -144,8 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if summary is not None:  # None on the non-zero ranks of a scale-out run
         computed = "?" if summary.computed is None else summary.computed
-        print(f"annotated {summary.annotated} of {summary.images} images ({summary.failed} failed, listed in "
-              f"{args.out / 'failures.json'}); computed {computed} predictions in this run")
+        print(
+            f"annotated {summary.annotated} of {summary.images} images ({summary.failed} failed, listed in "
+            f"{args.out / 'failures.json'}); computed {computed} predictions in this run"
+        )
     return 0
 
 

@@ -44,7 +44,9 @@ def check_tiny_backbone() -> str:
     record = json.loads((folder / "recipe.json").read_text())
     bad = [name for name, digest in record["files"].items() if sha256_file(folder / name) != digest]
     if bad:
-        raise SystemExit(f"tiny backbone files differ from recipe.json: {bad}; rebuild with `make tiny-backbone`")
+        raise SystemExit(
+            f"tiny backbone files differ from recipe.json: {bad}; rebuild with `make tiny-backbone`"
+        )
     return describe(record)
 
 
@@ -62,22 +64,35 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
     entry = get_entry(name)
     data = SyntheticSceneDataset(scenes, 64, 64, base_seed=TEST_SEED)
     batch = torch.utils.data.default_collate([data[i] for i in range(scenes)])
-    prediction = predictor(batch["image"], processing_resolution=0, batch_size=16, output_type="pt").prediction
+    prediction = predictor(
+        batch["image"], processing_resolution=0, batch_size=16, output_type="pt"
+    ).prediction
     if predictor.task == "depth":
         evaluator = DepthEvaluator(constant_baseline=True)
         space = "disparity" if predictor.disparity else "depth"
         evaluator.update(prediction, batch["depth"], batch["valid"], SYNTHETIC_PROTOCOL, space)
         scores = evaluator.compute()
-        metrics = {"AbsRel": scores["abs_rel"], "delta1": scores["delta1"],
-                   "constant AbsRel": scores["constant_baseline_abs_rel"]}
+        metrics = {
+            "AbsRel": scores["abs_rel"],
+            "delta1": scores["delta1"],
+            "constant AbsRel": scores["constant_baseline_abs_rel"],
+        }
     else:
         model, constant = NormalEvaluator(), NormalEvaluator()
         model.update(prediction, batch["normals"], batch["valid"])
-        constant.update(constant_normal_baseline(batch["normals"], batch["valid"]), batch["normals"], batch["valid"])
+        constant.update(
+            constant_normal_baseline(batch["normals"], batch["valid"]), batch["normals"], batch["valid"]
+        )
         scores = model.compute()
-        metrics = {"mean deg": scores["mean"], "median deg": scores["median"],
-                   "constant (mean direction) mean deg": constant.compute()["mean"]}
-    photos = sorted((REALDATA / "rgbd" / "color").glob("*.jpg"))[:2] + sorted((REALDATA / "coco").glob("*.jpg"))[:2]
+        metrics = {
+            "mean deg": scores["mean"],
+            "median deg": scores["median"],
+            "constant (mean direction) mean deg": constant.compute()["mean"],
+        }
+    photos = (
+        sorted((REALDATA / "rgbd" / "color").glob("*.jpg"))[:2]
+        + sorted((REALDATA / "coco").glob("*.jpg"))[:2]
+    )
     tiles = []
     for photo in photos:
         result = predictor(photo, processing_resolution=256).prediction[0]
@@ -99,8 +114,9 @@ def sdpose_demo(name: str, out: Path, images: int) -> tuple[str, dict[str, float
     from zoo.visualize import draw_skeleton
 
     predictor = zoo.load(name)
-    ann_file, image_dir = write_coco_figures(out / "figures", images, seed=3_000_000, split="demo",
-                                             width=192, height=192)
+    ann_file, image_dir = write_coco_figures(
+        out / "figures", images, seed=3_000_000, split="demo", width=192, height=192
+    )
     coco = json.loads(Path(ann_file).read_text())
     evaluator = CocoKeypointEvaluator(ann_file, metainfo="coco")
     boxes = {image["id"]: [] for image in coco["images"]}
@@ -108,10 +124,12 @@ def sdpose_demo(name: str, out: Path, images: int) -> tuple[str, dict[str, float
         x, y, w, h = annotation["bbox"]
         boxes[annotation["image_id"]].append([x, y, x + w, y + h])
     paths = [Path(image_dir) / image["file_name"] for image in coco["images"]]
-    result = predictor([str(p) for p in paths], boxes=[np.array(boxes[i["id"]]) for i in coco["images"]],
-                       flip_test=True)
-    for image, keypoints, scores, found in zip(coco["images"], result.keypoints, result.scores, result.boxes,
-                                               strict=True):
+    result = predictor(
+        [str(p) for p in paths], boxes=[np.array(boxes[i["id"]]) for i in coco["images"]], flip_test=True
+    )
+    for image, keypoints, scores, found in zip(
+        coco["images"], result.keypoints, result.scores, result.boxes, strict=True
+    ):
         xywh = np.concatenate([found[:, :2], found[:, 2:] - found[:, :2]], axis=1)  # [N, 4]
         evaluator.update(image["id"], keypoints, scores, bboxes=xywh)
     metrics = {key: value for key, value in evaluator.compute().items() if key in ("AP", "AP50", "AR")}
@@ -148,7 +166,9 @@ def coco_ood_demo(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the demo."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--scenes", type=int, default=64, help="held-out synthetic scenes per Lotus model")
     parser.add_argument("--figures", type=int, default=32, help="held-out synthetic figure images for SDPose")
@@ -164,8 +184,10 @@ def main(argv: list[str] | None = None) -> None:
             report += [f"\n## {name} on {args.scenes} held-out synthetic scenes\n", metrics_markdown(metrics)]
         elif kind == "keypoints":
             name, metrics = sdpose_demo(entry.name, out, args.figures)
-            report += [f"\n## {name} on {args.figures} held-out synthetic figure images (GT boxes, flip test)\n",
-                       metrics_markdown(metrics)]
+            report += [
+                f"\n## {name} on {args.figures} held-out synthetic figure images (GT boxes, flip test)\n",
+                metrics_markdown(metrics),
+            ]
     report += [f"\nControlNet OpenPose exports: {controlnet_demo(out)} images in {out / 'controlnet'}\n"]
     report += [f"COCO-OOD contact sheet: {coco_ood_demo(out)}\n"]
     text = "\n".join(report)

@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ExportInputError(f"{args.annotations}: image id {image.image_id}: {error}") from error
             if not is_previous_export(*paths):
                 raise ExportInputError(
-                    f"{paths[0]} or {paths[1]} exists and was not written by an export; refusing to replace it "
-                    "(choose an empty output folder)"
+                    f"{paths[0]} or {paths[1]} exists and was not written by an export; "
+                    "refusing to replace it (choose an empty output folder)"
                 )
             if image.stem in seen:
                 raise ExportInputError(

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Print the model-zoo table generated from the registry, or rewrite it inside README.md (--write README.md)."""
+"""Print the model-zoo table generated from the registry, or rewrite it inside README.md (--write README.md).
+"""
 
 from __future__ import annotations
 

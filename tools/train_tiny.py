@@ -2,7 +2,7 @@
 """Retrain a shipped tiny model from scratch: train, test on held-out data, export to checkpoints/tiny/.
 
     python tools/train_tiny.py configs/tiny/lotus_depth_d.yaml --out checkpoints/tiny/lotus_depth_d
-    python tools/train_tiny.py --all          # every model the registry ships (make tiny-models), one at a time
+    python tools/train_tiny.py --all # every model the registry ships (make tiny-models), one at a time
 
 Extra arguments are LightningCLI overrides (e.g. `--trainer.max_steps 100`).
 """
@@ -21,14 +21,20 @@ from zoo.registry import tiny_models  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     """Run and print the held-out metrics."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("config", nargs="?", help="a YAML under configs/tiny/")
     parser.add_argument("--out", help="export folder, e.g. checkpoints/tiny/lotus_depth_d")
     parser.add_argument("--all", action="store_true", help="retrain every shipped model of the registry")
     known, overrides = parser.parse_known_args(argv)
     if known.all == bool(known.config or known.out):
         parser.error("give CONFIG --out DIR, or --all")
-    jobs = [(entry.config, entry.checkpoint) for entry in tiny_models()] if known.all else [(known.config, known.out)]
+    jobs = (
+        [(entry.config, entry.checkpoint) for entry in tiny_models()]
+        if known.all
+        else [(known.config, known.out)]
+    )
     if any(out is None for _, out in jobs):
         parser.error("CONFIG needs --out")
     records = {}

@@ -22,7 +22,8 @@ DEFAULT_TRAINER: dict[str, Any] = {
 
 
 class ZooCLI(LightningCLI):
-    """LightningCLI with the zoo's defaults: any LightningModule/DataModule by class_path, TensorBoard, last.ckpt."""
+    """LightningCLI with the zoo's defaults: any LightningModule/DataModule by class_path, TensorBoard,
+    last.ckpt."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -39,7 +40,8 @@ class ZooCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
-        """Always checkpoint (with last.ckpt); configurable as `checkpoint.*` in YAML or on the command line."""
+        """Always checkpoint (with last.ckpt); configurable as `checkpoint.*` in YAML or on the command line.
+        """
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
 
@@ -77,7 +79,9 @@ def train_evaluate_export(config: str, out: str | Path, overrides: list[str] | N
     cli = ZooCLI(args=args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-    metrics = {name.removeprefix("test/"): float(value) for result in results for name, value in result.items()}
+    metrics = {
+        name.removeprefix("test/"): float(value) for result in results for name, value in result.items()
+    }
     out = Path(out)
     cli.model.export_pretrained(str(out))
     record = {

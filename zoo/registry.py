@@ -1,9 +1,9 @@
 """The model zoo: family specs and named models, the single source of truth for the tools and the README.
 
 The data lives in `zoo/model_zoo.py` (plain dicts, imports nothing from zoo); this module turns it into typed
-specs on first use, resolves the classes a spec names lazily (so `import zoo` stays light and reads no file), and
-builds predictors (`zoo.load`). Adding a family means: its folder under zoo/models/, its configs, one spec in
-model_zoo.py and its tests (see CONTRIBUTING.md).
+specs on first use, resolves the classes a spec names lazily (so `import zoo` stays light and reads no file),
+and builds predictors (`zoo.load`). Adding a family means: its folder under zoo/models/, its configs, one spec
+in model_zoo.py and its tests (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ class FamilySpec:
     datamodule: str  # its LightningDataModule
     predictor: str  # the inference API class (from_pretrained)
     output_kind: str  # what a prediction is: "dense", "keypoints", "video_keypoints", "text", "image"
-    annotator_adapter: str | None = None  # the Annotator's TaskAdapter for this family, if it annotates images
+    annotator_adapter: str | None = (
+        None  # the Annotator's TaskAdapter for this family, if it annotates images
+    )
     # LightningCLI overrides that shrink a real-size recipe to a one-step smoke run on the tiny backbone
     # (tests/test_configs.py; "{tmp}" is replaced by a temporary folder).
     smoke_overrides: tuple[str, ...] = ()
@@ -188,15 +190,16 @@ def weights_folder(entry: ModelEntry, allow_download: bool = False) -> str:
         raise MissingWeightsError(
             f"{entry.name}: the weights {entry.checkpoint!r} are not in the Hugging Face cache "
             f"({type(error).__name__}). Fetch them once with `huggingface-cli download {entry.checkpoint} "
-            f"--local-dir {folder}` and load that folder, or call zoo.load({entry.name!r}, allow_download=True)."
+            f"--local-dir {folder}` and load that folder, or call "
+            f"zoo.load({entry.name!r}, allow_download=True)."
         ) from error
 
 
 def load(name_or_path: str | os.PathLike, allow_download: bool = False, **kwargs: Any) -> Any:
     """Build the predictor of a registered model name, or of a checkpoint folder written by this project.
 
-    A folder must contain `zoo_model.json` naming its family (written when a model is exported). Registered hub
-    models load from the local Hugging Face cache; `allow_download=True` fetches them first when missing.
+    A folder must contain `zoo_model.json` naming its family (written when a model is exported). Registered
+    hub models load from the local Hugging Face cache; `allow_download=True` fetches them first when missing.
     Other keyword arguments (device, dtype, ...) go to the predictor's `from_pretrained`.
     """
     name = str(name_or_path)
@@ -212,7 +215,9 @@ def load(name_or_path: str | os.PathLike, allow_download: bool = False, **kwargs
         try:
             family = json.loads(marker.read_text())["family"]
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{marker}: not a zoo model description (needs a JSON object with 'family')") from error
+            raise ValueError(
+                f"{marker}: not a zoo model description (needs a JSON object with 'family')"
+            ) from error
         return get_family(family).resolve("predictor").from_pretrained(str(folder), **kwargs)
     raise KeyError(
         f"{name!r} is neither a registered model ({', '.join(available_models()) or 'none'}) "

@@ -1,4 +1,5 @@
-"""Named feature taps: forward hooks on any module path of a network, collected per forward call and thread."""
+"""Named feature taps: forward hooks on any module path of a network, collected per forward call and thread.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ _SUFFIX_MODULES = {"query": "to_q", "key": "to_k", "value": "to_v"}
 
 
 def resolve_site(root: nn.Module, site: str) -> nn.Module:
-    """The submodule named by `site` ("up_blocks.3", "up_blocks.1.attentions.0.transformer_blocks.0.attn2:query")."""
+    """The submodule named by `site`
+    ("up_blocks.3", "up_blocks.1.attentions.0.transformer_blocks.0.attn2:query")."""
     path, _, suffix = site.partition(":")
     if suffix:
         if suffix not in _SUFFIX_MODULES:
-            raise ValueError(f"feature site {site!r}: unknown suffix {suffix!r}; expected {sorted(_SUFFIX_MODULES)}")
+            raise ValueError(
+                f"feature site {site!r}: unknown suffix {suffix!r}; expected {sorted(_SUFFIX_MODULES)}"
+            )
         path = f"{path}.{_SUFFIX_MODULES[suffix]}"
     try:
         return root.get_submodule(path)
@@ -38,18 +42,19 @@ def _first_tensor(output: object) -> torch.Tensor:
 class FeatureTaps:
     """Forward hooks on named sites; `captured` holds each site's output of the latest forward in this thread.
 
-    Thread-safe: captures are stored per thread, so two threads running the same network (two predictors sharing
-    one UNet, or one predictor called from two threads) each get exactly the features of their own forward, never
-    the other's. Under gradient checkpointing an inner module runs again during backward; the hook then overwrites
-    the capture with the recomputed (numerically identical) tensor, which is harmless because callers consume the
-    features before calling backward.
+    Thread-safe: captures are stored per thread, so two threads running the same network
+    (two predictors sharing one UNet, or one predictor called from two threads) each get exactly the features
+    of their own forward, never the other's. Under gradient checkpointing an inner module runs again during
+    backward; the hook then overwrites the capture with the recomputed (numerically identical) tensor, which
+    is harmless because callers consume the features before calling backward.
     """
 
     def __init__(self, root: nn.Module, sites: Mapping[str, str]):
         self.sites = dict(sites)  # name -> site
         self._local = threading.local()  # .captured: name -> tensor, one dict per thread
         self._handles = [
-            resolve_site(root, site).register_forward_hook(self._hook(name)) for name, site in self.sites.items()
+            resolve_site(root, site).register_forward_hook(self._hook(name))
+            for name, site in self.sites.items()
         ]
 
     @property

@@ -14,7 +14,8 @@ TASK_CODE_DIM = 4
 
 
 def task_code(task: Task) -> torch.Tensor:
-    """The 4-d code of `task`: annotation [sin 1, sin 0, cos 1, cos 0], reconstruction [sin 0, sin 1, cos 0, cos 1]."""
+    """The 4-d code of `task`: annotation [sin 1, sin 0, cos 1, cos 0], reconstruction
+    [sin 0, sin 1, cos 0, cos 1]."""
     if task not in _TASK_INDEX:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(_TASK_INDEX)}")
     one_hot = torch.zeros(2, dtype=torch.float64)

@@ -14,7 +14,19 @@ from zoo.builders.coco_ood import (
 from zoo.builders.styles import Corruption, Style, available_styles, default_styles, get_style, register_style
 
 __all__ = [
-    "CocoOodError", "Corruption", "SplitPaths", "Style", "available_styles", "build", "contact_sheet",
-    "default_styles", "get_style", "merge", "parse_shard", "register_style", "split_paths", "verify",
+    "CocoOodError",
+    "Corruption",
+    "SplitPaths",
+    "Style",
+    "available_styles",
+    "build",
+    "contact_sheet",
+    "default_styles",
+    "get_style",
+    "merge",
+    "parse_shard",
+    "register_style",
+    "split_paths",
+    "verify",
     "write_contact_sheet",
 ]

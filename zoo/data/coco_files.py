@@ -29,13 +29,15 @@ MAX_IMAGE_SIDE = 65_535
 
 # COCO-WholeBody stores each part of its keypoints under its own annotation field; the non-body parts carry a
 # validity flag. Keyed by the metainfo's part names, whose keypoint ranges are the one layout of the parts.
-PART_FIELDS: Mapping[str, tuple[str, str | None]] = MappingProxyType({
-    "body": ("keypoints", None),
-    "foot": ("foot_kpts", "foot_valid"),
-    "face": ("face_kpts", "face_valid"),
-    "left_hand": ("lefthand_kpts", "lefthand_valid"),
-    "right_hand": ("righthand_kpts", "righthand_valid"),
-})
+PART_FIELDS: Mapping[str, tuple[str, str | None]] = MappingProxyType(
+    {
+        "body": ("keypoints", None),
+        "foot": ("foot_kpts", "foot_valid"),
+        "face": ("face_kpts", "face_valid"),
+        "left_hand": ("lefthand_kpts", "lefthand_valid"),
+        "right_hand": ("righthand_kpts", "righthand_valid"),
+    }
+)
 # Annotation fields holding flat (x, y, v) keypoint triplets.
 _KEYPOINT_FIELDS = tuple(field for field, _ in PART_FIELDS.values())
 
@@ -356,8 +358,9 @@ def read_detections(source: str | os.PathLike | list[dict[str, Any]]) -> list[De
     """Read and validate a person-detection file (COCO results: image_id, category_id, bbox xywh, score)."""
     records, _ = read_results(source, "detection", ("image_id", "category_id", "bbox", "score"))
     return [
-        Detection(index, r["image_id"], np.asarray(r["bbox"], dtype=np.float64), float(r["score"]),
-                  r["category_id"])
+        Detection(
+            index, r["image_id"], np.asarray(r["bbox"], dtype=np.float64), float(r["score"]), r["category_id"]
+        )
         for index, r in enumerate(records)
     ]
 

@@ -1,8 +1,8 @@
 """COCO-OOD layout: where a built split keeps its images, annotations and manifest.
 
-    OUT/<split>/images/<file_name>   the restyled image, same size and relative path as the source
-    OUT/<split>/annotations.json     the input annotations; only `info.coco_ood` and file suffixes differ
-    OUT/<split>/manifest.json        per image: style, seed, parameters, source and output SHA-256
+OUT/<split>/images/<file_name>   the restyled image, same size and relative path as the source
+OUT/<split>/annotations.json     the input annotations; only `info.coco_ood` and file suffixes differ
+OUT/<split>/manifest.json        per image: style, seed, parameters, source and output SHA-256
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ class EmptySplitError(ValueError):
 class ZooDataModule(LightningDataModule):
     """Loaders built one way for every family.
 
-    `sample_kind` names the typed item the family's datasets return (zoo.data.samples). Evaluation loaders wrap
-    their dataset so every item carries `sample_id` (its index in the split) and is checked against the kind;
-    under DDP Lightning shards them with its DistributedSampler, whose repeats the evaluators drop by sample id.
+    `sample_kind` names the typed item the family's datasets return (zoo.data.samples). Evaluation loaders
+    wrap their dataset so every item carries `sample_id` (its index in the split) and is checked against the
+    kind; under DDP Lightning shards them with its DistributedSampler, whose repeats the evaluators drop by
+    sample id.
     """
 
     sample_kind: ClassVar[SampleKind] = "image"
@@ -37,13 +38,21 @@ class ZooDataModule(LightningDataModule):
     ) -> DataLoader:
         """A DataLoader over `dataset` with the collate function of the family's sample kind."""
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
-            num_workers=num_workers, persistent_workers=persistent_workers and num_workers > 0,
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            persistent_workers=persistent_workers and num_workers > 0,
             collate_fn=COLLATE[self.sample_kind],
         )
 
-    def eval_loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, name: str = "eval") -> DataLoader:
-        """An evaluation loader: items in split order, each with its `sample_id` (an empty split is an error)."""
+    def eval_loader(
+        self, dataset: Dataset, batch_size: int, num_workers: int = 0, name: str = "eval"
+    ) -> DataLoader:
+        """An evaluation loader: items in split order, each with its `sample_id` (an empty split is an error).
+        """
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise EmptySplitError(f"{name}: the evaluation split has no samples (empty ground truth?)")
         return self.loader(IndexedDataset(dataset, self.sample_kind, name), batch_size, num_workers)

@@ -1,4 +1,5 @@
-"""Data for Lotus: synthetic scenes by default, Hypersim + Virtual KITTI 2 with the official mixing on request."""
+"""Data for Lotus: synthetic scenes by default, Hypersim + Virtual KITTI 2 with the official mixing on
+request."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ def hflip_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def resize_sample(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Resize image (bilinear) and depth/normals/valid (nearest, so no invalid value leaks) to `size` (H, W)."""
+    """Resize image (bilinear) and depth/normals/valid (nearest, so no invalid value leaks) to `size` (H, W).
+    """
     if tuple(sample["image"].shape[-2:]) == tuple(size):
         return sample
     resized = dict(sample)
-    resized["image"] = F.interpolate(sample["image"][None], size, mode="bilinear", antialias=True,
-                                     align_corners=False)[0]
+    resized["image"] = F.interpolate(
+        sample["image"][None], size, mode="bilinear", antialias=True, align_corners=False
+    )[0]
     for key in ("depth", "normals"):
         if key in sample:
             resized[key] = F.interpolate(sample[key][None], size, mode="nearest-exact")[0]
@@ -44,7 +47,9 @@ def resize_sample(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dic
 class AugmentedDataset(Dataset):
     """Wraps a reader: optional resize to a fixed size, random horizontal flip with probability `flip_p`."""
 
-    def __init__(self, dataset: Dataset, size: tuple[int, int] | None = None, flip_p: float = 0.5, seed: int = 0):
+    def __init__(
+        self, dataset: Dataset, size: tuple[int, int] | None = None, flip_p: float = 0.5, seed: int = 0
+    ):
         self.dataset, self.size, self.flip_p, self.seed = dataset, size, flip_p, seed
         self.epoch = 0
 
@@ -103,10 +108,11 @@ class DepthNormalDataModule(ZooDataModule):
     source="synthetic" (default): rendered scenes, train seeds 0..train_size-1, held-out val and test seeds.
     source="hypersim_vkitti": the official Lotus mixture (Hypersim resized to `hypersim_size`, Virtual KITTI 2
     cropped by its reader, whole batches from one dataset, Hypersim with probability `hypersim_probability`).
-    Validation uses held-out synthetic scenes. The test split is held-out synthetic scenes unless `test_dataset`
-    names a benchmark: a depth set (nyuv2, kitti, eth3d, scannet, diode; `test_root` + `test_filelist`) or a
-    DSINE normal set as "normals:<name>" (nyuv2, scannet, ibims, sintel, oasis; `test_root`, optional split file).
-    Benchmarks are read one image per batch (their sizes differ) and scored with their own protocol.
+    Validation uses held-out synthetic scenes. The test split is held-out synthetic scenes unless
+    `test_dataset` names a benchmark: a depth set
+    (nyuv2, kitti, eth3d, scannet, diode; `test_root` + `test_filelist`) or a DSINE normal set as
+    "normals:<name>" (nyuv2, scannet, ibims, sintel, oasis; `test_root`, optional split file). Benchmarks are
+    read one image per batch (their sizes differ) and scored with their own protocol.
     """
 
     def __init__(
@@ -132,13 +138,16 @@ class DepthNormalDataModule(ZooDataModule):
         if source not in ("synthetic", "hypersim_vkitti"):
             raise ValueError(f"source must be 'synthetic' or 'hypersim_vkitti'; got {source!r}")
         if source == "hypersim_vkitti" and not (hypersim_root and vkitti_root):
-            raise ValueError("source='hypersim_vkitti' needs hypersim_root and vkitti_root (see datasets/README.md)")
+            raise ValueError(
+                "source='hypersim_vkitti' needs hypersim_root and vkitti_root (see datasets/README.md)"
+            )
         self.save_hyperparameters()
 
     def _train_loader(self, dataset: Dataset) -> DataLoader:
         hp = self.hparams
-        return self.loader(dataset, hp.batch_size, hp.num_workers, shuffle=True, drop_last=True,
-                           persistent_workers=True)
+        return self.loader(
+            dataset, hp.batch_size, hp.num_workers, shuffle=True, drop_last=True, persistent_workers=True
+        )
 
     def train_dataloader(self) -> DataLoader | MixedBatchLoader:
         hp = self.hparams
@@ -147,10 +156,15 @@ class DepthNormalDataModule(ZooDataModule):
             return self._train_loader(AugmentedDataset(scenes, None, hp.flip_p, hp.seed))
         from zoo.data.depth_training import HypersimDataset, VirtualKITTI2Dataset
 
-        hypersim = AugmentedDataset(HypersimDataset(hp.hypersim_root), tuple(hp.hypersim_size), hp.flip_p, hp.seed)
+        hypersim = AugmentedDataset(
+            HypersimDataset(hp.hypersim_root), tuple(hp.hypersim_size), hp.flip_p, hp.seed
+        )
         vkitti = AugmentedDataset(VirtualKITTI2Dataset(hp.vkitti_root), None, hp.flip_p, hp.seed)
-        return MixedBatchLoader([self._train_loader(hypersim), self._train_loader(vkitti)],
-                                [hp.hypersim_probability, 1.0 - hp.hypersim_probability], seed=hp.seed)
+        return MixedBatchLoader(
+            [self._train_loader(hypersim), self._train_loader(vkitti)],
+            [hp.hypersim_probability, 1.0 - hp.hypersim_probability],
+            seed=hp.seed,
+        )
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -174,6 +188,8 @@ class DepthNormalDataModule(ZooDataModule):
                 raise ValueError(f"test_dataset={hp.test_dataset!r} needs test_filelist")
             dataset = DEPTH_EVAL_DATASETS[hp.test_dataset](hp.test_root, hp.test_filelist)
         else:
-            raise ValueError(f"unknown test_dataset {hp.test_dataset!r}; expected 'synthetic', one of "
-                             f"{sorted(DEPTH_EVAL_DATASETS)} or 'normals:<set>'")
+            raise ValueError(
+                f"unknown test_dataset {hp.test_dataset!r}; expected 'synthetic', one of "
+                f"{sorted(DEPTH_EVAL_DATASETS)} or 'normals:<set>'"
+            )
         return self.eval_loader(dataset, 1, hp.num_workers, hp.test_dataset)

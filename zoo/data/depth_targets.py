@@ -1,4 +1,5 @@
-"""Depth/disparity target normalisations of Lotus/Marigold: metric depth to [-1, 1] maps the VAE can encode."""
+"""Depth/disparity target normalisations of Lotus/Marigold: metric depth to [-1, 1] maps the VAE can encode.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ PERSCENE_DIVISOR = 65.0
 
 
 def is_disparity_norm(norm_type: str) -> bool:
-    """True when the normalisation works on inverse depth (the model then predicts affine-invariant disparity)."""
+    """True when the normalisation works on inverse depth
+    (the model then predicts affine-invariant disparity)."""
     return norm_type in ("trunc_disparity", "disparity")
 
 
@@ -24,17 +26,21 @@ def _range(values: torch.Tensor, truncated: bool) -> tuple[torch.Tensor, torch.T
     if values.numel() == 0:
         raise ValueError("depth map has no valid pixels to normalise")
     if truncated:
-        quantiles = torch.quantile(values.float(), torch.tensor([LOW_QUANTILE, HIGH_QUANTILE], device=values.device))
+        quantiles = torch.quantile(
+            values.float(), torch.tensor([LOW_QUANTILE, HIGH_QUANTILE], device=values.device)
+        )
         return quantiles[0], quantiles[1]
     return values.min(), values.max()
 
 
-def normalize_depth(depth: torch.Tensor, valid: torch.Tensor, norm_type: NormType = "trunc_disparity") -> torch.Tensor:
+def normalize_depth(
+    depth: torch.Tensor, valid: torch.Tensor, norm_type: NormType = "trunc_disparity"
+) -> torch.Tensor:
     """Map one metric depth map [1, H, W] (valid where `valid`) to [-1, 1] as the official training does.
 
-    Quantiles/min-max are computed on valid pixels with depth > 0 and applied to every pixel with depth > 0, then
-    clipped to [-1, 1]: pixels outside `valid` that still carry a depth (Virtual KITTI sky at 655 m) land on the
-    far end, as in the official loaders. Pixels without depth get -1 (they are masked out of the loss).
+    Quantiles/min-max are computed on valid pixels with depth > 0 and applied to every pixel with depth > 0,
+    then clipped to [-1, 1]: pixels outside `valid` that still carry a depth (Virtual KITTI sky at 655 m) land
+    on the far end, as in the official loaders. Pixels without depth get -1 (they are masked out of the loss).
     """
     if norm_type not in NORM_TYPES:
         raise ValueError(f"unknown norm_type {norm_type!r}; expected one of {NORM_TYPES}")

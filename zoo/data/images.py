@@ -13,10 +13,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
-# Refuse decompression bombs with a clear message instead of PIL's warning; 16k x 16k is far above any use here.
+# Refuse decompression bombs with a clear message instead of PIL's warning; 16k x 16k is far above any use
+# here.
 MAX_PIXELS = 16384 * 16384
-_SPECIAL_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
-                  (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+_SPECIAL_KINDS = (
+    (stat.S_ISDIR, "folder"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 
 class ImageLoadError(ValueError):
@@ -42,7 +48,8 @@ def _open_regular(path: Path) -> IO[bytes]:
 
 
 def read_image_file(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
-    """Open a regular image file fully (EXIF orientation applied, first frame) or raise ImageLoadError naming it.
+    """Open a regular image file fully (EXIF orientation applied, first frame) or raise ImageLoadError naming
+    it.
 
     Images above `max_pixels` are refused from the header, before anything is decoded (None: only PIL's own
     decompression-bomb guard).
@@ -54,9 +61,11 @@ def read_image_file(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS
             raise ImageLoadError(f"{path}: file is empty (0 bytes)")
         with Image.open(handle) as image:  # lazy: reads the header only
             if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageLoadError(f"{path}: image too large ({image.width}x{image.height} is above "
-                                     f"max_pixels={max_pixels})")
-            image.load()  # Decode now so truncated files fail here, not later; animations give their first frame.
+                raise ImageLoadError(
+                    f"{path}: image too large ({image.width}x{image.height} is above max_pixels={max_pixels})"
+                )
+            # Decode now so truncated files fail here, not later; animations give their first frame.
+            image.load()
             image = ImageOps.exif_transpose(image)
     except ImageLoadError:
         raise
@@ -101,7 +110,9 @@ def array_to_unit_float(array: np.ndarray, name: str = "image") -> np.ndarray:
         if not np.isfinite(array).all():
             raise ValueError(f"{name}: contains NaN or infinite values")
         if array.min() < 0.0 or array.max() > 1.0:
-            raise ValueError(f"{name}: float values must lie in [0, 1]; got [{array.min():.3g}, {array.max():.3g}]")
+            raise ValueError(
+                f"{name}: float values must lie in [0, 1]; got [{array.min():.3g}, {array.max():.3g}]"
+            )
         return array
     raise ValueError(f"{name}: unsupported dtype {array.dtype}; expected uint8, uint16 or float in [0, 1]")
 
@@ -111,7 +122,9 @@ def to_rgb_hwc(array: np.ndarray, name: str = "image") -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"{name}: expected [H, W] or [H, W, C] with C in 1..4; got shape {tuple(array.shape)}")
+        raise ValueError(
+            f"{name}: expected [H, W] or [H, W, C] with C in 1..4; got shape {tuple(array.shape)}"
+        )
     channels = array.shape[2]
     if channels in (1, 2):  # gray or gray + alpha
         array = np.repeat(array[:, :, :1], 3, axis=2)

@@ -30,14 +30,18 @@ DATASETS: dict[str, type[TopDownPoseDataset]] = {
     "humanart": HumanArtPoseDataset,
 }
 # Dataset class per keypoint layout of the synthetic source.
-SYNTHETIC_LAYOUTS: dict[str, type[TopDownPoseDataset]] = {"coco": CocoPoseDataset, "coco_wholebody": CocoWholeBodyPoseDataset}
+SYNTHETIC_LAYOUTS: dict[str, type[TopDownPoseDataset]] = {
+    "coco": CocoPoseDataset,
+    "coco_wholebody": CocoWholeBodyPoseDataset,
+}
 # Held-out figure sets are drawn from seeds far from the training seed (as the depth datamodule does).
 VAL_SEED = 1_000_000
 TEST_SEED = 2_000_000
 
 
 class EpochSampler(Sampler[int]):
-    """Seeded shuffling that also re-seeds the dataset's augmentation each epoch (Lightning calls set_epoch)."""
+    """Seeded shuffling that also re-seeds the dataset's augmentation each epoch (Lightning calls set_epoch).
+    """
 
     def __init__(self, dataset: TopDownPoseDataset, seed: int) -> None:
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -55,7 +59,9 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
 
 
-def figure_split(cache_dir: str | os.PathLike, split: str, num_images: int, seed: int, size: tuple[int, int]) -> Path:
+def figure_split(
+    cache_dir: str | os.PathLike, split: str, num_images: int, seed: int, size: tuple[int, int]
+) -> Path:
     """Folder of one cached synthetic figure set, keyed by everything that changes its content."""
     return Path(cache_dir) / f"{split}_seed{seed}_n{num_images}_{size[0]}x{size[1]}"
 
@@ -68,10 +74,10 @@ class PoseDataModule(ZooDataModule):
     source="coco" | "coco_wholebody" | "humanart": the readers of zoo.data.topdown on the files named by
     `train_ann_file`, `train_image_root`, `val_*`, `test_*` (relative to `data_root`); `val_bbox_file` /
     `test_bbox_file` give person detections (COCO results format) instead of ground-truth boxes.
-    `input_size` is the crop (w, h). `augmentation` overrides fields of TopDownAugmentation (mmpose/SDPose defaults).
-    `synthetic_layout` "coco_wholebody" writes the figures in the COCO-WholeBody layout (their 17 body joints
-    labelled, feet, face and hands unlabelled), so whole-body recipes run end to end without the dataset; the real
-    sources ignore it (their layout is the source's).
+    `input_size` is the crop (w, h). `augmentation` overrides fields of TopDownAugmentation
+    (mmpose/SDPose defaults). `synthetic_layout` "coco_wholebody" writes the figures in the COCO-WholeBody
+    layout (their 17 body joints labelled, feet, face and hands unlabelled), so whole-body recipes run end to
+    end without the dataset; the real sources ignore it (their layout is the source's).
     """
 
     def __init__(
@@ -103,21 +109,28 @@ class PoseDataModule(ZooDataModule):
         if source not in DATASETS:
             raise ValueError(f"source must be one of {sorted(DATASETS)}; got {source!r}")
         if synthetic_layout not in SYNTHETIC_LAYOUTS:
-            raise ValueError(f"synthetic_layout must be one of {sorted(SYNTHETIC_LAYOUTS)}; got {synthetic_layout!r}")
+            raise ValueError(
+                f"synthetic_layout must be one of {sorted(SYNTHETIC_LAYOUTS)}; got {synthetic_layout!r}"
+            )
         known = {f.name for f in fields(TopDownAugmentation)}
         unknown = sorted(set(augmentation or {}) - known)
         if unknown:
             raise ValueError(f"unknown augmentation settings {unknown}; known: {sorted(known)}")
         if source != "synthetic" and not (val_ann_file and val_image_root):
-            raise ValueError(f"source={source!r} needs at least val_ann_file and val_image_root (see datasets/README.md)")
+            raise ValueError(
+                f"source={source!r} needs at least val_ann_file and val_image_root (see datasets/README.md)"
+            )
         self.save_hyperparameters()
         self.augmentation = TopDownAugmentation(**_tuples(augmentation or {}))
 
     # ------------------------------------------------------------------ files
     def _synthetic(self, split: str) -> tuple[Path, Path]:
         hp = self.hparams
-        count, seed = {"train": (hp.train_images, hp.seed), "val": (hp.val_images, VAL_SEED),
-                       "test": (hp.test_images, TEST_SEED)}[split]
+        count, seed = {
+            "train": (hp.train_images, hp.seed),
+            "val": (hp.val_images, VAL_SEED),
+            "test": (hp.test_images, TEST_SEED),
+        }[split]
         root = figure_split(hp.cache_dir, split, count, seed, tuple(hp.figure_size))
         suffix = "_wholebody" if hp.synthetic_layout == "coco_wholebody" else ""
         return root / "annotations" / f"person_keypoints_{split}{suffix}.json", root / split
@@ -153,10 +166,15 @@ class PoseDataModule(ZooDataModule):
             return
         for split in ("train", "val", "test"):
             ann_file, _ = self._synthetic(split)
-            if ann_file.is_file():  # the annotation file is written last: its presence means the set is complete
+            if (
+                ann_file.is_file()
+            ):  # the annotation file is written last: its presence means the set is complete
                 continue
-            count, seed = {"train": (hp.train_images, hp.seed), "val": (hp.val_images, VAL_SEED),
-                           "test": (hp.test_images, TEST_SEED)}[split]
+            count, seed = {
+                "train": (hp.train_images, hp.seed),
+                "val": (hp.val_images, VAL_SEED),
+                "test": (hp.test_images, TEST_SEED),
+            }[split]
             body_file, _ = write_coco_figures(ann_file.parent.parent, count, seed, split, *hp.figure_size)
             if body_file != ann_file:
                 _write_wholebody_layout(body_file, ann_file)
@@ -167,12 +185,17 @@ class PoseDataModule(ZooDataModule):
         ann_file, image_root, bbox_file = self._files(split)
         train = split == "train"
         dataset_class = (
-            SYNTHETIC_LAYOUTS[self.hparams.synthetic_layout] if self.hparams.source == "synthetic"
+            SYNTHETIC_LAYOUTS[self.hparams.synthetic_layout]
+            if self.hparams.source == "synthetic"
             else DATASETS[self.hparams.source]
         )
         return dataset_class(
-            ann_file, image_root, input_size=tuple(self.hparams.input_size), bbox_file=None if train else bbox_file,
-            bbox_score_thr=self.hparams.bbox_score_thr, augmentation=self.augmentation if train else None,
+            ann_file,
+            image_root,
+            input_size=tuple(self.hparams.input_size),
+            bbox_file=None if train else bbox_file,
+            bbox_score_thr=self.hparams.bbox_score_thr,
+            augmentation=self.augmentation if train else None,
             seed=self.hparams.seed if train else None,
         )
 
@@ -181,18 +204,23 @@ class PoseDataModule(ZooDataModule):
         hp = self.hparams
         dataset = self.dataset("train")
         # No persistent workers: each epoch's workers must copy the dataset after set_epoch.
-        return self.loader(dataset, hp.batch_size, hp.num_workers, sampler=EpochSampler(dataset, hp.seed),
-                           drop_last=True)
+        return self.loader(
+            dataset, hp.batch_size, hp.num_workers, sampler=EpochSampler(dataset, hp.seed), drop_last=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Held-out crops in file order."""
         hp = self.hparams
-        return self.eval_loader(self.dataset("val"), hp.batch_size, hp.num_workers, f"val split {self.val_ann_file}")
+        return self.eval_loader(
+            self.dataset("val"), hp.batch_size, hp.num_workers, f"val split {self.val_ann_file}"
+        )
 
     def test_dataloader(self) -> DataLoader:
         """Test crops in file order."""
         hp = self.hparams
-        return self.eval_loader(self.dataset("test"), hp.batch_size, hp.num_workers, f"test split {self.test_ann_file}")
+        return self.eval_loader(
+            self.dataset("test"), hp.batch_size, hp.num_workers, f"test split {self.test_ann_file}"
+        )
 
 
 def _write_wholebody_layout(body_file: Path, out_file: Path) -> None:

@@ -41,24 +41,37 @@ class ClipEpochSampler(Sampler[int]):
         return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
 
 
-def video_split(cache_dir: str | os.PathLike, split: str, videos: int, seed: int, frames: int,
-                size: tuple[int, int], render: dict[str, Any]) -> Path:
+def video_split(
+    cache_dir: str | os.PathLike,
+    split: str,
+    videos: int,
+    seed: int,
+    frames: int,
+    size: tuple[int, int],
+    render: dict[str, Any],
+) -> Path:
     """Folder of one cached synthetic video set, keyed by everything that changes its content."""
     options = "_".join(f"{key}{value}" for key, value in sorted(render.items()))
-    return Path(cache_dir) / f"{split}_seed{seed}_v{videos}_f{frames}_{size[0]}x{size[1]}_{options}".rstrip("_")
+    return Path(cache_dir) / f"{split}_seed{seed}_v{videos}_f{frames}_{size[0]}x{size[1]}_{options}".rstrip(
+        "_"
+    )
 
 
 class PoseTrackDataModule(ZooDataModule):
-    """Top-down clips (frames [T, 3, h, w] around a labelled key frame, one box per clip) and their ground truth.
+    """Top-down clips (frames [T, 3, h, w] around a labelled key frame, one box per clip) and their ground
+    truth.
 
-    source="synthetic" (default): moving figures in the PoseTrack18 layout (zoo.data.synthetic.moving_figures),
-    written once under `cache_dir`; training videos from `seed`, validation and test from held-out seeds;
-    `render` passes occlusion / blur / drop probabilities to the generator. source="posetrack18" | "posetrack21":
-    the official layout under `data_root` (`train_ann`, `val_ann`, `test_ann`: a per-video annotation folder or a
-    merged file, relative to `data_root`; frames under `data_root` as the files name them); `val_bbox_file` /
-    `test_bbox_file` give person detections (COCO results, kept from `bbox_score_thr`) instead of GT boxes.
-    `offsets` are the clip's frames relative to the key frame (default t-1, t, t+1); `input_size` the crop (w, h).
-    `augmentation` overrides fields of TopDownAugmentation; one draw covers a whole clip.
+    source="synthetic" (default): moving figures in the PoseTrack18 layout
+    (zoo.data.synthetic.moving_figures), written once under `cache_dir`; training videos from `seed`,
+    validation and test from held-out seeds;
+    `render` passes occlusion / blur / drop probabilities to the generator. source="posetrack18" |
+    "posetrack21": the official layout under `data_root`
+    (`train_ann`, `val_ann`, `test_ann`: a per-video annotation folder or a merged file, relative to
+    `data_root`; frames under `data_root` as the files name them);
+    `val_bbox_file` / `test_bbox_file` give person detections (COCO results, kept from `bbox_score_thr`)
+    instead of GT boxes. `offsets` are the clip's frames relative to the key frame (default t-1, t, t+1);
+    `input_size` the crop (w, h). `augmentation` overrides fields of TopDownAugmentation; one draw covers a
+    whole clip.
     """
 
     sample_kind = "clip"
@@ -103,9 +116,14 @@ class PoseTrackDataModule(ZooDataModule):
     # ------------------------------------------------------------------ files
     def _synthetic_root(self, split: str) -> Path:
         hp = self.hparams
-        videos, seed = {"train": (hp.train_videos, hp.seed), "val": (hp.val_videos, VAL_SEED),
-                        "test": (hp.test_videos, TEST_SEED)}[split]
-        return video_split(hp.cache_dir, split, videos, seed, hp.video_frames, tuple(hp.video_size), hp.render or {})
+        videos, seed = {
+            "train": (hp.train_videos, hp.seed),
+            "val": (hp.val_videos, VAL_SEED),
+            "test": (hp.test_videos, TEST_SEED),
+        }[split]
+        return video_split(
+            hp.cache_dir, split, videos, seed, hp.video_frames, tuple(hp.video_size), hp.render or {}
+        )
 
     def _files(self, split: str) -> tuple[Path, Path, Path | None]:
         """(annotations: per-video folder or merged file, image root, detection file or None) of a split."""
@@ -142,9 +160,14 @@ class PoseTrackDataModule(ZooDataModule):
             done = root / "complete"
             if done.is_file():  # written last: its presence means every video of the set is there
                 continue
-            videos, seed = {"train": (hp.train_videos, hp.seed), "val": (hp.val_videos, VAL_SEED),
-                            "test": (hp.test_videos, TEST_SEED)}[split]
-            write_posetrack_videos(root, videos, seed, split, hp.video_frames, *hp.video_size, **(hp.render or {}))
+            videos, seed = {
+                "train": (hp.train_videos, hp.seed),
+                "val": (hp.val_videos, VAL_SEED),
+                "test": (hp.test_videos, TEST_SEED),
+            }[split]
+            write_posetrack_videos(
+                root, videos, seed, split, hp.video_frames, *hp.video_size, **(hp.render or {})
+            )
             done.write_text("ok\n")
 
     # ------------------------------------------------------------------ datasets / loaders
@@ -153,18 +176,23 @@ class PoseTrackDataModule(ZooDataModule):
         ann, image_root, bbox_file = self._files(split)
         train = split == "train"
         return PoseTrackClipDataset(
-            ann, image_root, input_size=tuple(self.hparams.input_size),
+            ann,
+            image_root,
+            input_size=tuple(self.hparams.input_size),
             offsets=tuple(self.hparams.offsets if offsets is None else offsets),
-            bbox_file=None if train else bbox_file, bbox_score_thr=self.hparams.bbox_score_thr,
-            augmentation=self.augmentation if train else None, seed=self.hparams.seed if train else None,
+            bbox_file=None if train else bbox_file,
+            bbox_score_thr=self.hparams.bbox_score_thr,
+            augmentation=self.augmentation if train else None,
+            seed=self.hparams.seed if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented clips; the last incomplete batch is dropped."""
         hp = self.hparams
         dataset = self.dataset("train")
-        return self.loader(dataset, hp.batch_size, hp.num_workers, sampler=ClipEpochSampler(dataset, hp.seed),
-                           drop_last=True)
+        return self.loader(
+            dataset, hp.batch_size, hp.num_workers, sampler=ClipEpochSampler(dataset, hp.seed), drop_last=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Held-out clips in file order."""
@@ -172,4 +200,6 @@ class PoseTrackDataModule(ZooDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """Test clips in file order."""
-        return self.eval_loader(self.dataset("test"), self.hparams.batch_size, self.hparams.num_workers, "test")
+        return self.eval_loader(
+            self.dataset("test"), self.hparams.batch_size, self.hparams.num_workers, "test"
+        )

@@ -1,6 +1,8 @@
-"""Readers for real RGB-D sensor frames in the Redwood, NYUv2 raw Kinect, SUN RGB-D and TUM RGB-D file conventions.
+"""Readers for real RGB-D sensor frames in the Redwood, NYUv2 raw Kinect, SUN RGB-D and TUM RGB-D file
+conventions.
 
-Each converter follows its dataset's own toolbox and returns float32 depth in metres with 0 where the sensor gave
+Each converter follows its dataset's own toolbox and returns float32 depth in metres with 0 where the sensor
+gave
 nothing; the frames in ../shared/realdata/rgbd use them (`RealRGBDDataset`). Conventions:
 - Redwood: uint16 PNG in millimetres, 0 = no depth.
 - TUM RGB-D: uint16 PNG, metres x 5000, 0 = no depth.
@@ -74,7 +76,8 @@ def read_sun_depth(path: str | os.PathLike, max_depth: float = SUN_MAX_DEPTH) ->
 
 
 def nyu_raw_to_depth(pgm_values: np.ndarray, max_depth: float = NYU_MAX_DEPTH) -> np.ndarray:
-    """NYU raw Kinect values as a PGM reader decodes them (big-endian) -> metres, 0 = invalid, clamped to max_depth."""
+    """NYU raw Kinect values as a PGM reader decodes them (big-endian) -> metres, 0 = invalid, clamped to
+    max_depth."""
     values = pgm_values.astype(np.uint16)
     raw = ((values & np.uint16(0x00FF)) << np.uint16(8)) | (values >> np.uint16(8))  # swap bytes
     depth = NYU_DEPTH_PARAM1 / (NYU_DEPTH_PARAM2 - raw.astype(np.float64))
@@ -83,13 +86,15 @@ def nyu_raw_to_depth(pgm_values: np.ndarray, max_depth: float = NYU_MAX_DEPTH) -
 
 
 def read_nyu_raw_depth(path: str | os.PathLike, max_depth: float = NYU_MAX_DEPTH) -> np.ndarray:
-    """NYUv2 raw Kinect depth PGM -> float32 [H, W] metres (0 = invalid, values above max_depth clamped to it)."""
+    """NYUv2 raw Kinect depth PGM -> float32 [H, W] metres
+    (0 = invalid, values above max_depth clamped to it)."""
     return nyu_raw_to_depth(_read_uint16(path, "NYU raw depth PGM"), max_depth)
 
 
 @dataclass(frozen=True)
 class RGBDConvention:
-    """How one RGB-D dataset stores depth: the converter and the far limit above which depth is not trusted."""
+    """How one RGB-D dataset stores depth: the converter and the far limit above which depth is not trusted.
+    """
 
     read_depth: Callable[[str | os.PathLike], np.ndarray]
     max_valid_depth: float  # depth >= this is not valid (the clamp value of the toolboxes, inf where none)
@@ -106,7 +111,8 @@ RGBD_CONVENTIONS: dict[str, RGBDConvention] = {
 def load_rgbd_frame(
     color_path: str | os.PathLike, depth_path: str | os.PathLike, convention: RGBDFormat
 ) -> dict[str, Any]:
-    """Read one RGB-D pair as a reader item: image [3, H, W], depth [1, H, W] metres, valid [1, H, W], paths."""
+    """Read one RGB-D pair as a reader item: image [3, H, W], depth [1, H, W] metres, valid [1, H, W], paths.
+    """
     if convention not in RGBD_CONVENTIONS:
         raise KeyError(f"unknown RGB-D convention {convention!r}; known: {', '.join(RGBD_CONVENTIONS)}")
     spec = RGBD_CONVENTIONS[convention]
@@ -128,7 +134,8 @@ def load_rgbd_frame(
 
 
 class RealRGBDDataset(Dataset):
-    """The real RGB-D sample folder: Redwood `color/*.jpg` + `depth/*.png`, and `other_formats/{NYU,SUN,TUM}_*`."""
+    """The real RGB-D sample folder: Redwood `color/*.jpg` + `depth/*.png`, and
+    `other_formats/{NYU,SUN,TUM}_*`."""
 
     # other_formats/ file pairs and their conventions.
     OTHER_FORMATS: tuple[tuple[str, str, RGBDFormat], ...] = (

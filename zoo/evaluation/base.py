@@ -1,15 +1,16 @@
 """The evaluator protocol: `update` per batch, `compute` over the whole split on every rank, `reset`.
 
-Every evaluator keeps its state per *sample* (keyed by the dataset index that the datamodule puts into each batch
-item as `sample_id`), so that a distributed run can be merged exactly: `compute()` first gathers the state of all
-ranks with `torch.distributed.all_gather_object` (mmengine's `collect_results` does the same for its list states),
-drops repeated samples (a padding `DistributedSampler` hands the first samples of the split to a second rank
-again), orders what is left by sample id and only then computes the metrics. One process and N processes
-therefore see the same samples in the same order and give the same numbers.
+Every evaluator keeps its state per *sample*
+(keyed by the dataset index that the datamodule puts into each batch item as `sample_id`), so that a
+distributed run can be merged exactly: `compute()` first gathers the state of all ranks with
+`torch.distributed.all_gather_object` (mmengine's `collect_results` does the same for its list states), drops
+repeated samples (a padding `DistributedSampler` hands the first samples of the split to a second rank again),
+orders what is left by sample id and only then computes the metrics. One process and N processes therefore see
+the same samples in the same order and give the same numbers.
 
-Why not torchmetrics' `Metric`: its states are tensors reduced by sum/cat, which counts padding duplicates twice
-and cannot carry COCO instances or PoseTrack frames; gathering picklable per-sample records is one call into
-torch.distributed.
+Why not torchmetrics' `Metric`: its states are tensors reduced by sum/cat, which counts padding duplicates
+twice and cannot carry COCO instances or PoseTrack frames; gathering picklable per-sample records is one call
+into torch.distributed.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class Evaluator(ABC):
 class RecordEvaluator(Evaluator):
     """An evaluator whose state is one record per sample.
 
-    Subclasses store records with `_add(sample_id, record)` in `update` and turn the merged, ordered records into
-    metrics in `_compute`. `compute()` gathers, de-duplicates and orders them first.
+    Subclasses store records with `_add(sample_id, record)` in `update` and turn the merged, ordered records
+    into metrics in `_compute`. `compute()` gathers, de-duplicates and orders them first.
     """
 
     def __init__(self) -> None:
@@ -70,7 +71,8 @@ class RecordEvaluator(Evaluator):
         return len(self._records)
 
     def _add(self, sample_id: Hashable, record: Any) -> None:
-        # The first record of a sample wins: a sample seen twice (padding) is the same sample, not new evidence.
+        # The first record of a sample wins: a sample seen twice (padding) is the same sample, not new
+        # evidence.
         self._records.setdefault(sample_id, record)
 
     def merged_records(self) -> list[tuple[Hashable, Any]]:
@@ -96,7 +98,8 @@ def _sort_key(sample_id: Hashable) -> tuple:
 
 
 def sample_ids(batch: dict[str, Any], size: int) -> Iterable[Hashable]:
-    """The `sample_id` column of a batch as Python values (raises a clear error when a datamodule omits it)."""
+    """The `sample_id` column of a batch as Python values (raises a clear error when a datamodule omits it).
+    """
     if "sample_id" not in batch:
         raise KeyError(
             "batch has no 'sample_id': evaluators key their state by the dataset index so that distributed "

@@ -46,7 +46,8 @@ def _quiet() -> Any:
 def oks_iou(
     keypoints: np.ndarray, others: np.ndarray, area: float, other_areas: np.ndarray, sigmas: np.ndarray
 ) -> np.ndarray:
-    """OKS between one instance [K, 2+] and others [M, K, 2+], over all keypoints, areas averaged (mmpose OKS-NMS)."""
+    """OKS between one instance [K, 2+] and others [M, K, 2+], over all keypoints, areas averaged
+    (mmpose OKS-NMS)."""
     variances = (2 * sigmas) ** 2  # [K]
     dist2 = ((others[..., :2] - keypoints[None, :, :2]) ** 2).sum(-1)  # [M, K]
     scale = (area + other_areas)[:, None] / 2 + np.spacing(1)  # [M, 1]
@@ -56,8 +57,10 @@ def oks_iou(
 def oks_nms(
     keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.ndarray, thr: float
 ) -> list[int]:
-    """Greedy OKS-NMS: indices of kept instances, highest score first; drops instances with OKS > thr to a kept one."""
-    # argsort-then-reverse (not a stable descending sort) is how mmpose orders ties; keep it for equal results.
+    """Greedy OKS-NMS: indices of kept instances, highest score first; drops instances with OKS > thr to a
+    kept one."""
+    # argsort-then-reverse (not a stable descending sort) is how mmpose orders ties; keep it for equal
+    # results.
     order = np.argsort(scores)[::-1]
     keep: list[int] = []
     while order.size:
@@ -83,13 +86,14 @@ class _Instance:
 
 
 class CocoKeypointEvaluator(RecordEvaluator):
-    """Accumulate top-down predictions, rescore, OKS-NMS and compute COCO keypoint AP/AR like mmpose's CocoMetric.
+    """Accumulate top-down predictions, rescore, OKS-NMS and compute COCO keypoint AP/AR like mmpose's
+    CocoMetric.
 
     For COCO-WholeBody metainfo (several parts) it reports the whole-body stats under the plain names and each
     part's stats under "<part>/<stat>" (body, foot, face, left_hand, right_hand), like CocoWholeBodyMetric's
     per-part COCOeval runs. One record per instance id (the top-down sample): `compute()` gathers them from
-    every rank, keeps the first of a repeated id (mmpose de-duplicates by sample id too) and evaluates them in id
-    order, so one process and N processes give the same numbers.
+    every rank, keeps the first of a repeated id (mmpose de-duplicates by sample id too) and evaluates them in
+    id order, so one process and N processes give the same numbers.
     """
 
     def __init__(
@@ -123,7 +127,8 @@ class CocoKeypointEvaluator(RecordEvaluator):
         super().__init__()
 
     def _check_gt_layout(self) -> None:
-        # Fail at construction, not after a long inference run, when the annotation file and metainfo disagree.
+        # Fail at construction, not after a long inference run, when the annotation file and metainfo
+        # disagree.
         for index, ann in enumerate(self.gt_dataset["annotations"]):
             num = sum(len(ann.get(part.field, [])) // 3 for part in self._parts)
             if num != self.metainfo.num_keypoints:
@@ -143,12 +148,14 @@ class CocoKeypointEvaluator(RecordEvaluator):
         instance_ids: Sequence[int] | None = None,
         category_id: int = 1,
     ) -> None:
-        """Add the N persons predicted in one image: keypoints [N, K, 2] (image pixels), scores [N, K], box scores [N].
+        """Add the N persons predicted in one image: keypoints [N, K, 2] (image pixels), scores [N, K], box
+        scores [N].
 
-        `areas` [N] is the instance area used by OKS-NMS (mmpose: the product of the padded box scale); without
-        it the keypoints' extent is used. `bboxes` [N, 4] (x, y, w, h) go to the results file; pycocotools then
-        uses their area for the medium/large split of unmatched detections. `instance_ids` de-duplicate
-        repeated instances within an image (as mmpose does by sample id); by default every instance is unique.
+        `areas` [N] is the instance area used by OKS-NMS (mmpose: the product of the padded box scale);
+        without it the keypoints' extent is used. `bboxes` [N, 4] (x, y, w, h) go to the results file;
+        pycocotools then uses their area for the medium/large split of unmatched detections. `instance_ids`
+        de-duplicate repeated instances within an image (as mmpose does by sample id); by default every
+        instance is unique.
         """
         if image_id not in self._image_ids:
             raise KeyError(f"image id {image_id} is not in {self.ann_file}")
@@ -188,7 +195,7 @@ class CocoKeypointEvaluator(RecordEvaluator):
                     bbox_score=float(bbox_scores[i]),
                     area=float(areas[i]),
                     bbox=None if bboxes is None else bboxes[i],
-                )
+                ),
             )
 
     def _score(self, instance: _Instance) -> float:
@@ -244,7 +251,8 @@ class CocoKeypointEvaluator(RecordEvaluator):
         return result
 
     def compute(self, outfile_prefix: str | os.PathLike | None = None) -> dict[str, float]:
-        """AP/AR stats over the predictions of all ranks; writes `<prefix>.keypoints.json` when a prefix is given."""
+        """AP/AR stats over the predictions of all ranks; writes `<prefix>.keypoints.json` when a prefix is
+        given."""
         return self._compute([instance for _, instance in self.merged_records()], outfile_prefix)
 
     def _compute(
@@ -322,7 +330,8 @@ class CocoKeypointEvaluator(RecordEvaluator):
             coco_gt.createIndex()
             coco_dt.createIndex()
             coco_eval = COCOeval(coco_gt, coco_dt, "keypoints")
-            # The dataset's sigmas (float32, as mmpose passes them) instead of pycocotools' built-in COCO-17 set.
+            # The dataset's sigmas (float32, as mmpose passes them) instead of pycocotools' built-in COCO-17
+            # set.
             coco_eval.params.kpt_oks_sigmas = self.metainfo.sigmas[start:end]
             coco_eval.evaluate()
             coco_eval.accumulate()

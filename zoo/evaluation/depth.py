@@ -3,16 +3,19 @@
 Follows the protocol that Marigold and Lotus share (reference notes `lotus_marigold.md` §2.1–2.3):
 
 1. the prediction is resized to the ground-truth size (bilinear + antialias, `resize_prediction`);
-2. scale and shift are fitted by least squares on the valid pixels, either to the GT depth (`space="depth"`) or to
-   the GT disparity 1/d (`space="disparity"`, pixels with gt > 0 and pred > 0 only; the aligned disparity is clipped
-   to >= 1e-3 and inverted), optionally on a nearest-downsampled copy (`max_resolution`);
+2. scale and shift are fitted by least squares on the valid pixels, either to the GT depth (`space="depth"`)
+or to the GT disparity 1/d
+(`space="disparity"`, pixels with gt > 0 and pred > 0 only; the aligned disparity is clipped to >= 1e-3
+and inverted),
+optionally on a nearest-downsampled copy (`max_resolution`);
 3. the aligned depth is clipped to the dataset's [min_depth, max_depth], then to >= 1e-6;
 4. each metric is computed per image on the valid mask, and a dataset's score is the mean over images.
 
 The protocols themselves (depth range, crops, eval masks) are dataset facts in `zoo.data.depth_protocols`.
 
-All functions take batches: prediction, ground truth and mask are [B, H, W] or [B, 1, H, W] (a single [H, W] image is
-accepted too). Work is done in float64 so that sums over millions of pixels stay exact enough.
+All functions take batches: prediction, ground truth and mask are [B, H, W] or [B, 1, H, W]
+(a single [H, W] image is accepted too). Work is done in float64 so that sums over millions of pixels stay
+exact enough.
 """
 
 from __future__ import annotations
@@ -54,15 +57,16 @@ MARIGOLD_METRIC_NAMES: dict[str, str] = {
 # Metrics where higher is better (the rest are errors).
 HIGHER_IS_BETTER = frozenset({"delta1", "delta2", "delta3"})
 
-# Disparity below this is clipped before inversion, so a far or negative aligned value becomes 1000 m, then the
-# dataset's max_depth (Marigold's `least_square_disparity`).
+# Disparity below this is clipped before inversion, so a far or negative aligned value becomes 1000 m, then
+# the dataset's max_depth (Marigold's `least_square_disparity`).
 MIN_ALIGNED_DISPARITY = 1e-3
 # Final floor on the prediction so that log and 1/x stay finite (Marigold clips to 1e-6 after the range clip).
 MIN_EVAL_DEPTH = 1e-6
 
 
 def resize_prediction(prediction: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize [B, 1, h, w] (or [B, h, w]) predictions to the GT size with bilinear + antialias, as the protocol does."""
+    """Resize [B, 1, h, w] (or [B, h, w]) predictions to the GT size with bilinear + antialias, as the
+    protocol does."""
     squeeze = prediction.ndim == 3
     batch = prediction[:, None] if squeeze else prediction  # [B, 1, h, w]
     if tuple(batch.shape[-2:]) != tuple(size):
@@ -95,7 +99,8 @@ def _check_inputs(
             raise TypeError(f"mask: expected a bool tensor; got {valid.dtype}")
     if not (pred.shape == gt.shape == valid.shape):
         raise ValueError(
-            f"shape mismatch: prediction {tuple(pred.shape)}, target {tuple(gt.shape)}, mask {tuple(valid.shape)}"
+            f"shape mismatch: prediction {tuple(pred.shape)}, target {tuple(gt.shape)}, "
+            f"mask {tuple(valid.shape)}"
         )
     return pred, gt, valid.to(gt.device)
 
@@ -103,7 +108,8 @@ def _check_inputs(
 def _downsample_for_alignment(
     pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, max_resolution: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest-downsample [B, H, W] inputs so the longer edge is at most max_resolution (no-op if already smaller)."""
+    """Nearest-downsample [B, H, W] inputs so the longer edge is at most max_resolution
+    (no-op if already smaller)."""
     if max_resolution is None:
         return pred, gt, valid
     height, width = gt.shape[-2:]
@@ -118,10 +124,11 @@ def _downsample_for_alignment(
 def _masked_values(
     tensor: torch.Tensor, valid: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gather the valid pixels of [B, H, W] as a flat tensor with their batch index, plus per-image counts [B].
+    """Gather the valid pixels of [B, H, W] as a flat tensor with their batch index, plus per-image counts
+    [B].
 
-    Working on the gathered pixels only means garbage (NaN, inf, <= 0) outside the mask is never touched, and the
-    cost scales with the valid pixels rather than the frame.
+    Working on the gathered pixels only means garbage (NaN, inf, <= 0) outside the mask is never touched, and
+    the cost scales with the valid pixels rather than the frame.
     """
     batch_index = torch.nonzero(valid)[:, 0]  # [N]
     count = valid.sum(dim=(-1, -2)).double()  # [B]
@@ -144,11 +151,12 @@ def _require_pixels(count: torch.Tensor, hint: str) -> None:
 def fit_scale_shift(
     prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares scale and shift per image so that scale * prediction + shift ~ target on mask; returns [B], [B].
+    """Least-squares scale and shift per image so that scale * prediction + shift ~ target on mask; returns
+    [B], [B].
 
-    Closed form of min ||s * p + t - y||^2. Degenerate images: a prediction that is constant on the mask (or a single
-    valid pixel) gets scale 0 and shift = mean target, the best constant, which is what any LS solver's fitted
-    values equal there; an image with no valid pixel raises ValueError.
+    Closed form of min ||s * p + t - y||^2. Degenerate images: a prediction that is constant on the mask
+    (or a single valid pixel) gets scale 0 and shift = mean target, the best constant, which is what any LS
+    solver's fitted values equal there; an image with no valid pixel raises ValueError.
     """
     pred, gt, valid = _check_inputs(prediction, target, mask)
     x, batch_index, count = _masked_values(pred, valid)  # [N], [N], [B]
@@ -182,14 +190,15 @@ def align_prediction(
     space: AlignmentSpace = "depth",
     max_resolution: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Align an affine-invariant prediction to GT depth; returns (aligned depth [B, H, W], scale [B], shift [B]).
+    """Align an affine-invariant prediction to GT depth; returns
+    (aligned depth [B, H, W], scale [B], shift [B]).
 
     `space="depth"`: prediction is affine-invariant depth, fitted to GT depth on `mask`.
-    `space="disparity"`: prediction is affine-invariant disparity, fitted to 1/GT on `mask & gt > 0 & pred > 0`; the
-    aligned disparity is clipped to >= 1e-3 and inverted to depth.
-    `space="none"`: the prediction is already metric depth (scale 1, shift 0).
-    `max_resolution`: solve on a nearest-downsampled copy whose longer edge is at most this (ETH3D uses 1024); the
-    fitted scale and shift are applied at full resolution.
+    `space="disparity"`: prediction is affine-invariant disparity, fitted to 1/GT on
+    `mask & gt > 0 & pred > 0`; the aligned disparity is clipped to >= 1e-3 and inverted to depth.
+    `space="none"`: the prediction is already metric depth (scale 1, shift 0). `max_resolution`: solve on a
+    nearest-downsampled copy whose longer edge is at most this (ETH3D uses 1024); the fitted scale and shift
+    are applied at full resolution.
     """
     pred, gt, valid = _check_inputs(prediction, target_depth, mask)
     batch = pred.shape[0]
@@ -215,12 +224,13 @@ def align_prediction(
 def compute_depth_metrics(
     prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """The Marigold metric set per image on the mask; returns {name: [B]} (prediction and target must be > 0 there).
+    """The Marigold metric set per image on the mask; returns {name: [B]}
+    (prediction and target must be > 0 there).
 
     AbsRel = mean |p - g| / g; SqRel = mean (p - g)^2 / g; RMSE = sqrt(mean (p - g)^2); RMSE log = sqrt(mean
-    (ln p - ln g)^2); log10 = mean |log10 p - log10 g|; delta_k = fraction with max(p/g, g/p) < 1.25^k; i_rmse =
-    sqrt(mean (1/p - 1/g)^2); silog_rmse = 100 * sqrt(mean d^2 - (mean d)^2) with d = ln p - ln g.
-    Ratios are fractions (papers print AbsRel and delta1 x 100). An image with an empty mask raises ValueError.
+    (ln p - ln g)^2); log10 = mean |log10 p - log10 g|; delta_k = fraction with max(p/g, g/p) < 1.25^k; i_rmse
+    = sqrt(mean (1/p - 1/g)^2); silog_rmse = 100 * sqrt(mean d^2 - (mean d)^2) with d = ln p - ln g. Ratios
+    are fractions (papers print AbsRel and delta1 x 100). An image with an empty mask raises ValueError.
     """
     pred, gt, valid = _check_inputs(prediction, target, mask)
     p, batch_index, count = _masked_values(pred, valid)  # [N], [N], [B]
@@ -260,10 +270,12 @@ def evaluate_depth(
     alignment: AlignmentSpace | None = None,
     max_resolution: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Align, clip to the protocol's depth range and score a batch; returns {metric: [B]} plus "scale" and "shift".
+    """Align, clip to the protocol's depth range and score a batch; returns {metric: [B]} plus "scale" and
+    "shift".
 
-    `mask` is the GT validity (e.g. from `valid_depth_mask` or a reader's "valid"); the prediction must already be at
-    GT resolution (`resize_prediction`). `alignment` and `max_resolution` default to the protocol's.
+    `mask` is the GT validity (e.g. from `valid_depth_mask` or a reader's "valid"); the prediction must
+    already be at GT resolution (`resize_prediction`). `alignment` and `max_resolution` default to the
+    protocol's.
     """
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     space = protocol.alignment if alignment is None else alignment
@@ -285,9 +297,10 @@ def constant_baseline_metrics(
 ) -> dict[str, torch.Tensor]:
     """Metrics of the best constant prediction under the same alignment: the floor a model has to beat.
 
-    With least-squares scale and shift, every constant prediction aligns to the same value, the LS-optimal constant:
-    the mean GT depth on the mask (depth space) or the inverse of the mean GT disparity (disparity space). So this
-    scores a prediction of ones through `evaluate_depth`; no constant can do better under that alignment.
+    With least-squares scale and shift, every constant prediction aligns to the same value, the LS-optimal
+    constant: the mean GT depth on the mask (depth space) or the inverse of the mean GT disparity
+    (disparity space). So this scores a prediction of ones through `evaluate_depth`; no constant can do better
+    under that alignment.
     """
     ones = torch.ones_like(_as_batch(torch.as_tensor(target_depth), "target"), dtype=torch.float64)
     return evaluate_depth(ones, target_depth, mask, protocol, alignment, max_resolution)

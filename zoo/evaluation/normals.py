@@ -1,9 +1,10 @@
-"""Surface-normal evaluation with the DSINE protocol: angular errors pooled over all valid pixels of a dataset.
+"""Surface-normal evaluation with the DSINE protocol: angular errors pooled over all valid pixels of a
+dataset.
 
 Reference notes `lotus_marigold.md` §2.4: angular error = acos(cosine similarity) in degrees (both vectors are
-normalised first, so predictions need not be unit length); metrics are mean, median, RMSE and the percentage of
-pixels under 5, 7.5, 11.25, 22.5 and 30 degrees, over all valid pixels of the whole dataset (not a mean of per-image
-means). Normals are [B, 3, H, W]; masks [B, 1, H, W] or [B, H, W] bool.
+normalised first, so predictions need not be unit length); metrics are mean, median, RMSE and the percentage
+of pixels under 5, 7.5, 11.25, 22.5 and 30 degrees, over all valid pixels of the whole dataset
+(not a mean of per-image means). Normals are [B, 3, H, W]; masks [B, 1, H, W] or [B, H, W] bool.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from zoo.evaluation.base import Evaluator, gather_objects
 
 # DSINE's a1..a5 thresholds in degrees.
 NORMAL_THRESHOLDS: tuple[float, ...] = (5.0, 7.5, 11.25, 22.5, 30.0)
-# "pct_11.25" = % of pixels with error < 11.25 degrees (DSINE calls these a1..a5; explicit names avoid mixing up
-# "a5" = under 30 degrees with "under 5 degrees").
+# "pct_11.25" = % of pixels with error < 11.25 degrees
+# (DSINE calls these a1..a5; explicit names avoid mixing up "a5" = under 30 degrees with "under 5 degrees").
 NORMAL_METRICS: tuple[str, ...] = ("mean", "median", "rmse") + tuple(f"pct_{t:g}" for t in NORMAL_THRESHOLDS)
 # Same epsilon as torch's cosine_similarity default, so zero vectors give 90 degrees rather than NaN.
 _EPS = 1e-8
@@ -37,7 +38,8 @@ def _as_normals(tensor: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def angular_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-pixel angle in degrees between two normal maps [B, 3, H, W] -> [B, H, W]; both are normalised first."""
+    """Per-pixel angle in degrees between two normal maps [B, 3, H, W] -> [B, H, W]; both are normalised
+    first."""
     pred = _as_normals(prediction, "prediction")
     gt = _as_normals(target, "target")
     if pred.shape != gt.shape:
@@ -63,7 +65,8 @@ def _as_mask(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
 
 
 def summarize_angular_errors(errors: torch.Tensor) -> dict[str, float]:
-    """DSINE metrics of a flat tensor of angular errors (degrees): mean, median, rmse and % under each threshold."""
+    """DSINE metrics of a flat tensor of angular errors (degrees): mean, median, rmse and % under each
+    threshold."""
     errors = torch.as_tensor(errors).double().flatten()
     if errors.numel() == 0:
         raise ValueError("no valid pixels: cannot summarise an empty set of angular errors")
@@ -89,7 +92,6 @@ def compute_normal_metrics(
     return summarize_angular_errors(errors[_as_mask(mask, errors.shape)])
 
 
-
 # Bin width of the coarse histogram that answers the median only when the exact window missed it (see below).
 FALLBACK_BIN_DEGREES = 1e-3
 # Exact error values kept at most (float64: 32 MB); a full window is shrunk to half around the running median.
@@ -99,13 +101,14 @@ DEFAULT_WINDOW_CAPACITY = 4_000_000
 class ExactMedianWindow:
     """The exact median of a stream of values in [0, 180] without keeping the stream.
 
-    Values are kept exactly while they fit (`capacity`); when the store is full it is cut to the `capacity / 2`
-    values around the running median and becomes a window [low, high]: later values inside it are kept, values
-    outside only counted (`below`, `above`). The k-th smallest value of the stream is exact whenever its rank
-    falls inside the window, which is the case for the median of any stream whose median settles (every real
-    benchmark: the window holds millions of values around it). If it does not (an adversarial order), the
-    median comes from a 0.001-degree histogram (error at most 5e-4 degrees) and `exact` says so. Windows of
-    several ranks merge into their intersection, so the result does not depend on how the stream was split.
+    Values are kept exactly while they fit (`capacity`); when the store is full it is cut to the
+    `capacity / 2` values around the running median and becomes a window [low, high]: later values inside it
+    are kept, values outside only counted (`below`, `above`). The k-th smallest value of the stream is exact
+    whenever its rank falls inside the window, which is the case for the median of any stream whose median
+    settles (every real benchmark: the window holds millions of values around it). If it does not
+    (an adversarial order), the median comes from a 0.001-degree histogram (error at most 5e-4 degrees) and
+    `exact` says so. Windows of several ranks merge into their intersection, so the result does not depend on
+    how the stream was split.
     """
 
     def __init__(self, capacity: int = DEFAULT_WINDOW_CAPACITY) -> None:
@@ -206,7 +209,9 @@ class NormalEvaluator(Evaluator):
         """Forget every pixel seen so far."""
         self._window = ExactMedianWindow(self.window_capacity)
         self._sums = np.zeros(2, dtype=np.float64)  # sum and sum of squares of the errors
-        self._counts = np.zeros(1 + len(NORMAL_THRESHOLDS), dtype=np.int64)  # pixels, pixels under each threshold
+        self._counts = np.zeros(
+            1 + len(NORMAL_THRESHOLDS), dtype=np.int64
+        )  # pixels, pixels under each threshold
         self._streamed: set[Hashable] = set()
         self._held: tuple[Hashable, np.ndarray] | None = None
         self._next_id = 0
@@ -268,8 +273,9 @@ class NormalEvaluator(Evaluator):
             repeated = seen & streamed
             if repeated:
                 raise ValueError(
-                    f"samples {sorted(map(str, repeated))[:5]} were evaluated on two ranks in the middle of an "
-                    "epoch: pooled normal metrics cannot drop them; use a sampler that repeats only at the end"
+                    f"samples {sorted(map(str, repeated))[:5]} were evaluated on two ranks in the middle "
+                    "of an epoch: pooled normal metrics cannot drop them; use a sampler that repeats "
+                    "only at the end"
                 )
             seen |= streamed
         held = []

@@ -21,7 +21,8 @@ def find_splits(out: str | os.PathLike) -> list[SplitPaths]:
 
 
 def drop_table(results: dict[str, dict[str, float]], metric: str = "AP", original: str = "original") -> str:
-    """Markdown table of `metric` per split and its drop relative to the original: (original - split) / original."""
+    """Markdown table of `metric` per split and its drop relative to the original: (original - split) /
+    original."""
     if original not in results:
         raise KeyError(f"results have no {original!r} row")
     base = results[original][metric]

@@ -192,7 +192,8 @@ def write_controlnet_pose(out_dir: str | os.PathLike, export: ControlNetPose) ->
 
 
 def is_previous_export(png_path: Path, json_path: Path) -> bool:
-    """Whether the existing files at an export's two paths (if any) are an earlier export's, safe to replace."""
+    """Whether the existing files at an export's two paths (if any) are an earlier export's, safe to replace.
+    """
     if not json_path.exists():
         return not png_path.exists()  # the JSON is written first, so a lone PNG is someone else's
     try:

@@ -11,9 +11,9 @@ from torch import nn
 class HeatmapHead(nn.Module):
     """Deconvolutions (4x4, stride 2) then 1x1 convs, each with InstanceNorm + SiLU, then a 1x1 output conv.
 
-    SDPose's head: one deconv and one 1x1 conv at the feature width (320 body / 640 whole-body), so the heatmaps are
-    at twice the feature resolution (1/4 of the input for 1/8 UNet features). Attribute names and the
-    non-affine InstanceNorm follow the released checkpoint (Sapiens' fork of mmpose's HeatmapHead), so its
+    SDPose's head: one deconv and one 1x1 conv at the feature width (320 body / 640 whole-body), so the
+    heatmaps are at twice the feature resolution (1/4 of the input for 1/8 UNet features). Attribute names and
+    the non-affine InstanceNorm follow the released checkpoint (Sapiens' fork of mmpose's HeatmapHead), so its
     `decoder/decoder.safetensors` loads with strict=True.
     """
 
@@ -32,7 +32,10 @@ class HeatmapHead(nn.Module):
         channels = in_channels
         for width in deconv_out_channels:
             # kernel 4, stride 2, padding 1 doubles the size exactly; no bias because a norm follows.
-            layers += [nn.ConvTranspose2d(channels, width, 4, stride=2, padding=1, bias=False), *_norm_act(width)]
+            layers += [
+                nn.ConvTranspose2d(channels, width, 4, stride=2, padding=1, bias=False),
+                *_norm_act(width),
+            ]
             channels = width
         self.deconv_layers = nn.Sequential(*layers) if layers else nn.Identity()
         layers = []
@@ -71,11 +74,13 @@ def keypoint_mse_loss(
     keypoint_weights: torch.Tensor | None = None,
     loss_weight: float = 1.0,
 ) -> torch.Tensor:
-    """mmpose's KeypointMSELoss: mean squared error over [B, K, H, W], each channel scaled by its weight [B, K]."""
+    """mmpose's KeypointMSELoss: mean squared error over [B, K, H, W], each channel scaled by its weight
+    [B, K]."""
     if heatmaps.shape != targets.shape:
         raise ValueError(f"heatmaps {tuple(heatmaps.shape)} and targets {tuple(targets.shape)} differ")
     error = (heatmaps.float() - targets.float()) ** 2  # [B, K, H, W]
     if keypoint_weights is not None:
-        # use_target_weight=True: unlabelled (or out-of-heatmap) keypoints contribute zero but still count in the mean.
+        # use_target_weight=True: unlabelled (or out-of-heatmap) keypoints contribute zero but still count in
+        # the mean.
         error = error * keypoint_weights.float()[..., None, None]
     return error.mean() * loss_weight

@@ -1,9 +1,11 @@
-"""Scale-out annotation through Lightning: `Trainer.predict` over fixed image batches, one shard of them per rank.
+"""Scale-out annotation through Lightning: `Trainer.predict` over fixed image batches, one shard of them per
+rank.
 
-Every rank runs whole batches of the Annotator's fixed batch list (so each image meets the same batch-mates as in
-a single process and its floats are bit-identical) and writes its images' outputs and records atomically; once
-all ranks are done, rank 0 merges the records into the same files a single process writes. Works with any
-Lightning strategy that launches processes (ddp on CPU/gloo or GPUs/nccl, across nodes; ddp_spawn).
+Every rank runs whole batches of the Annotator's fixed batch list
+(so each image meets the same batch-mates as in a single process and its floats are bit-identical) and writes
+its images' outputs and records atomically; once all ranks are done, rank 0 merges the records into the same
+files a single process writes. Works with any Lightning strategy that launches processes
+(ddp on CPU/gloo or GPUs/nccl, across nodes; ddp_spawn).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class ShardSampler(Sampler[int]):
 
 
 def _place(predictor: Any, device: torch.device) -> None:
-    """Point a predictor that remembers its device (PosePredictor) at the rank's device Lightning moved it to."""
+    """Point a predictor that remembers its device (PosePredictor) at the rank's device Lightning moved it to.
+    """
     if "device" in vars(predictor):
         predictor.device = device
 
@@ -66,7 +69,8 @@ class AnnotationModule(pl.LightningModule):
                 todo = self.annotator.prepare(self.items)
             except AnnotationError as exc:  # every rank must stop, not wait for a list that never comes
                 error = str(exc)
-        # One list for all ranks: a rank listing later could see another rank's fresh records and shard differently.
+        # One list for all ranks: a rank listing later could see another rank's fresh records and shard
+        # differently.
         self.todo, error = self.trainer.strategy.broadcast((todo, error), src=0)
         if error is not None:
             raise AnnotationError(error)
@@ -84,12 +88,15 @@ class AnnotationModule(pl.LightningModule):
         for predictor in self.annotator.predictors.values():
             _place(predictor, self.device)
 
-    def transfer_batch_to_device(self, batch: LoadedBatch, device: torch.device, dataloader_idx: int) -> LoadedBatch:
+    def transfer_batch_to_device(
+        self, batch: LoadedBatch, device: torch.device, dataloader_idx: int
+    ) -> LoadedBatch:
         """Batches hold numpy images; the predictors move their inputs themselves."""
         return batch
 
     def predict_step(self, batch: LoadedBatch, batch_idx: int) -> int:
-        """Annotate one fixed batch (outputs and records written by this rank); returns the predictions run."""
+        """Annotate one fixed batch (outputs and records written by this rank); returns the predictions run.
+        """
         return self.annotator.process_batch(batch)
 
 
@@ -106,13 +113,20 @@ def annotate_distributed(
     """Annotate with `Trainer.predict` on several devices/nodes; the summary on rank 0 (None on other ranks).
 
     With strategy="ddp" Lightning re-runs the calling script for every other local rank, so call this from a
-    script (e.g. tools/annotate.py), not from an interactive session; "ddp_spawn" works anywhere but pickles the
-    predictors to the workers.
+    script (e.g. tools/annotate.py), not from an interactive session; "ddp_spawn" works anywhere but pickles
+    the predictors to the workers.
     """
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-        logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=annotator.progress, use_distributed_sampler=False, **trainer_kwargs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=annotator.progress,
+        use_distributed_sampler=False,
+        **trainer_kwargs,
     )
     items = annotator.list_inputs(inputs, image_root)
     module = AnnotationModule(annotator, items)

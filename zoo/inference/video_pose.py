@@ -4,17 +4,18 @@
     out = predictor("video.mp4", box_source="hog", steps=2, ensemble=4)
     out.keypoints[t], out.scores[t], out.track_ids[t]          # [N, 17, 2], [N, 17], [N] of frame t
 
-Pipeline: person boxes per frame (the caller's, `detection_boxes` of a COCO detection file, OpenCV's HOG detector
-or the whole frame) -> track ids by greedy IoU matching between consecutive frames -> one clip per person and
-frame (the key frame and its neighbours `offsets`, repeating the nearest frame past either end) -> top-down
-crops -> DiffPose heatmaps (DDIM `steps`, `ensemble` initialisations) -> frame-pixel keypoints.
+Pipeline: person boxes per frame
+(the caller's, `detection_boxes` of a COCO detection file, OpenCV's HOG detector or the whole frame) -> track
+ids by greedy IoU matching between consecutive frames -> one clip per person and frame
+(the key frame and its neighbours `offsets`, repeating the nearest frame past either end) -> top-down crops ->
+DiffPose heatmaps (DDIM `steps`, `ensemble` initialisations) -> frame-pixel keypoints.
 
 Feature reuse: a clip's frames are all cropped with one box, as in training. With `box_window` = W the key
 frames of a track are taken W at a time and every clip of such a window crops with the same box (the union of
-the track's boxes over the window), so a frame crop is shared by every clip of the window that contains it: its
-backbone features are computed once and reused (T x fewer backbone calls for long windows). `box_window=1` crops
-each clip with its own key frame's box, exactly as the evaluation datasets do; identical boxes (the whole frame)
-are shared whatever the window.
+the track's boxes over the window), so a frame crop is shared by every clip of the window that contains it:
+its backbone features are computed once and reused (T x fewer backbone calls for long windows). `box_window=1`
+crops each clip with its own key frame's box, exactly as the evaluation datasets do; identical boxes
+(the whole frame) are shared whatever the window.
 """
 
 from __future__ import annotations
@@ -53,14 +54,21 @@ class VideoPoseOutput:
     track_ids: list[np.ndarray]  # each [N] int64, stable across frames
     boxes: list[np.ndarray]  # each [N, 4] float32 (x1, y1, x2, y2), the person boxes
     box_scores: list[np.ndarray]  # each [N] float32
-    backbone_crops: int = 0  # frame crops that went through the backbone (feature reuse makes this < clips x T)
+    backbone_crops: int = (
+        0  # frame crops that went through the backbone (feature reuse makes this < clips x T)
+    )
     metainfo: PoseMetainfo | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.keypoints)
 
-    def strip(self, frames: Sequence[np.ndarray], indices: Sequence[int] | None = None,
-              threshold: float = 0.3, **draw_options: Any) -> np.ndarray:
+    def strip(
+        self,
+        frames: Sequence[np.ndarray],
+        indices: Sequence[int] | None = None,
+        threshold: float = 0.3,
+        **draw_options: Any,
+    ) -> np.ndarray:
         """The frames `indices` (default all) with their skeletons, side by side: uint8 RGB [H, n * W, 3].
 
         `draw_options` (radius, thickness) go to zoo.visualize.draw_skeleton.
@@ -68,9 +76,12 @@ class VideoPoseOutput:
         from zoo.visualize import draw_skeleton, image_grid
 
         chosen = range(len(self.keypoints)) if indices is None else indices
-        tiles = [draw_skeleton(frames[i], self.keypoints[i], self.scores[i], self.metainfo, threshold,
-                               **draw_options)
-                 for i in chosen]
+        tiles = [
+            draw_skeleton(
+                frames[i], self.keypoints[i], self.scores[i], self.metainfo, threshold, **draw_options
+            )
+            for i in chosen
+        ]
         return image_grid(tiles, columns=len(tiles))
 
 
@@ -99,7 +110,8 @@ def _greedy_link(similarity: np.ndarray, previous_ids: np.ndarray, threshold: fl
 
 
 def _greedy_tracks(similarities: Sequence[np.ndarray], threshold: float) -> list[np.ndarray]:
-    """Track ids per frame from similarities [N_t, N_{t-1}] of each frame to the previous one (the first unused)."""
+    """Track ids per frame from similarities [N_t, N_{t-1}] of each frame to the previous one
+    (the first unused)."""
     ids: list[np.ndarray] = []
     next_id = 0
     for t, similarity in enumerate(similarities):
@@ -110,19 +122,23 @@ def _greedy_tracks(similarities: Sequence[np.ndarray], threshold: float) -> list
     return ids
 
 
-def greedy_iou_tracks(boxes: Sequence[np.ndarray], threshold: float = TRACK_IOU_THRESHOLD) -> list[np.ndarray]:
+def greedy_iou_tracks(
+    boxes: Sequence[np.ndarray], threshold: float = TRACK_IOU_THRESHOLD
+) -> list[np.ndarray]:
     """Track ids per frame: each box takes the id of the previous frame's box it overlaps most, greedily.
 
-    Pairs of (current, previous-frame) boxes are taken in order of decreasing IoU, each box at most once; a pair
-    below `threshold` is no match and the box starts a new track. Only the previous frame is looked at, so a
-    person missed for one frame comes back with a new id.
+    Pairs of (current, previous-frame) boxes are taken in order of decreasing IoU, each box at most once; a
+    pair below `threshold` is no match and the box starts a new track. Only the previous frame is looked at,
+    so a person missed for one frame comes back with a new id.
     """
     similarities = [box_iou(b, boxes[t - 1]) if t else np.zeros((len(b), 0)) for t, b in enumerate(boxes)]
     return _greedy_tracks(similarities, threshold)
 
 
 def greedy_oks_tracks(
-    keypoints: Sequence[np.ndarray], boxes: Sequence[np.ndarray], sigmas: np.ndarray,
+    keypoints: Sequence[np.ndarray],
+    boxes: Sequence[np.ndarray],
+    sigmas: np.ndarray,
     threshold: float = TRACK_OKS_THRESHOLD,
 ) -> list[np.ndarray]:
     """Track ids per frame by greedy OKS (mmpose's, box areas) between consecutive frames' poses [N, K, 2]."""
@@ -131,7 +147,9 @@ def greedy_oks_tracks(
     def similarity(t: int) -> np.ndarray:
         current, previous = keypoints[t], keypoints[t - 1]
         areas = [(b[:, 2:] - b[:, :2]).prod(-1) for b in (boxes[t], boxes[t - 1])]
-        rows = [oks_iou(current[i], previous, float(areas[0][i]), areas[1], sigmas) for i in range(len(current))]
+        rows = [
+            oks_iou(current[i], previous, float(areas[0][i]), areas[1], sigmas) for i in range(len(current))
+        ]
         return np.stack(rows) if rows else np.zeros((0, len(previous)))
 
     similarities = [similarity(t) if t else np.zeros((len(k), 0)) for t, k in enumerate(keypoints)]
@@ -151,7 +169,8 @@ def load_frames(video: Any) -> list[np.ndarray]:
 
 
 class VideoPosePredictor:
-    """DiffPose video predictor: `VideoPosePredictor.from_pretrained(folder)(video, boxes=...)` -> VideoPoseOutput."""
+    """DiffPose video predictor: `VideoPosePredictor.from_pretrained(folder)(video, boxes=...)` ->
+    VideoPoseOutput."""
 
     def __init__(self, model: DiffPose, config: dict[str, Any], device: str | torch.device = "cpu") -> None:
         self.model = model.eval().to(device)
@@ -164,11 +183,16 @@ class VideoPosePredictor:
         self.eta = float(config.get("eta", 1.0))
         # The clip the model was trained on: key frame at `key_index` among `num_frames` consecutive frames.
         self.offsets = tuple(range(-model.key_index, model.num_frames - model.key_index))
-        self.transform = TopDownTransform(self.input_size, padding=float(config.get("bbox_padding", BBOX_PADDING)))
+        self.transform = TopDownTransform(
+            self.input_size, padding=float(config.get("bbox_padding", BBOX_PADDING))
+        )
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+        cls,
+        folder: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
     ) -> VideoPosePredictor:
         """Load an exported DiffPose folder (zoo_model.json); `dtype` runs the UNet and VAE under autocast."""
         model, config = load_diffpose(Path(folder))
@@ -178,17 +202,28 @@ class VideoPosePredictor:
 
     # ------------------------------------------------------------------ boxes and tracks
     def _boxes(
-        self, frames: list[np.ndarray], boxes: Sequence[Any] | None, box_scores: Sequence[Any] | None, source: str
+        self,
+        frames: list[np.ndarray],
+        boxes: Sequence[Any] | None,
+        box_scores: Sequence[Any] | None,
+        source: str,
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if boxes is not None:
             if len(boxes) != len(frames):
-                raise ValueError(f"boxes must hold one [N, 4] array per frame: {len(boxes)} for {len(frames)} frames")
+                raise ValueError(
+                    f"boxes must hold one [N, 4] array per frame: {len(boxes)} for {len(frames)} frames"
+                )
             out = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
             for index, b in enumerate(out):
                 if (b[:, 2:] <= b[:, :2]).any():
-                    raise ValueError(f"frame {index}: boxes must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1")
-            scores = [np.ones(len(b), dtype=np.float32) for b in out] if box_scores is None else [
-                np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
+                    raise ValueError(
+                        f"frame {index}: boxes must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
+                    )
+            scores = (
+                [np.ones(len(b), dtype=np.float32) for b in out]
+                if box_scores is None
+                else [np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
+            )
             if [len(s) for s in scores] != [len(b) for b in out]:
                 raise ValueError("box_scores must hold one score per box")
             return out, scores
@@ -241,20 +276,23 @@ class VideoPosePredictor:
     ) -> VideoPoseOutput:
         """Predict the keypoints of every person in every frame of `video`.
 
-        boxes: one [N, 4] (x1, y1, x2, y2) array per frame (N may be 0); without them `box_source` supplies them
-        ("whole_frame": one person filling each frame; "hog": OpenCV's people detector). For a COCO detection
-        file use `zoo.inference.pose.detection_boxes(det_file, image_ids)`. track_ids: one [N] array per frame;
-        without them `track_by` links consecutive frames greedily by box IoU ("iou", before the poses, so clips
-        can share a track's window box) or by the predicted poses' OKS ("oks", after the poses; every clip then
-        crops with its own key frame's box). steps / ensemble: DDIM steps and initialisations (default: the model's).
-        temporal=False gives the model only the key frame (repeated), the one-frame baseline. reuse_features=False
-        recomputes every clip's frames (same output, T x the backbone calls). `seed` fixes the diffusion noise.
+        boxes: one [N, 4] (x1, y1, x2, y2) array per frame (N may be 0); without them `box_source` supplies
+        them ("whole_frame": one person filling each frame; "hog": OpenCV's people detector). For a COCO
+        detection file use `zoo.inference.pose.detection_boxes(det_file, image_ids)`. track_ids: one [N] array
+        per frame; without them `track_by` links consecutive frames greedily by box IoU
+        ("iou", before the poses, so clips can share a track's window box) or by the predicted poses' OKS
+        ("oks", after the poses; every clip then crops with its own key frame's box). steps / ensemble: DDIM
+        steps and initialisations (default: the model's). temporal=False gives the model only the key frame
+        (repeated), the one-frame baseline. reuse_features=False recomputes every clip's frames
+        (same output, T x the backbone calls). `seed` fixes the diffusion noise.
         """
         steps = self.steps if steps is None else int(steps)
         ensemble = self.ensemble if ensemble is None else int(ensemble)
         if steps < 1 or ensemble < 1 or batch_size < 1 or box_window < 1:
-            raise ValueError(f"steps, ensemble, batch_size and box_window must be >= 1; got {steps}, {ensemble}, "
-                             f"{batch_size}, {box_window}")
+            raise ValueError(
+                f"steps, ensemble, batch_size and box_window must be >= 1; got {steps}, {ensemble}, "
+                f"{batch_size}, {box_window}"
+            )
         frames = load_frames(video)
         sizes = {frame.shape[:2] for frame in frames}
         if len(sizes) != 1:
@@ -264,8 +302,11 @@ class VideoPosePredictor:
             raise ValueError(f"track_by must be one of {TRACK_BY}; got {track_by!r}")
         if track_ids is None:
             # OKS needs the poses first: tracks come last and no window box can depend on them.
-            tracks = (greedy_iou_tracks(person_boxes) if track_by == "iou"
-                      else [np.zeros(len(b), dtype=np.int64) for b in person_boxes])  # placeholders until poses
+            tracks = (
+                greedy_iou_tracks(person_boxes)
+                if track_by == "iou"
+                else [np.zeros(len(b), dtype=np.int64) for b in person_boxes]
+            )  # placeholders until poses
             box_window = box_window if track_by == "iou" else 1
         else:
             tracks = [np.asarray(t, dtype=np.int64).reshape(-1) for t in track_ids]
@@ -281,15 +322,21 @@ class VideoPosePredictor:
         for frame, frame_boxes in enumerate(crop_boxes):
             for person, box in enumerate(frame_boxes):
                 indices = clip_frame_indices(frame, len(frames), offsets)
-                keys = [(index, *box.tolist()) if reuse_features else (len(clips), t, index, *box.tolist())
-                        for t, index in enumerate(indices)]
+                keys = [
+                    (index, *box.tolist()) if reuse_features else (len(clips), t, index, *box.tolist())
+                    for t, index in enumerate(indices)
+                ]
                 clips.append([requests.setdefault(key, len(requests)) for key in keys])
                 owners.append((frame, person))
         crops, matrices = [], []
         for key in requests:  # insertion order = crop index
             index, box = key[-5], np.asarray(key[-4:], dtype=np.float32)
-            sample = self.transform(frames[index], box, np.zeros((self.metainfo.num_keypoints, 2)),
-                                    np.zeros(self.metainfo.num_keypoints))
+            sample = self.transform(
+                frames[index],
+                box,
+                np.zeros((self.metainfo.num_keypoints, 2)),
+                np.zeros(self.metainfo.num_keypoints),
+            )
             crops.append(sample["image"])
             matrices.append(sample["geometry"].matrix())
         keypoints = np.zeros((len(clips), self.metainfo.num_keypoints, 2), dtype=np.float32)
@@ -309,24 +356,38 @@ class VideoPosePredictor:
         if track_ids is None and track_by == "oks":
             tracks = greedy_oks_tracks(per_frame, person_boxes, self.metainfo.sigmas)
         return VideoPoseOutput(
-            keypoints=per_frame, scores=np.split(scores, splits), track_ids=tracks,
-            boxes=person_boxes, box_scores=person_scores, backbone_crops=len(crops) * (2 if flip_test else 1),
+            keypoints=per_frame,
+            scores=np.split(scores, splits),
+            track_ids=tracks,
+            boxes=person_boxes,
+            box_scores=person_scores,
+            backbone_crops=len(crops) * (2 if flip_test else 1),
             metainfo=self.metainfo,
         )
 
     def _crop_features(self, crops: np.ndarray, flip_test: bool, batch_size: int) -> torch.Tensor:
-        """Backbone features of crops uint8 [U, h, w, 3] -> [U, C, h/8, w/8] (then the mirrored crops' under flip)."""
+        """Backbone features of crops uint8 [U, h, w, 3] -> [U, C, h/8, w/8]
+        (then the mirrored crops' under flip)."""
         pixels = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255.0  # [U, 3, h, w]
         if flip_test:
             pixels = torch.cat([pixels, pixels.flip(-1)])
-        return torch.cat([self.model.frame_features(pixels[i : i + batch_size])
-                          for i in range(0, len(pixels), batch_size)])
+        return torch.cat(
+            [self.model.frame_features(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+        )
 
     def _sample(
-        self, features: torch.Tensor, clips: list[list[int]], num_crops: int, flip_test: bool, steps: int,
-        ensemble: int, batch_size: int, seed: int,
+        self,
+        features: torch.Tensor,
+        clips: list[list[int]],
+        num_crops: int,
+        flip_test: bool,
+        steps: int,
+        ensemble: int,
+        batch_size: int,
+        seed: int,
     ) -> torch.Tensor:
-        """Heatmaps [P, K, h, w] of the clips, gathered from the crop features, `batch_size` clips at a time."""
+        """Heatmaps [P, K, h, w] of the clips, gathered from the crop features, `batch_size` clips at a time.
+        """
         generator = torch.Generator().manual_seed(seed)
         index = torch.tensor(clips, device=features.device)  # [P, T]
         out = []
@@ -338,6 +399,8 @@ class VideoPosePredictor:
             heatmaps = self.model.sample(clip_features, steps, ensemble, self.eta, generator)
             if flip_test:
                 half = heatmaps.shape[0] // 2
-                heatmaps = (heatmaps[:half] + flip_heatmaps(heatmaps[half:], self.metainfo.flip_indices)) * 0.5
+                heatmaps = (
+                    heatmaps[:half] + flip_heatmaps(heatmaps[half:], self.metainfo.flip_indices)
+                ) * 0.5
             out.append(heatmaps)
         return torch.cat(out)

@@ -1,4 +1,5 @@
-"""The LightningModule base every family shares: EMA, TensorBoard pictures, evaluator-driven val/test, export."""
+"""The LightningModule base every family shares: EMA, TensorBoard pictures, evaluator-driven val/test, export.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ class FamilyModule(pl.LightningModule):
     """What every family's LightningModule repeats, done once.
 
     A family implements `trainable_parameters` (what EMA averages and what is exported), `make_evaluators`
-    (fresh evaluators for a stage), `evaluation_step` (predict a batch, update the evaluators, return something
-    `log_pictures` can draw for the first batch), `epoch_metrics` (turn the gathered evaluator results into the
-    logged metrics) and `export_weights` / `export_config` (what `export_pretrained` writes). The base keeps an
-    optional EMA of the trainable parameters (diffusers' EMAModel: stepped after every optimiser step, swapped in
-    for validation and export, saved in checkpoints), drives validation and test through the evaluator protocol
+    (fresh evaluators for a stage), `evaluation_step`
+    (predict a batch, update the evaluators, return something `log_pictures` can draw for the first batch),
+    `epoch_metrics` (turn the gathered evaluator results into the logged metrics) and `export_weights` /
+    `export_config` (what `export_pretrained` writes). The base keeps an optional EMA of the trainable
+    parameters
+    (diffusers' EMAModel: stepped after every optimiser step, swapped in for validation and export, saved
+    in checkpoints),
+    drives validation and test through the evaluator protocol
     (each evaluator gathers across ranks before computing, so `val/*` is right on any number of processes),
     logs a picture of the first validation batch every `log_images_every_n_val` runs, and builds AdamW over
     parameter groups.
@@ -64,7 +68,8 @@ class FamilyModule(pl.LightningModule):
         """Predict a batch and update `self.evaluators`; returns what `log_pictures` draws (or None)."""
 
     def epoch_metrics(self, results: dict[str, dict[str, float]]) -> dict[str, float]:
-        """Logged metrics from each evaluator's computed results (default: the single evaluator's, unprefixed)."""
+        """Logged metrics from each evaluator's computed results
+        (default: the single evaluator's, unprefixed)."""
         if len(results) != 1:
             raise NotImplementedError(f"{type(self).__name__} has several evaluators: override epoch_metrics")
         return next(iter(results.values()))
@@ -91,9 +96,12 @@ class FamilyModule(pl.LightningModule):
         self._evaluators = self.make_evaluators(stage)
 
     def _finish(self, stage: str) -> None:
-        # compute() gathers every rank's state first: all ranks log the same numbers, so no sync_dist reduction.
+        # compute() gathers every rank's state first: all ranks log the same numbers, so no sync_dist
+        # reduction.
         results = {name: evaluator.compute() for name, evaluator in self._evaluators.items()}
-        self.log_dict({f"{stage}/{name}": float(value) for name, value in self.epoch_metrics(results).items()})
+        self.log_dict(
+            {f"{stage}/{name}": float(value) for name, value in self.epoch_metrics(results).items()}
+        )
         self._evaluators = {}
 
     def _step(self, batch: Any, batch_idx: int, stage: str) -> None:

@@ -5,8 +5,8 @@ The rules every tool follows, all enforced here:
   `open` would give under the user's umask;
 - names from data files are joined under their root by `safe_join`, for what is read and for what is written;
 - an output location never overlaps an input (`check_output_location`);
-- an input's outputs are named by `output_stem` plus a kind suffix, and a plan of outputs is checked for collisions
-  (`check_unique_outputs`) before anything is written;
+- an input's outputs are named by `output_stem` plus a kind suffix, and a plan of outputs is checked for
+  collisions (`check_unique_outputs`) before anything is written;
 - a tool removes or replaces only what it wrote: its own records and its own temp files
   (`remove_stale_temporaries` only touches temp names of targets the caller is about to write).
 """
@@ -33,7 +33,8 @@ _UMASK_LOCK = threading.Lock()
 
 
 class OutputLocationError(ValueError):
-    """An output would overlap an input, escape its folder, collide with another output or replace a foreign file."""
+    """An output would overlap an input, escape its folder, collide with another output or replace a foreign
+    file."""
 
 
 class OutputWriteError(OSError):
@@ -62,7 +63,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to `path` that replaces `path` only when the block exits cleanly.
 
     The file gets the permissions `open` would give (0o666 minus the umask; mkstemp's 0o600 is private). An OS
-    error (read-only folder, disk full, ...) is raised as OutputWriteError naming `path`; nothing is left behind.
+    error (read-only folder, disk full, ...) is raised as OutputWriteError naming `path`; nothing is left
+    behind.
     """
     if "w" not in mode:
         raise ValueError(f"atomic_open only writes; got mode {mode!r}")
@@ -89,15 +91,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 def _raise_write_error(error: BaseException, path: Path) -> None:
     """Re-raise an OS error of writing `path` as OutputWriteError naming the file and the cause."""
     if isinstance(error, OSError) and not isinstance(error, OutputWriteError) and error.errno is not None:
-        reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                  errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}.get(
-                      error.errno, error.strerror)
-        raise OutputWriteError(error.errno, f"{path}: cannot write ({reason}); fix the output location and "
-                               "rerun to finish") from error
+        reason = {
+            errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied",
+            errno.ENOSPC: "no space left on device",
+            errno.EDQUOT: "disk quota exceeded",
+        }.get(error.errno, error.strerror)
+        raise OutputWriteError(
+            error.errno, f"{path}: cannot write ({reason}); fix the output location and rerun to finish"
+        ) from error
 
 
 def move_into_place(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Rename a complete file over `target` (same file system: atomic), creating its folder; errors name `target`."""
+    """Rename a complete file over `target` (same file system: atomic), creating its folder; errors name
+    `target`."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,23 +130,29 @@ def _non_finite(obj: Any, where: str = "") -> str | None:
     if isinstance(obj, float):
         return None if math.isfinite(obj) else where or "the value"
     if isinstance(obj, Mapping):
-        return next((found for key, value in obj.items() if (found := _non_finite(value, f"{where}[{key!r}]"))),
-                    None)
+        return next(
+            (found for key, value in obj.items() if (found := _non_finite(value, f"{where}[{key!r}]"))), None
+        )
     if isinstance(obj, (list, tuple)):
-        return next((found for i, value in enumerate(obj) if (found := _non_finite(value, f"{where}[{i}]"))), None)
+        return next(
+            (found for i, value in enumerate(obj) if (found := _non_finite(value, f"{where}[{i}]"))), None
+        )
     return None
 
 
 def dump_json(obj: Any, name: str = "JSON") -> str:
-    """Serialise to canonical JSON (sorted keys, 2-space indent); NaN and infinities are refused, not written."""
+    """Serialise to canonical JSON (sorted keys, 2-space indent); NaN and infinities are refused, not written.
+    """
     try:
         return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     except ValueError as error:
         where = _non_finite(obj)
         if where is None:
             raise
-        raise NonFiniteJSONError(f"{name}: refusing to write a non-finite number at {where} (no JSON reader "
-                                 "accepts NaN or Infinity)") from error
+        raise NonFiniteJSONError(
+            f"{name}: refusing to write a non-finite number at {where} (no JSON reader "
+            "accepts NaN or Infinity)"
+        ) from error
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -166,7 +179,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def safe_join(root: str | os.PathLike, relative: str, what: str = "image root") -> Path:
-    """Join `relative` (e.g. a COCO `file_name`) under `root` for reading or writing; refuse names that escape.
+    """Join `relative` (e.g. a COCO `file_name`) under `root` for reading or writing; refuse names that
+    escape.
 
     A name escapes when it is absolute, climbs out by its own `..` parts, or leads out through a symlink (the
     result is resolved as the OS would open it). `what` names the root in the error ("output folder", ...).
@@ -176,7 +190,9 @@ def safe_join(root: str | os.PathLike, relative: str, what: str = "image root") 
     if not isinstance(relative, str) or not relative or "\0" in relative:
         raise ValueError(f"file name {relative!r} names no file under the {what} {root_path}")
     if os.path.isabs(relative):
-        raise ValueError(f"file name {relative!r} is absolute; expected a path relative to the {what} {root_path}")
+        raise ValueError(
+            f"file name {relative!r} is absolute; expected a path relative to the {what} {root_path}"
+        )
     # Lexically first: a name that only stays inside because a symlinked folder bends `..` back in would land
     # outside when the same name is used under another root (an output folder mirrors the input's names).
     if posixpath.normpath(relative).split("/")[0] == "..":
@@ -185,42 +201,53 @@ def safe_join(root: str | os.PathLike, relative: str, what: str = "image root") 
     if candidate == root_path:
         raise ValueError(f"file name {relative!r} names the {what} {root_path} itself, not a file in it")
     if not _inside(candidate, root_path):
-        raise ValueError(f"file name {relative!r} escapes the {what} {root_path} (it resolves to {candidate})")
+        raise ValueError(
+            f"file name {relative!r} escapes the {what} {root_path} (it resolves to {candidate})"
+        )
     return candidate
 
 
 def output_stem(relative: str) -> str:
     """The output stem of an input's relative path: the normalised POSIX name, suffix kept.
 
-    Outputs are `<stem><kind>` (`photo.jpg.png`, `photo.jpg_vis.png`, `frame.0001.jpg.npy`), so the map from inputs
-    to outputs is injective: no two inputs (`x.jpg`/`x.png`, `frame.0001.jpg`/`frame.0002.jpg`, `a.jpg`/`a_vis.jpg`)
-    share an output, and an output name never equals an input name. Raises ValueError for escaping names.
+    Outputs are `<stem><kind>` (`photo.jpg.png`, `photo.jpg_vis.png`, `frame.0001.jpg.npy`), so the map from
+    inputs to outputs is injective: no two inputs
+    (`x.jpg`/`x.png`, `frame.0001.jpg`/`frame.0002.jpg`, `a.jpg`/`a_vis.jpg`) share an output, and an output
+    name never equals an input name. Raises ValueError for escaping names.
     """
     name = posixpath.normpath(relative.replace("\\", "/"))
     if not relative or os.path.isabs(name) or name in (".", "..") or name.startswith("../"):
-        raise ValueError(f"file name {relative!r} is empty, absolute or escapes its folder; it cannot name an output")
+        raise ValueError(
+            f"file name {relative!r} is empty, absolute or escapes its folder; it cannot name an output"
+        )
     return name
 
 
 def check_unique_outputs(plan: Iterable[tuple[str, Iterable[str]]]) -> None:
-    """Raise OutputLocationError when two inputs of `plan` ((input name, its output paths), ...) share an output."""
+    """Raise OutputLocationError when two inputs of `plan` ((input name, its output paths), ...) share an
+    output."""
     owners: dict[str, str] = {}
     for source, outputs in plan:
         for output in outputs:
             key = posixpath.normpath(output)
             previous = owners.setdefault(key, source)
             if previous != source:
-                raise OutputLocationError(f"inputs {previous!r} and {source!r} would both be written to {key!r}; "
-                                          "rename one of them")
+                raise OutputLocationError(
+                    f"inputs {previous!r} and {source!r} would both be written to {key!r}; rename one of them"
+                )
 
 
-def check_output_location(output: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
-                          may_contain: Iterable[str | os.PathLike] = (), what: str = "output") -> Path:
+def check_output_location(
+    output: str | os.PathLike,
+    inputs: Mapping[str, str | os.PathLike | None],
+    may_contain: Iterable[str | os.PathLike] = (),
+    what: str = "output",
+) -> Path:
     """Refuse an output folder or file that overlaps an input file or folder; return the resolved output.
 
-    `inputs` maps what each input is ("image root", "annotation file") to its path (None: not given). Overlap: the
-    output is an input, lies inside one, or contains one. `may_contain` lists input folders that may hold the output
-    because the tool never lists it as input (an annotation folder inside the photo folder).
+    `inputs` maps what each input is ("image root", "annotation file") to its path (None: not given). Overlap:
+    the output is an input, lies inside one, or contains one. `may_contain` lists input folders that may hold
+    the output because the tool never lists it as input (an annotation folder inside the photo folder).
     """
     out = Path(output).resolve()
     allowed = {Path(p).resolve() for p in may_contain}
@@ -236,8 +263,10 @@ def check_output_location(output: str | os.PathLike, inputs: Mapping[str, str | 
             relation = f"the {what} lies inside the {name}"
         else:
             continue
-        raise OutputLocationError(f"{what} {out} overlaps the {name} {source} ({relation}); choose a separate "
-                                  "location so that no input can be overwritten")
+        raise OutputLocationError(
+            f"{what} {out} overlaps the {name} {source} ({relation}); choose a separate "
+            "location so that no input can be overwritten"
+        )
     return out
 
 
@@ -248,7 +277,8 @@ def temp_target(name: str) -> str | None:
 
 
 def remove_stale_temporaries(targets: Sequence[str | os.PathLike]) -> int:
-    """Delete temp files that a killed run left next to `targets` (only `.<target name>.XXXXXXXX.tmp`); count them.
+    """Delete temp files that a killed run left next to `targets` (only `.<target name>.XXXXXXXX.tmp`); count
+    them.
 
     Other files, a user's `.notes.abcdefgh.tmp` included, are never touched.
     """

@@ -1,4 +1,5 @@
-"""Keypoint dataset metainfo (names, symmetry, skeleton, OKS sigmas) loaded from the JSON data files beside this module."""
+"""Keypoint dataset metainfo (names, symmetry, skeleton, OKS sigmas) loaded from the JSON data files beside
+this module."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Human-like articulated stick figures with COCO-17 keypoints on textured backgrounds, deterministic by seed.
 
-Each image holds 1-3 front-facing figures (the person's left side appears on the image's right, as in a photo of a
-person facing the camera). Limbs are thick strokes coloured by body side (left green, right orange, as in mmpose's
-COCO palette) so that a tiny model can learn them; the head carries eyes, ears and nose marks. Figures drawn later
-occlude earlier ones: a keypoint covered by a later figure is labelled v=1 (occluded), one outside the image v=0
-with coordinates (0, 0) (COCO convention), every other one v=2. Boxes are the figure's silhouette clipped to the
-image, areas are its visible pixel count (COCO's segmentation area), segmentations are RLE.
+Each image holds 1-3 front-facing figures
+(the person's left side appears on the image's right, as in a photo of a person facing the camera). Limbs are
+thick strokes coloured by body side (left green, right orange, as in mmpose's COCO palette) so that a tiny
+model can learn them; the head carries eyes, ears and nose marks. Figures drawn later occlude earlier ones: a
+keypoint covered by a later figure is labelled v=1 (occluded), one outside the image v=0 with coordinates
+(0, 0) (COCO convention), every other one v=2. Boxes are the figure's silhouette clipped to the image, areas
+are its visible pixel count (COCO's segmentation area), segmentations are RLE.
 """
 
 from __future__ import annotations
@@ -259,8 +260,9 @@ def write_coco_figures(
 ) -> tuple[Path, Path]:
     """Write a COCO keypoint dataset of figures; returns (annotation file, image folder).
 
-    Layout as COCO's: `root/annotations/person_keypoints_{split}.json` and `root/{split}/NNNNNN.png`. Image i is rendered from the seed sequence (seed, i), so two calls with the same arguments write identical
-    bytes and a larger `num_images` extends a smaller one.
+    Layout as COCO's: `root/annotations/person_keypoints_{split}.json` and `root/{split}/NNNNNN.png`. Image i
+    is rendered from the seed sequence (seed, i), so two calls with the same arguments write identical bytes
+    and a larger `num_images` extends a smaller one.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1; got {num_images}")

@@ -1,17 +1,18 @@
 """Rendered 3D scenes with exact per-pixel depth and surface normals, deterministic by seed.
 
 A scene is a room (floor, walls, optionally a ceiling; without one the sky shows above the walls) holding 2-5
-primitives (spheres, boxes turned about the vertical, slanted rectangular panels), seen by a pinhole camera and lit
-by a directional light that casts object shadows, plus ambient sky light. Rays are cast with vectorised numpy.
+primitives (spheres, boxes turned about the vertical, slanted rectangular panels), seen by a pinhole camera
+and lit by a directional light that casts object shadows, plus ambient sky light. Rays are cast with
+vectorised numpy.
 
-Frames: the world has x right, y up, z forward; the camera sits at the world origin. Ray casting uses the OpenCV
-camera frame (x right, y down, z forward, pixel centres at integer coordinates), so a ray whose camera-frame
-direction has z = 1 reaches the surface at parameter t = planar depth. Stored normals use the Lotus/DSINE/Marigold
-visual convention (x right, y up, z towards the viewer).
+Frames: the world has x right, y up, z forward; the camera sits at the world origin. Ray casting uses the
+OpenCV camera frame (x right, y down, z forward, pixel centres at integer coordinates), so a ray whose
+camera-frame direction has z = 1 reaches the surface at parameter t = planar depth. Stored normals use the
+Lotus/DSINE/Marigold visual convention (x right, y up, z towards the viewer).
 
 Bit-identical output on every machine: only IEEE-exact operations (+, -, *, /, sqrt, floor, comparisons) touch
-the arrays and the random draws are uniform ones; no matmul/BLAS, no transcendental functions (angles are sampled
-through tan(angle / 2), which turns rotations into rational functions).
+the arrays and the random draws are uniform ones; no matmul/BLAS, no transcendental functions
+(angles are sampled through tan(angle / 2), which turns rotations into rational functions).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _rotation(axis: int, tan_half: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Material:
-    """Albedo of a surface: a base colour, optionally patterned with an accent colour in object coordinates."""
+    """Albedo of a surface: a base colour, optionally patterned with an accent colour in object coordinates.
+    """
 
     base: np.ndarray  # [3] linear albedo
     accent: np.ndarray  # [3] linear albedo of the pattern
@@ -113,7 +115,8 @@ class Sphere:
     material: Material
 
     def intersect(self, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
-        """Ray parameter [N] of the first hit in front of the origin, inf on a miss; origin/direction [3, N|1]."""
+        """Ray parameter [N] of the first hit in front of the origin, inf on a miss; origin/direction
+        [3, N|1]."""
         oc = origin - self.center[:, None]
         a = _dot(direction, direction)
         b = _dot(direction, oc)
@@ -146,7 +149,8 @@ class Box:
         return np.stack([self.cos * v[0] + self.sin * v[2], v[1], -self.sin * v[0] + self.cos * v[2]])
 
     def intersect(self, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
-        """Ray parameter [N] of the first hit in front of the origin, inf on a miss; origin/direction [3, N|1]."""
+        """Ray parameter [N] of the first hit in front of the origin, inf on a miss; origin/direction
+        [3, N|1]."""
         o = self._to_local(origin - self.center[:, None])
         d = self._to_local(direction)
         half = self.half[:, None]
@@ -183,7 +187,8 @@ class Panel:
     material: Material
 
     def intersect(self, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
-        """Ray parameter [N] of the first hit in front of the origin, inf on a miss; origin/direction [3, N|1]."""
+        """Ray parameter [N] of the first hit in front of the origin, inf on a miss; origin/direction
+        [3, N|1]."""
         n = self.normal[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             t = _dot(self.center[:, None] - origin, n) / _dot(direction, n)
@@ -201,7 +206,8 @@ class Panel:
 
 @dataclass(frozen=True)
 class Room:
-    """An axis-aligned box around the camera, seen from inside; open-topped rooms show the sky above the walls."""
+    """An axis-aligned box around the camera, seen from inside; open-topped rooms show the sky above the
+    walls."""
 
     low: np.ndarray  # [3] world x, y, z of the left wall, floor and back wall (all < 0)
     high: np.ndarray  # [3] world x, y, z of the right wall, ceiling (or wall top) and front wall (all > 0)
@@ -222,7 +228,8 @@ class Room:
         return t, face
 
     def surface(self, points: np.ndarray, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inward normals [3, M] and texture coordinates (world) [3, M] at points [3, M] on the given faces [M]."""
+        """Inward normals [3, M] and texture coordinates (world) [3, M] at points [3, M] on the given faces
+        [M]."""
         normal = np.zeros_like(points)
         normal[face // 2, np.arange(points.shape[1])] = np.where(face % 2 == 0, 1.0, -1.0)
         return normal, points
@@ -251,7 +258,8 @@ class Scene:
 def _random_material(
     rng: np.random.Generator, patterns: tuple[str, ...], low: float, high: float
 ) -> Material:
-    """A material with a random colour in [low, high], a darker or contrasting accent and one of the patterns."""
+    """A material with a random colour in [low, high], a darker or contrasting accent and one of the patterns.
+    """
     base = rng.uniform(low, high, 3)
     accent = base * rng.uniform(0.3, 0.7) if rng.uniform() < 0.6 else rng.uniform(0.05, 0.95, 3)
     axis = _normalize(rng.uniform(-1.0, 1.0, 3))
@@ -389,7 +397,8 @@ def _cast(scene: Scene, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _camera_rays(scene: Scene, u: np.ndarray, v: np.ndarray, cx: float, cy: float, f: float) -> np.ndarray:
-    """World directions [3, len(v) * len(u)] with camera z = 1 through pixel coordinates u (columns), v (rows)."""
+    """World directions [3, len(v) * len(u)] with camera z = 1 through pixel coordinates u (columns), v
+    (rows)."""
     a = np.broadcast_to((u - cx) / f, (v.size, u.size)).ravel()
     b = np.broadcast_to(((v - cy) / f)[:, None], (v.size, u.size)).ravel()
     r = scene.rotation
@@ -403,7 +412,8 @@ def render(scene: Scene, height: int = 64, width: int = 64) -> SceneSample:
     centre_rays = _camera_rays(
         scene, np.arange(width, dtype=float), np.arange(height, dtype=float), cx, cy, f
     )
-    # Pixel corners are shared by four pixels: a tent filter of centre + corners antialiases at 2x the ray cost.
+    # Pixel corners are shared by four pixels: a tent filter of centre + corners antialiases at 2x the ray
+    # cost.
     corner_rays = _camera_rays(scene, np.arange(width + 1) - 0.5, np.arange(height + 1) - 0.5, cx, cy, f)
     depth, normal, centre = _cast(scene, centre_rays)
     _, _, corner = _cast(scene, corner_rays)

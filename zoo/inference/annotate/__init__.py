@@ -1,6 +1,8 @@
-"""The Annotator and its parts: inputs (listing, batch decoding), resume state, per-task adapters, the annotator.
+"""The Annotator and its parts: inputs (listing, batch decoding), resume state, per-task adapters, the
+annotator.
 
-Layout of an output folder (`<key>` is the predictor's name, by default its task; `<stem>` is the input's relative
+Layout of an output folder
+(`<key>` is the predictor's name, by default its task; `<stem>` is the input's relative
 path with its suffix kept, `zoo.utils.files.output_stem`, so `frame.0001.jpg` -> `depth/frame.0001.jpg.png`):
 
     failures.json                    every input that could not be annotated: [{file, reason[, models]}]
@@ -8,7 +10,7 @@ path with its suffix kept, `zoo.utils.files.output_stem`, so `frame.0001.jpg` ->
     <pose key>/annotations.json      the same people as a COCO keypoint annotation file (with the image list)
     <pose key>/<stem>_vis.png        skeleton overlays; <pose key>/controlnet/<stem>.png|.json on request
     <dense key>/<stem>.png|.npy|_vis.png   16-bit depth or RGB normals, float32 array, colour picture
-    .annotate/                       resume state: lock, per-model settings and one small JSON record per image
+    .annotate/ resume state: lock, per-model settings and one small JSON record per image
 """
 
 from zoo.inference.annotate.adapters import DenseAdapter, PoseAdapter, TaskAdapter, predictor_task

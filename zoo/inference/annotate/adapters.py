@@ -24,7 +24,9 @@ ANNOTATIONS_FILE = "annotations.json"
 COORD_DECIMALS = 2
 SCORE_DECIMALS = 4
 KEYPOINT_SCORE_THR = 0.2  # mmpose's instance rescoring threshold ("bbox_keypoint" score mode)
-VISIBLE_SCORE_THR = 0.3  # a keypoint above this is "visible" (v=2) in the annotation file and drawn in overlays
+VISIBLE_SCORE_THR = (
+    0.3  # a keypoint above this is "visible" (v=2) in the annotation file and drawn in overlays
+)
 # What a dense predictor's `save(prediction, stem)` writes, as suffixes of the stem.
 DENSE_KINDS = (".npy", ".png", "_vis.png")
 _STAGING_STEM = "x"  # dotless, so that a `save` deriving names by `with_suffix` cannot lose part of the stem
@@ -92,8 +94,11 @@ class TaskAdapter(ABC):
         return []
 
     @abstractmethod
-    def predict(self, images: list[np.ndarray], items: list[ImageItem], write: list[bool]) -> list[dict[str, Any]]:
-        """Predict a batch and write the files of the images marked in `write`; return each image's record payload."""
+    def predict(
+        self, images: list[np.ndarray], items: list[ImageItem], write: list[bool]
+    ) -> list[dict[str, Any]]:
+        """Predict a batch and write the files of the images marked in `write`; return each image's record
+        payload."""
 
     def merge(self, records: list[tuple[ImageItem, dict[str, Any]]]) -> dict[str, Path]:
         """Write the task's merged files from all records; return them by name."""
@@ -101,7 +106,8 @@ class TaskAdapter(ABC):
 
 
 class DenseAdapter(TaskAdapter):
-    """Lotus depth or normals: `<stem>.png`, `.npy` and `_vis.png` per image, encoded by the predictor's `save`."""
+    """Lotus depth or normals: `<stem>.png`, `.npy` and `_vis.png` per image, encoded by the predictor's
+    `save`."""
 
     def __init__(self, key: str, predictor: Any, out_dir: Path, options: AnnotateOptions) -> None:
         super().__init__(key, predictor, out_dir, options)
@@ -111,26 +117,37 @@ class DenseAdapter(TaskAdapter):
 
     @classmethod
     def task_of(cls, predictor: Any) -> str:
-        """"depth" or "normals"."""
+        """ "depth" or "normals"."""
         return predictor.task
 
     def settings(self) -> dict[str, Any]:
         """Task settings plus the processing resolution."""
-        return {**super().settings(), "processing_resolution": self.processing_resolution,
-                "disparity": bool(getattr(self.predictor, "disparity", False))}
+        return {
+            **super().settings(),
+            "processing_resolution": self.processing_resolution,
+            "disparity": bool(getattr(self.predictor, "disparity", False)),
+        }
 
     def outputs(self, item: ImageItem) -> list[str]:
         """`<stem>.npy`, `<stem>.png`, `<stem>_vis.png`."""
         return [item.stem + kind for kind in DENSE_KINDS]
 
-    def predict(self, images: list[np.ndarray], items: list[ImageItem], write: list[bool]) -> list[dict[str, Any]]:
+    def predict(
+        self, images: list[np.ndarray], items: list[ImageItem], write: list[bool]
+    ) -> list[dict[str, Any]]:
         """One predictor call for the batch, then the three files of each image to write."""
-        # Generative (Lotus-G) noise is drawn from a generator seeded by the batch's names: reruns draw the same.
+        # Generative (Lotus-G) noise is drawn from a generator seeded by the batch's names: reruns draw the
+        # same.
         names = "\n".join(i.file_name for i in items)
         seed = int.from_bytes(hashlib.sha256(os.fsencode(names)).digest()[:8], "little")
         generator = torch.Generator(device=self.predictor.backbone.device).manual_seed(seed)
-        output = self.predictor(images, processing_resolution=self.processing_resolution,
-                                batch_size=len(images), generator=generator, output_type="np")
+        output = self.predictor(
+            images,
+            processing_resolution=self.processing_resolution,
+            batch_size=len(images),
+            generator=generator,
+            output_type="np",
+        )
         for item, prediction in zip(items, output.prediction, strict=True):
             if not np.isfinite(prediction).all():
                 raise ValueError(f"{item.file_name}: the model predicted NaN or infinite values")
@@ -147,7 +164,9 @@ class DenseAdapter(TaskAdapter):
             written = sorted(os.listdir(folder))
             expected = sorted(_STAGING_STEM + kind for kind in DENSE_KINDS)
             if written != expected:
-                raise RuntimeError(f"{type(self.predictor).__name__}.save wrote {written}; expected {expected}")
+                raise RuntimeError(
+                    f"{type(self.predictor).__name__}.save wrote {written}; expected {expected}"
+                )
             for kind in DENSE_KINDS:
                 target = safe_join(self.out_dir, item.stem + kind, "output folder")
                 move_into_place(Path(folder) / (_STAGING_STEM + kind), target)
@@ -164,9 +183,15 @@ class PoseAdapter(TaskAdapter):
 
         super().__init__(key, predictor, out_dir, options)
         box_source, det_file, flip_test = options.box_source, options.det_file, options.flip_test
-        visualize, controlnet, coco_annotations = options.visualize, options.controlnet, options.coco_annotations
+        visualize, controlnet, coco_annotations = (
+            options.visualize,
+            options.controlnet,
+            options.coco_annotations,
+        )
         if det_file is None and box_source not in BOX_SOURCES:
-            raise ValueError(f"box_source must be one of {BOX_SOURCES} or a det_file be given; got {box_source!r}")
+            raise ValueError(
+                f"box_source must be one of {BOX_SOURCES} or a det_file be given; got {box_source!r}"
+            )
         if det_file is None and box_source == "hog":
             try:  # fail now, not after the first batch, when this OpenCV has no HOG people detector
                 hog_person_boxes(np.zeros((64, 32, 3), dtype=np.uint8))
@@ -175,11 +200,14 @@ class PoseAdapter(TaskAdapter):
         self.box_source, self.flip_test = box_source, flip_test
         self.visualize, self.controlnet, self.coco_annotations = visualize, controlnet, coco_annotations
         self.det_file = Path(det_file) if det_file is not None else None
-        # Parsed and validated (finite boxes and scores) once here, not per batch: image id -> (boxes, scores).
+        # Parsed and validated (finite boxes and scores) once here, not per batch: image id ->
+        # (boxes, scores).
         self.detections: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.det_file is not None:
             ids = sorted({detection.image_id for detection in read_detections(self.det_file)})
-            self.detections = dict(zip(ids, zip(*detection_boxes(self.det_file, ids), strict=True), strict=True))
+            self.detections = dict(
+                zip(ids, zip(*detection_boxes(self.det_file, ids), strict=True), strict=True)
+            )
 
     def settings(self) -> dict[str, Any]:
         """Task settings plus the box source (with the detection file's hash) and flip test."""
@@ -187,20 +215,26 @@ class PoseAdapter(TaskAdapter):
             **super().settings(),
             "box_source": "det_file" if self.det_file is not None else self.box_source,
             "det_file_sha256": sha256_file(self.det_file) if self.det_file is not None else None,
-            "flip_test": self.flip_test, "visualize": self.visualize, "controlnet": self.controlnet,
+            "flip_test": self.flip_test,
+            "visualize": self.visualize,
+            "controlnet": self.controlnet,
         }
 
     def outputs(self, item: ImageItem) -> list[str]:
         """`<stem>_vis.png` and `controlnet/<stem>.png|.json`, as enabled."""
         return ([item.stem + "_vis.png"] if self.visualize else []) + (
-            [f"controlnet/{item.stem}.png", f"controlnet/{item.stem}.json"] if self.controlnet else [])
+            [f"controlnet/{item.stem}.png", f"controlnet/{item.stem}.json"] if self.controlnet else []
+        )
 
     def merged_files(self) -> list[str]:
         """results.json and annotations.json."""
         return [RESULTS_FILE] + ([ANNOTATIONS_FILE] if self.coco_annotations else [])
 
-    def predict(self, images: list[np.ndarray], items: list[ImageItem], write: list[bool]) -> list[dict[str, Any]]:
-        """One predictor call for the batch (all people's crops pooled); overlays and ControlNet files per image."""
+    def predict(
+        self, images: list[np.ndarray], items: list[ImageItem], write: list[bool]
+    ) -> list[dict[str, Any]]:
+        """One predictor call for the batch (all people's crops pooled); overlays and ControlNet files per
+        image."""
         kwargs: dict[str, Any] = {"box_source": self.box_source}
         if self.det_file is not None:
             none = (np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.float32))
@@ -210,19 +244,32 @@ class PoseAdapter(TaskAdapter):
         payloads = []
         for index, item in enumerate(items):
             people = []
-            for points, scores, box, box_score in zip(output.keypoints[index], output.scores[index],
-                                                      output.boxes[index], output.box_scores[index], strict=True):
-                if not (np.isfinite(points).all() and np.isfinite(scores).all() and np.isfinite(box).all()
-                        and np.isfinite(box_score)):
-                    raise ValueError(f"{item.file_name}: the model predicted NaN or infinite keypoints or boxes")
+            for points, scores, box, box_score in zip(
+                output.keypoints[index],
+                output.scores[index],
+                output.boxes[index],
+                output.box_scores[index],
+                strict=True,
+            ):
+                if not (
+                    np.isfinite(points).all()
+                    and np.isfinite(scores).all()
+                    and np.isfinite(box).all()
+                    and np.isfinite(box_score)
+                ):
+                    raise ValueError(
+                        f"{item.file_name}: the model predicted NaN or infinite keypoints or boxes"
+                    )
                 confident = scores[scores > KEYPOINT_SCORE_THR]
                 score = float(box_score) * (float(confident.mean()) if confident.size else 0.0)
-                people.append({
-                    "keypoints": _rounded(points, COORD_DECIMALS),  # [K, 2]
-                    "keypoint_scores": _rounded(scores, SCORE_DECIMALS),  # [K]
-                    "score": _rounded(score, SCORE_DECIMALS),
-                    "bbox": _rounded([box[0], box[1], box[2] - box[0], box[3] - box[1]], COORD_DECIMALS),
-                })
+                people.append(
+                    {
+                        "keypoints": _rounded(points, COORD_DECIMALS),  # [K, 2]
+                        "keypoint_scores": _rounded(scores, SCORE_DECIMALS),  # [K]
+                        "score": _rounded(score, SCORE_DECIMALS),
+                        "bbox": _rounded([box[0], box[1], box[2] - box[0], box[3] - box[1]], COORD_DECIMALS),
+                    }
+                )
             payloads.append({"people": people})
         for item, image, payload, wanted in zip(items, images, payloads, write, strict=True):
             if wanted:
@@ -256,33 +303,63 @@ class PoseAdapter(TaskAdapter):
             write_controlnet_pose(self.out_dir / "controlnet", replace(export_image(poses), stem=item.stem))
 
     def merge(self, records: list[tuple[ImageItem, dict[str, Any]]]) -> dict[str, Path]:
-        """results.json (COCO results) and, if asked, annotations.json (images + people as COCO annotations)."""
+        """results.json (COCO results) and, if asked, annotations.json (images + people as COCO annotations).
+        """
         results, images, annotations = [], [], []
         for item, record in sorted(records, key=lambda pair: pair[0].image_id):
-            images.append({"id": item.image_id, "file_name": item.file_name,
-                           "width": record["width"], "height": record["height"]})
+            images.append(
+                {
+                    "id": item.image_id,
+                    "file_name": item.file_name,
+                    "width": record["width"],
+                    "height": record["height"],
+                }
+            )
             points, scores = self._arrays(record)
             for person, p, s in zip(record["people"], points, scores, strict=True):
                 triplets = np.concatenate([p, s[:, None]], axis=1)  # [K, 3] = x, y, score
-                results.append({"image_id": item.image_id, "category_id": 1, "keypoints": triplets.ravel().tolist(),
-                                "score": person["score"], "bbox": person["bbox"]})
+                results.append(
+                    {
+                        "image_id": item.image_id,
+                        "category_id": 1,
+                        "keypoints": triplets.ravel().tolist(),
+                        "score": person["score"],
+                        "bbox": person["bbox"],
+                    }
+                )
                 visible = s > VISIBLE_SCORE_THR
                 # COCO ground truth: unlabelled points are (0, 0, 0), labelled ones (x, y, 2).
-                labelled = np.where(visible[:, None], np.concatenate([p, np.full_like(s, 2.0)[:, None]], 1), 0.0)
+                labelled = np.where(
+                    visible[:, None], np.concatenate([p, np.full_like(s, 2.0)[:, None]], 1), 0.0
+                )
                 x, y, w, h = person["bbox"]
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": item.image_id, "category_id": 1, "iscrowd": 0,
-                    "keypoints": (labelled + 0.0).ravel().tolist(), "num_keypoints": int(visible.sum()),
-                    "bbox": person["bbox"], "area": _rounded(w * h, COORD_DECIMALS), "score": person["score"],
-                })
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": item.image_id,
+                        "category_id": 1,
+                        "iscrowd": 0,
+                        "keypoints": (labelled + 0.0).ravel().tolist(),
+                        "num_keypoints": int(visible.sum()),
+                        "bbox": person["bbox"],
+                        "area": _rounded(w * h, COORD_DECIMALS),
+                        "score": person["score"],
+                    }
+                )
         files = {RESULTS_FILE: self.out_dir / RESULTS_FILE}
         atomic_write_json(files[RESULTS_FILE], results)
         if self.coco_annotations:
             metainfo = self.predictor.metainfo
-            category = {"id": 1, "name": "person", "supercategory": "person",
-                        "keypoints": list(metainfo.keypoint_names),
-                        "skeleton": [[a + 1, b + 1] for a, b in metainfo.skeleton_links]}  # COCO links are 1-based
+            category = {
+                "id": 1,
+                "name": "person",
+                "supercategory": "person",
+                "keypoints": list(metainfo.keypoint_names),
+                "skeleton": [[a + 1, b + 1] for a, b in metainfo.skeleton_links],
+            }  # COCO links are 1-based
             files[ANNOTATIONS_FILE] = self.out_dir / ANNOTATIONS_FILE
-            atomic_write_json(files[ANNOTATIONS_FILE],
-                              {"images": images, "annotations": annotations, "categories": [category]})
+            atomic_write_json(
+                files[ANNOTATIONS_FILE],
+                {"images": images, "annotations": annotations, "categories": [category]},
+            )
         return files

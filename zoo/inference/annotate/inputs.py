@@ -15,10 +15,23 @@ from zoo.data.images import ImageLoadError, load_rgb
 from zoo.utils.files import output_stem, safe_join, sha256_file
 
 # Folder listings pick files by these suffixes (case-insensitive); GIF gives its first frame.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm",
-                    ".pnm")
-# Bigger images are reported instead of decoded: a 64-MP photo is already ~0.8 GB as float32 RGB, and the models
-# work at a bounded resolution anyway (Lotus: processing_resolution on the long side; pose: fixed-size crops).
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+)
+# Bigger images are reported instead of decoded: a 64-MP photo is already ~0.8 GB as float32 RGB, and the
+# models work at a bounded resolution anyway
+# (Lotus: processing_resolution on the long side; pose: fixed-size crops).
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
@@ -58,7 +71,8 @@ def _item(image_id: int, name: str, root: Path) -> ImageItem:
 
 
 def list_folder(folder: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[ImageItem]:
-    """Images under `folder` (recursive, by extension, hidden entries skipped), sorted by relative path; ids 1..N.
+    """Images under `folder` (recursive, by extension, hidden entries skipped), sorted by relative path; ids
+    1..N.
 
     Special files with an image name (a FIFO called x.jpg) are listed: the loader reports them instead of
     opening them. Names that are not valid UTF-8 are kept as Python does (surrogate escapes) and annotated.
@@ -80,21 +94,27 @@ def list_folder(folder: str | os.PathLike, exclude: str | os.PathLike | None = N
 
 
 def list_coco(coco_file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[ImageItem]:
-    """The images of a COCO file (`images[].id`, `.file_name`) under `image_root` (default: the file's folder)."""
+    """The images of a COCO file (`images[].id`, `.file_name`) under `image_root`
+    (default: the file's folder)."""
     coco = read_coco(coco_file, "image list", require_size=False)
     root = Path(image_root) if image_root is not None else Path(coco_file).parent
     entries = {image.id: image.file_name.replace("\\", "/") for image in coco.images}
     names: dict[str, int] = {}
     for image_id in sorted(entries):
         if entries[image_id] in names:
-            raise CocoFileError(f"{coco.name}: file_name {entries[image_id]!r} appears under image ids "
-                                f"{names[entries[image_id]]} and {image_id}")
+            raise CocoFileError(
+                f"{coco.name}: file_name {entries[image_id]!r} appears under image ids "
+                f"{names[entries[image_id]]} and {image_id}"
+            )
         names[entries[image_id]] = image_id
     return [_item(image_id, entries[image_id], root) for image_id in sorted(entries)]
 
 
-def list_inputs(inputs: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                exclude: str | os.PathLike | None = None) -> list[ImageItem]:
+def list_inputs(
+    inputs: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    exclude: str | os.PathLike | None = None,
+) -> list[ImageItem]:
     """A folder of images, or a COCO JSON file of images under `image_root`."""
     path = Path(inputs)
     if path.is_dir():
@@ -107,15 +127,17 @@ def list_inputs(inputs: str | os.PathLike, image_root: str | os.PathLike | None 
 
 
 def failure_reason(error: BaseException, path: Path | None) -> str:
-    """A failure reason without the file's absolute path, so that failures.json does not depend on where data lives."""
+    """A failure reason without the file's absolute path, so that failures.json does not depend on where data
+    lives."""
     text = str(error)
     if path is not None and text.startswith(f"{path}: "):
-        text = text[len(f"{path}: "):]
+        text = text[len(f"{path}: ") :]
     return text if isinstance(error, (ImageLoadError, ValueError)) else f"{type(error).__name__}: {text}"
 
 
 class BatchDataset(Dataset):
-    """Fixed batches of images, decoded one batch at a time (in DataLoader workers); a bad file becomes a reason."""
+    """Fixed batches of images, decoded one batch at a time (in DataLoader workers); a bad file becomes a
+    reason."""
 
     def __init__(self, batches: Sequence[Sequence[ImageItem]], max_pixels: int | None) -> None:
         self.batches = [list(items) for items in batches]

@@ -1,8 +1,9 @@
-"""The Annotator's resume state under `<out>/.annotate/`: the folder lock, per-model settings and done-records.
+"""The Annotator's resume state under `<out>/.annotate/`: the folder lock, per-model settings and
+done-records.
 
-A done-record (`<key>/records/<sha256 of the file name>.json`, in 256 sub-folders) means: every output of this image
-for model `key` exists and is complete. It carries the source's identity (size, mtime, content hash), so that a
-source changed since is redone; records of failures are always retried.
+A done-record (`<key>/records/<sha256 of the file name>.json`, in 256 sub-folders) means: every output of this
+image for model `key` exists and is complete. It carries the source's identity (size, mtime, content hash), so
+that a source changed since is redone; records of failures are always retried.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class RunState:
 
     def record_path(self, key: str, item: ImageItem) -> Path:
         """Where model `key`'s record of `item` lives."""
-        # Named by a hash of the file name: any COCO file_name (even one refused as escaping the root, or not valid
-        # UTF-8) gets a safe, distinct record; two-character folders keep directories small for millions of images.
+        # Named by a hash of the file name: any COCO file_name
+        # (even one refused as escaping the root, or not valid UTF-8) gets a safe, distinct record;
+        # two-character folders keep directories small for millions of images.
         digest = hashlib.sha256(os.fsencode(item.file_name)).hexdigest()
         return self.root / key / "records" / digest[:2] / f"{digest}.json"
 
@@ -78,11 +80,14 @@ class RunState:
         if settings_path.is_file():
             found = json.loads(settings_path.read_text(encoding="utf-8"))
             if found != wanted:
-                changes = ", ".join(f"{name}: {found.get(name)!r} -> {wanted.get(name)!r}"
-                                    for name in sorted(set(found) | set(wanted)) if found.get(name) != wanted.get(name))
+                changes = ", ".join(
+                    f"{name}: {found.get(name)!r} -> {wanted.get(name)!r}"
+                    for name in sorted(set(found) | set(wanted))
+                    if found.get(name) != wanted.get(name)
+                )
                 raise AnnotationError(
-                    f"{self.out_dir}: the records of {key!r} were made with other settings ({changes}); resume "
-                    "with the same settings, or use resume=False / --no-resume to redo them"
+                    f"{self.out_dir}: the records of {key!r} were made with other settings ({changes}); "
+                    "resume with the same settings, or use resume=False / --no-resume to redo them"
                 )
         else:
             atomic_write_json(settings_path, wanted)
@@ -107,8 +112,10 @@ class RunState:
             # Held open for the whole run; the OS drops the lock when the process ends, even by SIGKILL.
             handle = open(self.root / "lock", "w")  # noqa: SIM115
         except OSError as error:  # read-only, full, or not a folder: say so before any work
-            raise AnnotationError(f"{self.out_dir}: cannot write the output folder ({error.strerror}); fix it and "
-                                  "rerun to finish") from error
+            raise AnnotationError(
+                f"{self.out_dir}: cannot write the output folder ({error.strerror}); fix it and "
+                "rerun to finish"
+            ) from error
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,9 +1,10 @@
-"""Annotating videos with a video pose predictor (DiffPose): PoseTrack JSON, overlays and ControlNet per frame.
+"""Annotating videos with a video pose predictor (DiffPose): PoseTrack JSON, overlays and ControlNet per
+frame.
 
 Layout of an output folder, one subfolder per video (`<name>`: the frame folder's or video file's stem):
 
     failures.json                  every video that could not be annotated: [{video, reason}]
-    <name>/posetrack.json          the official per-video PoseTrack18 layout (images, annotations with track ids,
+    <name>/posetrack.json the official per-video PoseTrack18 layout (images, annotations with track ids,
                                    17-slot keypoints and per-joint `scores` = heatmap max x box score), which
                                    tools/eval_posetrack.py and poseval read
     <name>/overlay/NNNNNN.png      skeleton overlays; <name>/overlay.mp4 the same frames as a video
@@ -50,22 +51,38 @@ class VideoAnnotationSummary:
 
 
 def posetrack_file(name: str, output: VideoPoseOutput, frames: Sequence[np.ndarray]) -> dict[str, Any]:
-    """One video's predictions in the per-video PoseTrack18 layout (image id = 10^4 x 1 + frame, as poseval)."""
+    """One video's predictions in the per-video PoseTrack18 layout (image id = 10^4 x 1 + frame, as poseval).
+    """
     height, width = frames[0].shape[:2]
     images, annotations = [], []
     for t in range(len(output)):
         image_id = 10_000 + t
-        images.append({"id": image_id, "frame_id": image_id, "vid_id": name, "file_name": f"{name}/{t:06d}.jpg",
-                       "nframes": len(output), "is_labeled": True, "width": width, "height": height})
+        images.append(
+            {
+                "id": image_id,
+                "frame_id": image_id,
+                "vid_id": name,
+                "file_name": f"{name}/{t:06d}.jpg",
+                "nframes": len(output),
+                "is_labeled": True,
+                "width": width,
+                "height": height,
+            }
+        )
         for person in range(len(output.keypoints[t])):
             points = output.keypoints[t][person]
             x1, y1, x2, y2 = (float(v) for v in output.boxes[t][person])
-            annotations.append({
-                "id": image_id * 100 + person, "image_id": image_id, "track_id": int(output.track_ids[t][person]),
-                "category_id": 1, "keypoints": [float(v) for xy in points for v in (*xy, 1.0)],
-                "scores": [float(s) for s in output.scores[t][person] * output.box_scores[t][person]],
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-            })
+            annotations.append(
+                {
+                    "id": image_id * 100 + person,
+                    "image_id": image_id,
+                    "track_id": int(output.track_ids[t][person]),
+                    "category_id": 1,
+                    "keypoints": [float(v) for xy in points for v in (*xy, 1.0)],
+                    "scores": [float(s) for s in output.scores[t][person] * output.box_scores[t][person]],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                }
+            )
     return {"images": images, "annotations": annotations, "categories": [posetrack_category()]}
 
 
@@ -88,11 +105,18 @@ def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
 
 
 class VideoAnnotator:
-    """Annotate frame folders or video files with a VideoPosePredictor: `VideoAnnotator(p, out).run(videos)`."""
+    """Annotate frame folders or video files with a VideoPosePredictor: `VideoAnnotator(p, out).run(videos)`.
+    """
 
     def __init__(
-        self, predictor: VideoPosePredictor, out_dir: str | os.PathLike, controlnet: bool = False,
-        overlay: bool = True, overlay_mp4: bool = True, fps: float = 10.0, resume: bool = True,
+        self,
+        predictor: VideoPosePredictor,
+        out_dir: str | os.PathLike,
+        controlnet: bool = False,
+        overlay: bool = True,
+        overlay_mp4: bool = True,
+        fps: float = 10.0,
+        resume: bool = True,
         **predict_options: Any,
     ) -> None:
         """`predict_options` go to the predictor call (box_source, steps, ensemble, flip_test, ...)."""
@@ -102,9 +126,16 @@ class VideoAnnotator:
 
     def settings(self) -> dict[str, Any]:
         """What a done record must match for a rerun to skip a video."""
-        return {"options": {k: v for k, v in sorted(self.options.items()) if isinstance(v, (int, float, str, bool))},
-                "controlnet": self.controlnet, "overlay": self.overlay, "overlay_mp4": self.overlay_mp4,
-                "model": str(self.predictor.config.get("feature_site")), "input_size": self.predictor.input_size}
+        return {
+            "options": {
+                k: v for k, v in sorted(self.options.items()) if isinstance(v, (int, float, str, bool))
+            },
+            "controlnet": self.controlnet,
+            "overlay": self.overlay,
+            "overlay_mp4": self.overlay_mp4,
+            "model": str(self.predictor.config.get("feature_site")),
+            "input_size": self.predictor.input_size,
+        }
 
     def _is_done(self, folder: Path) -> bool:
         record = folder / DONE_FILE
@@ -130,8 +161,10 @@ class VideoAnnotator:
                 if self.overlay:
                     atomic_write_bytes(folder / "overlay" / f"{t:06d}.png", encode_png(picture))
             if self.controlnet:
-                coco = [np.concatenate([k, s[:, None]], axis=1) for k, s in zip(output.keypoints[t], output.scores[t],
-                                                                               strict=True)]
+                coco = [
+                    np.concatenate([k, s[:, None]], axis=1)
+                    for k, s in zip(output.keypoints[t], output.scores[t], strict=True)
+                ]
                 for person in coco:
                     person[list(_NOT_COCO), 2] = 0.0  # no COCO eyes / ears in PoseTrack's slots
                 poses = ImagePoses(t, f"{t:06d}", frame.shape[1], frame.shape[0], coco)

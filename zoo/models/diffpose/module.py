@@ -35,10 +35,11 @@ class DiffPoseModule(FamilyModule):
     Training: the frames of all clips of a batch through the UNet as one [B*T] batch, STRL, and the heatmap
     diffusion loss (x0 prediction at a uniform random step, MSE with the codec's target weights). AdamW on the
     UNet (`lr`) and the new STRL + decoder (`head_lr`), linear warm-up, step decays at fractions of the run;
-    `lr` 0 freezes the UNet. Validation/test sample with DDIM (`steps`, `ensemble`, optional flip test), map the
-    keypoints back to frame pixels and score PoseTrack mAP against the datamodule's `val_ann_file` /
-    `test_ann_file`. The test split also scores `test_variants` (other steps / ensemble sizes, and the same model
-    given only the key frame) from the same backbone features, and logs persons/s of each.
+    `lr` 0 freezes the UNet. Validation/test sample with DDIM (`steps`, `ensemble`, optional flip test), map
+    the keypoints back to frame pixels and score PoseTrack mAP against the datamodule's `val_ann_file` /
+    `test_ann_file`. The test split also scores `test_variants`
+    (other steps / ensemble sizes, and the same model given only the key frame) from the same backbone
+    features, and logs persons/s of each.
     """
 
     family = "diffpose"
@@ -82,14 +83,27 @@ class DiffPoseModule(FamilyModule):
         sd = StableDiffusionBackbone.from_pretrained(backbone, with_task_switcher=True)
         sd.configure(gradient_checkpointing=gradient_checkpointing)
         self.model = DiffPose(
-            sd, self.metainfo.num_keypoints, tuple(input_size), num_frames, None, feature_site, width, patch,
-            strl_layers, decoder_layers, heads, signal_scale,
+            sd,
+            self.metainfo.num_keypoints,
+            tuple(input_size),
+            num_frames,
+            None,
+            feature_site,
+            width,
+            patch,
+            strl_layers,
+            decoder_layers,
+            heads,
+            signal_scale,
         ).train()  # from_pretrained leaves the UNet in eval mode
-        self.codec = UDPHeatmap(tuple(input_size), self.model.heatmap_size, sigma=sigma,
-                                blur_kernel_size=blur_kernel_size)
+        self.codec = UDPHeatmap(
+            tuple(input_size), self.model.heatmap_size, sigma=sigma, blur_kernel_size=blur_kernel_size
+        )
         if lr == 0:
             sd.unet.requires_grad_(False)
-        self.test_variants = [dict(v) for v in (DEFAULT_TEST_VARIANTS if test_variants is None else test_variants)]
+        self.test_variants = [
+            dict(v) for v in (DEFAULT_TEST_VARIANTS if test_variants is None else test_variants)
+        ]
         self._timing: dict[str, float] = {}
         self.setup_ema()
 
@@ -104,9 +118,14 @@ class DiffPoseModule(FamilyModule):
         return chain(unet, self.model.head_parameters())
 
     # ------------------------------------------------------------------ steps
-    def encode_targets(self, keypoints: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_targets(
+        self, keypoints: torch.Tensor, visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """UDP Gaussian targets [B, K, h, w] and keypoint weights [B, K] of crop-pixel keypoints [B, K, 2]."""
-        encoded = [self.codec.encode(k, v) for k, v in zip(keypoints.cpu().numpy(), visible.cpu().numpy(), strict=True)]
+        encoded = [
+            self.codec.encode(k, v)
+            for k, v in zip(keypoints.cpu().numpy(), visible.cpu().numpy(), strict=True)
+        ]
         heatmaps = torch.from_numpy(np.stack([e.heatmaps for e in encoded])).to(self.device)
         weights = torch.from_numpy(np.stack([e.keypoint_weights for e in encoded])).to(self.device)
         return heatmaps, weights
@@ -115,7 +134,9 @@ class DiffPoseModule(FamilyModule):
         """Heatmap diffusion loss of the key frames, conditioned on each clip's F_t."""
         targets, weights = self.encode_targets(batch["keypoints"], batch["keypoints_visible"])
         features = self.model.encode_clips(batch["frames"])  # [B, D, H, W]
-        loss = self.model.training_loss(features, targets, weights, loss_weight=self.hparams.keypoint_loss_weight)
+        loss = self.model.training_loss(
+            features, targets, weights, loss_weight=self.hparams.keypoint_loss_weight
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=targets.shape[0])
         return loss
 
@@ -140,7 +161,9 @@ class DiffPoseModule(FamilyModule):
         batch, count = frames.shape[:2]
         return self.model.frame_features(frames.flatten(0, 1)).unflatten(0, (batch, count))
 
-    def _sample(self, clip_features: torch.Tensor, steps: int, ensemble: int, generator: torch.Generator) -> torch.Tensor:
+    def _sample(
+        self, clip_features: torch.Tensor, steps: int, ensemble: int, generator: torch.Generator
+    ) -> torch.Tensor:
         heatmaps = self.model.sample(clip_features, steps, ensemble, self.hparams.eta, generator)
         if not self.hparams.flip_test:
             return heatmaps
@@ -149,11 +172,14 @@ class DiffPoseModule(FamilyModule):
 
     # ------------------------------------------------------------------ evaluation
     def make_evaluators(self, stage: str) -> dict[str, Evaluator]:
-        """PoseTrack mAP against the datamodule's ground truth of the stage (one per test variant on "test")."""
+        """PoseTrack mAP against the datamodule's ground truth of the stage (one per test variant on "test").
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
         gt = getattr(datamodule, f"{stage}_ann_file", None)
         if gt is None:
-            raise RuntimeError(f"DiffPoseModule evaluation needs a datamodule with `{stage}_ann_file` (PoseTrack GT)")
+            raise RuntimeError(
+                f"DiffPoseModule evaluation needs a datamodule with `{stage}_ann_file` (PoseTrack GT)"
+            )
         names = ["posetrack"] + ([v["name"] for v in self.test_variants] if stage == "test" else [])
         self._timing = {name: 0.0 for name in ["shared", *names]}
         self._persons = 0
@@ -163,8 +189,12 @@ class DiffPoseModule(FamilyModule):
         keypoints, scores = self.to_image(heatmaps, batch)
         size = keypoints.shape[0]
         self.evaluators[name].update(
-            list(sample_ids(batch, size)), batch["image_id"].tolist(), keypoints, scores,
-            bbox_scores=batch["bbox_score"].cpu().numpy(), track_ids=batch["track_id"].tolist(),
+            list(sample_ids(batch, size)),
+            batch["image_id"].tolist(),
+            keypoints,
+            scores,
+            bbox_scores=batch["bbox_score"].cpu().numpy(),
+            track_ids=batch["track_id"].tolist(),
         )
         return keypoints
 
@@ -175,16 +205,21 @@ class DiffPoseModule(FamilyModule):
         return out
 
     def evaluation_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> torch.Tensor:
-        """Predict the key frames (default steps / ensemble, then each test variant from the same features)."""
+        """Predict the key frames (default steps / ensemble, then each test variant from the same features).
+        """
         hp = self.hparams
         frames = batch["frames"]
         self._persons += frames.shape[0]
         per_frame = self._timed("shared", lambda: self._features(frames))  # [B', T, C, h, w]
         clip = self._timed("shared", lambda: self.model.clip_features(per_frame))  # [B', D, H, W]
-        heatmaps = self._timed("posetrack", lambda: self._sample(clip, hp.steps, hp.ensemble, self._generator(batch_idx)))
+        heatmaps = self._timed(
+            "posetrack", lambda: self._sample(clip, hp.steps, hp.ensemble, self._generator(batch_idx))
+        )
         self._update("posetrack", heatmaps, batch)
         if stage == "test":
-            key = per_frame[:, self.model.key_index if frames.shape[1] > 1 else 0][:, None]  # [B', 1, C, h, w]
+            key = per_frame[:, self.model.key_index if frames.shape[1] > 1 else 0][
+                :, None
+            ]  # [B', 1, C, h, w]
             for variant in self.test_variants:
                 name = variant["name"]
 
@@ -197,9 +232,12 @@ class DiffPoseModule(FamilyModule):
         return heatmaps
 
     def epoch_metrics(self, results: dict[str, dict[str, float]]) -> dict[str, float]:
-        """The default setting's table (Head ... Total) and mAP, then mAP and persons/s of every test variant."""
+        """The default setting's table (Head ... Total) and mAP, then mAP and persons/s of every test variant.
+        """
         main = results["posetrack"]
-        metrics = {name: main[name] for name in ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")}
+        metrics = {
+            name: main[name] for name in ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")
+        }
         metrics["mAP"] = main["Total"]
         shared = self._timing.get("shared", 0.0)
         for name, values in results.items():
@@ -213,7 +251,9 @@ class DiffPoseModule(FamilyModule):
 
     def log_pictures(self, batch: dict[str, Any], outputs: torch.Tensor) -> list[tuple[str, np.ndarray]]:
         """Key-frame crops with the predicted skeleton, up to four."""
-        keypoints, scores = decode_udp_batched(outputs, self.hparams.input_size, self.hparams.blur_kernel_size)
+        keypoints, scores = decode_udp_batched(
+            outputs, self.hparams.input_size, self.hparams.blur_kernel_size
+        )
         crop = decoded_to_crop(keypoints.cpu().numpy(), self.hparams.input_size)
         key = batch["frames"].shape[1] // 2
         tiles = []
@@ -224,7 +264,8 @@ class DiffPoseModule(FamilyModule):
 
     # ------------------------------------------------------------------ optimisation / export
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW: UNet at `lr`, STRL + decoder at `head_lr`; warm-up from 1e-3, x`lr_gamma` at each milestone."""
+        """AdamW: UNet at `lr`, STRL + decoder at `head_lr`; warm-up from 1e-3, x`lr_gamma` at each milestone.
+        """
         hp = self.hparams
         groups = [{"params": self.model.head_parameters(), "lr": hp.head_lr}]
         if hp.lr > 0:
@@ -241,7 +282,8 @@ class DiffPoseModule(FamilyModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def export_weights(self, folder: Path) -> None:
-        """Backbone (UNet only when trained; the frozen VAE referenced from the base) and the DiffPose weights."""
+        """Backbone (UNet only when trained; the frozen VAE referenced from the base) and the DiffPose
+        weights."""
         self.backbone.save_pretrained(folder, include_text_encoder=False, vae_from=self.hparams.backbone)
         save_diffpose(self.model, folder)
 
@@ -249,7 +291,12 @@ class DiffPoseModule(FamilyModule):
         """What VideoPosePredictor needs: metainfo, architecture, codec and the sampling defaults."""
         hp = self.hparams
         return {
-            "metainfo": hp.metainfo, **model_config(self.model), "sigma": hp.sigma,
-            "blur_kernel_size": hp.blur_kernel_size, "bbox_padding": BBOX_PADDING,
-            "steps": hp.steps, "ensemble": hp.ensemble, "eta": hp.eta,
+            "metainfo": hp.metainfo,
+            **model_config(self.model),
+            "sigma": hp.sigma,
+            "blur_kernel_size": hp.blur_kernel_size,
+            "bbox_padding": BBOX_PADDING,
+            "steps": hp.steps,
+            "ensemble": hp.ensemble,
+            "eta": hp.eta,
         }

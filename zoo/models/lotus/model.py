@@ -27,7 +27,8 @@ MAX_NATIVE_PIXELS = 4096 * 4096
 
 
 def latent_valid_mask(valid: torch.Tensor) -> torch.Tensor:
-    """Pixel validity [B, 1, H, W] -> latent validity [B, 4, H/8, W/8]: any invalid pixel invalidates its cell."""
+    """Pixel validity [B, 1, H, W] -> latent validity [B, 4, H/8, W/8]: any invalid pixel invalidates its
+    cell."""
     invalid = F.max_pool2d((~valid).float(), LATENT_FACTOR, LATENT_FACTOR, ceil_mode=True)  # [B, 1, h, w]
     return (invalid < 0.5).expand(-1, 4, -1, -1)
 
@@ -89,11 +90,13 @@ class Lotus(nn.Module):
         latents: torch.Tensor | None = None,
         compat: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [0, 1] [B, 3, H, W] -> (prediction [B, C, H', W'], x0 latents [B, 4, h, w]) on the device.
+        """Images in [0, 1] [B, 3, H, W] -> (prediction [B, C, H', W'], x0 latents [B, 4, h, w]) on the
+        device.
 
-        `resolution` is the longest edge the model sees (0 = native); the prediction is resized back to the input
-        size when `match_input`. compat=True reproduces the official pipeline (posterior sample from the global
-        RNG, no padding, per-channel clamp then mean, nearest resize back); the default is deterministic
+        `resolution` is the longest edge the model sees (0 = native); the prediction is resized back to the
+        input size when `match_input`. compat=True reproduces the official pipeline
+        (posterior sample from the global RNG, no padding, per-channel clamp then mean, nearest resize back);
+        the default is deterministic
         (posterior mode, replicate padding to x8, Marigold post-processing and bilinear resize back).
         """
         height, width = images.shape[-2:]
@@ -149,7 +152,8 @@ class Lotus(nn.Module):
 
 
 def processing_size(height: int, width: int, resolution: int) -> tuple[int, int]:
-    """(H', W') the model sees: the longest edge scaled to `resolution` (0 = native, bounded by MAX_NATIVE_PIXELS)."""
+    """(H', W') the model sees: the longest edge scaled to `resolution`
+    (0 = native, bounded by MAX_NATIVE_PIXELS)."""
     if resolution == 0:
         if height * width > MAX_NATIVE_PIXELS:
             raise ValueError(f"{width}x{height} is too large to process natively; pass processing_resolution")
@@ -168,7 +172,9 @@ def encode_target_distribution(
     """VAE posterior (mean, std) [B, 4, h, w] of a batch's ground truth (depth normalised per image first)."""
     valid = batch["valid"]
     if task == "depth":
-        target = torch.stack([normalize_depth(d, v, norm_type) for d, v in zip(batch["depth"], valid, strict=True)])  # [B,1,H,W]
+        target = torch.stack(
+            [normalize_depth(d, v, norm_type) for d, v in zip(batch["depth"], valid, strict=True)]
+        )  # [B,1,H,W]
         images = target_to_rgb(target)
     else:
         images = batch["normals"].clamp(-1, 1) * valid  # [B, 3, H, W]

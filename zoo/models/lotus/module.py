@@ -91,8 +91,8 @@ class LotusModule(FamilyModule):
     def _posteriors(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """VAE posteriors (image mean, image std, target mean, target std) of a batch, each [B, 4, h, w].
 
-        With cache_latents, items seen before (same dataset index and flip) reuse their posteriors: the frozen VAE
-        would return the same numbers. Only valid for datasets whose items are fixed per (index, flip).
+        With cache_latents, items seen before (same dataset index and flip) reuse their posteriors: the frozen
+        VAE would return the same numbers. Only valid for datasets whose items are fixed per (index, flip).
         """
         cache = self.hparams.cache_latents
         keys = list(zip(batch["index"].tolist(), batch["flipped"].tolist(), strict=True)) if cache else []
@@ -116,13 +116,18 @@ class LotusModule(FamilyModule):
         """Encode image and target (posterior samples, as the official scripts), then the joint latent MSE."""
         hp = self.hparams
         image_mean, image_std, target_mean, target_std = self._posteriors(batch)
-        image_latents = sample_latents(image_mean, image_std) if hp.sample_posterior else image_mean  # [B, 4, h, w]
+        image_latents = (
+            sample_latents(image_mean, image_std) if hp.sample_posterior else image_mean
+        )  # [B, 4, h, w]
         target_latents = sample_latents(target_mean, target_std) if hp.sample_posterior else target_mean
         # Virtual KITTI supervises sky too (loss_mask = valid | sky); other readers supervise valid pixels.
         mask = latent_valid_mask(batch.get("loss_mask", batch["valid"]))  # [B, 4, h, w]
         losses = self.model.training_losses(image_latents, target_latents, mask, hp.reconstruction_weight)
-        self.log_dict({f"train/{name}": value for name, value in losses.items()}, prog_bar=True,
-                      batch_size=image_latents.shape[0])
+        self.log_dict(
+            {f"train/{name}": value for name, value in losses.items()},
+            prog_bar=True,
+            batch_size=image_latents.shape[0],
+        )
         return losses["loss"]
 
     # ------------------------------------------------------------------ evaluation
@@ -130,29 +135,34 @@ class LotusModule(FamilyModule):
     def predict_batch(
         self, images: torch.Tensor, generator: torch.Generator | None = None, processing_resolution: int = 0
     ) -> torch.Tensor:
-        """Images in [0, 1] [B, 3, H, W] -> depth/disparity in [0, 1] [B, 1, H, W] or unit normals [B, 3, H, W]."""
+        """Images in [0, 1] [B, 3, H, W] -> depth/disparity in [0, 1] [B, 1, H, W] or unit normals
+        [B, 3, H, W]."""
         compat = self.hparams.lotus_compat
         return self.model.predict(images, processing_resolution, True, generator, compat=compat)[0]
 
     def make_evaluators(self, stage: str) -> dict[str, Evaluator]:
-        """Depth: per-image Marigold metrics with the best-constant baseline; normals: pooled DSINE metrics."""
+        """Depth: per-image Marigold metrics with the best-constant baseline; normals: pooled DSINE metrics.
+        """
         if self.hparams.task == "depth":
             return {"depth": DepthEvaluator(constant_baseline=True)}
         return {"normals": NormalEvaluator(), "constant_normals": NormalEvaluator()}
 
     def evaluation_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> torch.Tensor:
         """Predict a held-out batch with the predictor's steps and update the evaluators."""
-        # Benchmark readers name their protocol (depth range, crop, processing resolution); synthetic data has none.
+        # Benchmark readers name their protocol (depth range, crop, processing resolution); synthetic data has
+        # none.
         protocol = get_protocol(batch["dataset"][0]) if "dataset" in batch else SYNTHETIC_PROTOCOL
-        # G draws its noise from a generator seeded by the first sample id, so evaluation is repeatable and the
-        # same on any number of ranks.
+        # G draws its noise from a generator seeded by the first sample id, so evaluation is repeatable and
+        # the same on any number of ranks.
         ids = list(sample_ids(batch, batch["image"].shape[0]))
         generator = torch.Generator(self.device).manual_seed(int(ids[0]))
         prediction = self.predict_batch(batch["image"], generator, protocol.processing_resolution)
         valid = batch["valid"]
         if self.hparams.task == "depth":
             alignment = "disparity" if self.disparity else "depth"
-            self.evaluators["depth"].update(prediction, batch["depth"], valid, protocol, alignment, sample_ids=ids)
+            self.evaluators["depth"].update(
+                prediction, batch["depth"], valid, protocol, alignment, sample_ids=ids
+            )
         else:
             self.evaluators["normals"].update(prediction, batch["normals"], valid, sample_ids=ids)
             constant = constant_normal_baseline(batch["normals"], valid)
@@ -171,23 +181,35 @@ class LotusModule(FamilyModule):
         for index in range(min(4, outputs.shape[0])):
             rgb = (batch["image"][index].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
             if self.hparams.task == "depth":
-                # GT in the model's own target space (normalised per image) so both columns share one colour scale.
+                # GT in the model's own target space (normalised per image) so both columns share one colour
+                # scale.
                 target = normalize_depth(batch["depth"][index], batch["valid"][index], self.hparams.norm_type)
-                tiles += [rgb, colorize_depth(((target[0] + 1) / 2).cpu(), disparity=self.disparity),
-                          colorize_depth(outputs[index, 0].cpu(), disparity=self.disparity)]
+                tiles += [
+                    rgb,
+                    colorize_depth(((target[0] + 1) / 2).cpu(), disparity=self.disparity),
+                    colorize_depth(outputs[index, 0].cpu(), disparity=self.disparity),
+                ]
             else:
-                tiles += [rgb, colorize_normals(batch["normals"][index].permute(1, 2, 0).cpu()),
-                          colorize_normals(outputs[index].permute(1, 2, 0).cpu())]
+                tiles += [
+                    rgb,
+                    colorize_normals(batch["normals"][index].permute(1, 2, 0).cpu()),
+                    colorize_normals(outputs[index].permute(1, 2, 0).cpu()),
+                ]
         return [(f"val/{self.hparams.task}", image_grid(tiles, columns=3))]
 
     # ------------------------------------------------------------------ optimisation / export
     def configure_optimizers(self) -> dict:
-        """AdamW on the UNet only (official: 3e-5 constant, wd 1e-2, eps 1e-8); "cosine" decays to 0 at max_steps."""
+        """AdamW on the UNet only (official: 3e-5 constant, wd 1e-2, eps 1e-8); "cosine" decays to 0 at
+        max_steps."""
         hp = self.hparams
-        optimizer = self.adamw([{"params": self.backbone.unet.parameters(), "lr": hp.lr}], hp.weight_decay, hp.betas)
+        optimizer = self.adamw(
+            [{"params": self.backbone.unet.parameters(), "lr": hp.lr}], hp.weight_decay, hp.betas
+        )
         if hp.lr_schedule == "constant":
             return {"optimizer": optimizer}
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        total = (
+            self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -28,10 +28,11 @@ from zoo.visualize import colorize_heatmaps, draw_skeleton, image_grid
 class SDPoseModule(FamilyModule):
     """Lightning training/evaluation of SDPose; defaults are the official body recipe (1024x768, sigma 6).
 
-    Sizes are (w, h) as in mmpose. The optimiser is AdamW on the UNet (`lr`) and the new head (`head_lr`) with a
-    linear warm-up and step decays at fractions of the run (SDPose's own values are unreleased: see the configs).
-    Validation and test decode with the batched UDP decoder, map back to image pixels and score with COCO OKS AP
-    against the datamodule's `val_ann_file` / `test_ann_file`, gathered over all ranks.
+    Sizes are (w, h) as in mmpose. The optimiser is AdamW on the UNet (`lr`) and the new head (`head_lr`) with
+    a linear warm-up and step decays at fractions of the run
+    (SDPose's own values are unreleased: see the configs). Validation and test decode with the batched UDP
+    decoder, map back to image pixels and score with COCO OKS AP against the datamodule's `val_ann_file` /
+    `test_ann_file`, gathered over all ranks.
     """
 
     family = "sdpose"
@@ -65,7 +66,9 @@ class SDPoseModule(FamilyModule):
         # The head doubles the 1/8 latent grid: heatmaps are 1/4 of the (multiple-of-8) input.
         expected = tuple(-(-size // LATENT_FACTOR) * 2 for size in input_size)
         if tuple(heatmap_size) != expected:
-            raise ValueError(f"heatmap_size {tuple(heatmap_size)} must be {expected} (input/4) for input {input_size}")
+            raise ValueError(
+                f"heatmap_size {tuple(heatmap_size)} must be {expected} (input/4) for input {input_size}"
+            )
         self.codec = UDPHeatmap(input_size, heatmap_size, sigma=sigma, blur_kernel_size=blur_kernel_size)
         sd = StableDiffusionBackbone.from_pretrained(backbone, with_task_switcher=True)
         sd.configure(gradient_checkpointing=gradient_checkpointing)
@@ -89,11 +92,18 @@ class SDPoseModule(FamilyModule):
     def _check_input(self, images: torch.Tensor) -> None:
         size = (images.shape[-1], images.shape[-2])
         if size != tuple(self.hparams.input_size):
-            raise ValueError(f"crops are {size} (w, h) but the model's input_size is {tuple(self.hparams.input_size)}")
+            raise ValueError(
+                f"crops are {size} (w, h) but the model's input_size is {tuple(self.hparams.input_size)}"
+            )
 
-    def encode_targets(self, keypoints: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_targets(
+        self, keypoints: torch.Tensor, visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """UDP Gaussian targets [B, K, H, W] and keypoint weights [B, K] of crop-pixel keypoints [B, K, 2]."""
-        encoded = [self.codec.encode(k, v) for k, v in zip(keypoints.cpu().numpy(), visible.cpu().numpy(), strict=True)]
+        encoded = [
+            self.codec.encode(k, v)
+            for k, v in zip(keypoints.cpu().numpy(), visible.cpu().numpy(), strict=True)
+        ]
         heatmaps = torch.from_numpy(np.stack([e.heatmaps for e in encoded])).to(self.device)
         weights = torch.from_numpy(np.stack([e.keypoint_weights for e in encoded])).to(self.device)
         return heatmaps, weights
@@ -104,10 +114,18 @@ class SDPoseModule(FamilyModule):
         targets, weights = self.encode_targets(batch["keypoints"], batch["keypoints_visible"])
         hp = self.hparams
         losses = self.model.training_losses(
-            batch["image"], targets, weights, batch.get("clean_image"), hp.reconstruction_weight, hp.keypoint_loss_weight
+            batch["image"],
+            targets,
+            weights,
+            batch.get("clean_image"),
+            hp.reconstruction_weight,
+            hp.keypoint_loss_weight,
         )
-        self.log_dict({f"train/{name}": value for name, value in losses.items()}, prog_bar=True,
-                      batch_size=batch["image"].shape[0])
+        self.log_dict(
+            {f"train/{name}": value for name, value in losses.items()},
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+        )
         return losses["loss"]
 
     def predict_keypoints(self, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -115,7 +133,9 @@ class SDPoseModule(FamilyModule):
         self._check_input(batch["image"])
         flip_indices = self.metainfo.flip_indices if self.hparams.flip_test else None
         heatmaps = self.model.predict_heatmaps(batch["image"], flip_indices)
-        keypoints, scores = decode_udp_batched(heatmaps, self.hparams.input_size, self.hparams.blur_kernel_size)
+        keypoints, scores = decode_udp_batched(
+            heatmaps, self.hparams.input_size, self.hparams.blur_kernel_size
+        )
         crop = decoded_to_crop(keypoints.cpu().numpy(), self.hparams.input_size)  # [B, K, 2] crop pixels
         image = keypoints_to_image(
             crop, batch["warp_matrix"].cpu().numpy(), batch["flip"].cpu().numpy(), self.metainfo.flip_indices
@@ -128,7 +148,9 @@ class SDPoseModule(FamilyModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         ann_file = getattr(datamodule, f"{stage}_ann_file", None)
         if ann_file is None:
-            raise RuntimeError(f"SDPoseModule evaluation needs a datamodule with `{stage}_ann_file` (the COCO ground truth)")
+            raise RuntimeError(
+                f"SDPoseModule evaluation needs a datamodule with `{stage}_ann_file` (the COCO ground truth)"
+            )
         return {"coco": CocoKeypointEvaluator(ann_file, self.metainfo)}
 
     def evaluation_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> torch.Tensor:
@@ -137,33 +159,44 @@ class SDPoseModule(FamilyModule):
         scale = batch["scale"].cpu().numpy()  # [B, 2] padded box size: mmpose's instance area for OKS-NMS
         for i in range(keypoints.shape[0]):
             self.evaluators["coco"].update(
-                int(batch["image_id"][i]), keypoints[i : i + 1], scores[i : i + 1],
-                bbox_scores=np.array([float(batch["bbox_score"][i])]), areas=np.array([scale[i].prod()]),
+                int(batch["image_id"][i]),
+                keypoints[i : i + 1],
+                scores[i : i + 1],
+                bbox_scores=np.array([float(batch["bbox_score"][i])]),
+                areas=np.array([scale[i].prod()]),
                 instance_ids=[int(batch["instance_id"][i])],
             )
         return heatmaps
 
     def log_pictures(self, batch: dict[str, Any], outputs: torch.Tensor) -> list[tuple[str, np.ndarray]]:
         """Skeleton overlays and heatmaps of up to four validation crops."""
-        keypoints, scores = decode_udp_batched(outputs, self.hparams.input_size, self.hparams.blur_kernel_size)
+        keypoints, scores = decode_udp_batched(
+            outputs, self.hparams.input_size, self.hparams.blur_kernel_size
+        )
         crop_keypoints = decoded_to_crop(keypoints.cpu().numpy(), self.hparams.input_size)
         tiles = []
         height, width = batch["image"].shape[-2:]
         for i in range(min(4, outputs.shape[0])):
             rgb = (batch["image"][i].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-            heat = torch.from_numpy(np.array(colorize_heatmaps(outputs[i].cpu()))).permute(2, 0, 1)[None].float()
+            heat = (
+                torch.from_numpy(np.array(colorize_heatmaps(outputs[i].cpu()))).permute(2, 0, 1)[None].float()
+            )
             heat = F.interpolate(heat, (height, width), mode="nearest")[0].permute(1, 2, 0).byte().numpy()
             tiles += [draw_skeleton(rgb, crop_keypoints[i], scores[i].cpu().numpy(), self.metainfo), heat]
         return [("val/pose", image_grid(tiles, columns=2))]
 
     # ------------------------------------------------------------------ optimisation / export
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW: UNet at `lr`, head at `head_lr`; linear warm-up from 1e-3, x`lr_gamma` at each milestone fraction."""
+        """AdamW: UNet at `lr`, head at `head_lr`; linear warm-up from 1e-3, x`lr_gamma` at each milestone
+        fraction."""
         hp = self.hparams
         optimizer = self.adamw(
-            [{"params": self.backbone.unet.parameters(), "lr": hp.lr},
-             {"params": self.model.head.parameters(), "lr": hp.head_lr}],
-            hp.weight_decay, hp.betas,
+            [
+                {"params": self.backbone.unet.parameters(), "lr": hp.lr},
+                {"params": self.model.head.parameters(), "lr": hp.head_lr},
+            ],
+            hp.weight_decay,
+            hp.betas,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         milestones = [int(fraction * total) for fraction in hp.lr_milestones]
@@ -176,7 +209,8 @@ class SDPoseModule(FamilyModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def export_weights(self, folder: Path) -> None:
-        """Backbone (no text encoder; the frozen VAE referenced from the base) and decoder/decoder.safetensors."""
+        """Backbone (no text encoder; the frozen VAE referenced from the base) and
+        decoder/decoder.safetensors."""
         self.backbone.save_pretrained(folder, include_text_encoder=False, vae_from=self.hparams.backbone)
         save_head(self.model.head, folder)
 
@@ -184,8 +218,13 @@ class SDPoseModule(FamilyModule):
         """What PosePredictor needs: metainfo, sizes, codec settings and the feature site."""
         hp = self.hparams
         return {
-            "metainfo": hp.metainfo, "num_keypoints": self.metainfo.num_keypoints,
-            "input_size": list(hp.input_size), "heatmap_size": list(hp.heatmap_size), "sigma": hp.sigma,
-            "blur_kernel_size": hp.blur_kernel_size, "feature_site": hp.feature_site, "timestep": FINAL_TIMESTEP,
+            "metainfo": hp.metainfo,
+            "num_keypoints": self.metainfo.num_keypoints,
+            "input_size": list(hp.input_size),
+            "heatmap_size": list(hp.heatmap_size),
+            "sigma": hp.sigma,
+            "blur_kernel_size": hp.blur_kernel_size,
+            "feature_site": hp.feature_site,
+            "timestep": FINAL_TIMESTEP,
             "bbox_padding": BBOX_PADDING,
         }
