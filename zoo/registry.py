@@ -74,6 +74,9 @@ class ModelEntry:
     results_source: str = "measured here"
     # For models trained here: the metrics of `<checkpoint>/metrics.json` shown as MEASURED_DATASET results.
     measured_metrics: tuple[str, ...] = ()
+    # How shipped weights are rebuilt: "train_tiny" (tools/train_tiny.py, `make tiny-models`), "tiny-backbone"
+    # (`make tiny-backbone`), or "none" (an entry without weights of its own, e.g. feature settings).
+    rebuild: str = "train_tiny"
 
     @property
     def is_local(self) -> bool:
@@ -121,6 +124,8 @@ def _zoo() -> tuple[dict[str, FamilySpec], dict[str, ModelEntry]]:
         record = dict(record)
         record["measured_metrics"] = tuple(record.get("measured_metrics", ()))
         entry = _build(ModelEntry, record, f"model {record.get('name')!r}")
+        if entry.rebuild not in ("train_tiny", "tiny-backbone", "none"):
+            raise ValueError(f"model {entry.name!r}: rebuild must be train_tiny, tiny-backbone or none")
         if entry.name in models:
             raise ValueError(f"model {entry.name!r} is registered twice")
         if entry.family not in families:
@@ -165,9 +170,10 @@ def get_entry(name: str) -> ModelEntry:
     return models[name]
 
 
-def tiny_models() -> list[ModelEntry]:
-    """The models that ship in this repository (retrained by `make tiny-models`), sorted by name."""
-    return [get_entry(name) for name in available_models() if get_entry(name).is_local]
+def tiny_models(rebuild: str | None = "train_tiny") -> list[ModelEntry]:
+    """The models that ship in this repository, sorted by name: by default those `make tiny-models` retrains."""
+    entries = [get_entry(name) for name in available_models() if get_entry(name).is_local]
+    return [entry for entry in entries if rebuild is None or entry.rebuild == rebuild]
 
 
 def weights_folder(entry: ModelEntry, allow_download: bool = False) -> str:
