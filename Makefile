@@ -35,9 +35,11 @@ test-slow: install
 lint:
 	$(PYTHON) -m ruff check zoo tools tests
 
-# Rebuild the tiny backbone under checkpoints/tiny/backbone bit-for-bit (see its recipe.json).
+# Rebuild the tiny backbone under checkpoints/tiny/backbone bit-for-bit (see its recipe.json): the VAE, then
+# the text encoder and UNet as text-to-image (configs/tiny/backbone_t2i.yaml), then its measurements and
+# docs/tiny_sd_samples.png. One thread: the bytes depend on the order of CPU reductions (about an hour).
 tiny-backbone: install
-	$(PYTHON) tools/build_tiny_backbone.py --out checkpoints/tiny/backbone
+	OMP_NUM_THREADS=1 $(PYTHON) tools/build_tiny_backbone.py --out checkpoints/tiny/backbone
 
 # Retrain every tiny model the registry ships (tens of minutes each on 2 CPU cores, one thread, one at a time)
 # and refresh the README table.

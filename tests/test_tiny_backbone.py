@@ -1,16 +1,21 @@
-"""The committed tiny backbone: its files match its recipe, its measured quality reproduces, and it rebuilds."""
+"""The committed tiny backbone: files match its recipe, its measured quality reproduces, it rebuilds."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from zoo.backbones import StableDiffusionBackbone
-from zoo.backbones.tiny import TinyRecipe, build_tiny_backbone, evaluate_vae_roundtrip
 from zoo.data.synthetic import SyntheticSceneDataset
+from zoo.recipes.tiny_backbone import TinyRecipe, build_tiny_backbone, evaluate_vae_roundtrip
 from zoo.utils.files import sha256_file
+
+# The VAE the shipped tiny models reference (vae_from): it must never change.
+SHIPPED_VAE_SHA256 = "e751b44e6340b917f1159238564b6b2dc68f1e39e6030b7368618f2199cf471f"
 
 
 def _record(folder):
@@ -22,7 +27,18 @@ def test_committed_files_match_the_recipe_hashes(tiny_backbone_dir):
     assert {"vae/config.json", "unet/config.json", "empty_prompt_embeds.safetensors"} <= set(record["files"])
     for name, digest in record["files"].items():
         assert sha256_file(tiny_backbone_dir / name) == digest, name
+    assert record["files"]["vae/diffusion_pytorch_model.safetensors"] == SHIPPED_VAE_SHA256
     assert not list(tiny_backbone_dir.rglob("*.bin")), "weights must be safetensors"
+    size = sum(p.stat().st_size for p in tiny_backbone_dir.rglob("*") if p.is_file())
+    assert size < 30 * 2**20, f"tiny backbone is {size / 2**20:.1f} MiB"
+
+
+def test_committed_unet_is_a_text_to_image_unet(tiny_backbone_dir):
+    loaded = StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=False)
+    assert loaded.unet.config.class_embed_type is None  # as SD2: families add the task switcher
+    assert loaded.scheduler.config.prediction_type == "epsilon"
+    switched = StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True)
+    assert switched.unet.class_embedding.linear_1.in_features == 4
 
 
 def test_recorded_vae_quality_reproduces(tiny_backbone_dir):
@@ -36,20 +52,38 @@ def test_recorded_vae_quality_reproduces(tiny_backbone_dir):
         assert quality[name] == pytest.approx(value, rel=1e-3, abs=1e-4), name
 
 
+def test_backbone_package_imports_nothing_above_utils_and_data():
+    """zoo.backbones is a library layer: its recipe lives in zoo.recipes."""
+    for path in (Path(__file__).resolve().parents[1] / "zoo" / "backbones").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zoo."):
+                assert node.module.split(".")[1] in ("backbones", "utils", "data"), (path.name, node.module)
+
+
 def test_build_writes_a_loadable_folder_with_its_recipe(tmp_path):
-    recipe = TinyRecipe(steps=2, batch_size=2, train_scenes=4, heldout_scenes=2)
+    recipe = TinyRecipe(
+        steps=2, batch_size=2, train_scenes=4, heldout_scenes=2, t2i_steps=2, t2i_train_size=64, t2i_heldout=8
+    )
     record = build_tiny_backbone(tmp_path / "tiny", recipe, progress=False)
-    assert record["recipe"]["steps"] == 2
-    assert set(record["heldout_quality"]) == {"disparity_absrel", "normals_mean_angle_deg",
-                                              "normals_median_angle_deg", "rgb_psnr_db"}
-    loaded = StableDiffusionBackbone.from_pretrained(tmp_path / "tiny", load_text_encoder=True)
-    assert loaded.vae.config.latent_channels == 4 and loaded.unet.config.class_embed_type == "projection"
+    assert record["recipe"]["steps"] == 2 and record["t2i_steps"] == 2
+    assert set(record["heldout_quality"]) == {
+        "disparity_absrel",
+        "normals_mean_angle_deg",
+        "normals_median_angle_deg",
+        "rgb_psnr_db",
+    }
+    assert set(record["t2i_quality"]["heldout_loss"]) == {"trained", "trained_empty_prompt", "random"}
+    loaded = StableDiffusionBackbone.from_pretrained(
+        tmp_path / "tiny", load_text_encoder=True, with_task_switcher=False
+    )
+    assert loaded.vae.config.latent_channels == 4 and loaded.unet.config.class_embed_type is None
     assert loaded.vae.config.scaling_factor != 0.18215  # measured on the training images, not copied from SD
+    assert "_name_or_path" not in json.loads((tmp_path / "tiny" / "unet" / "config.json").read_text())
 
 
 @pytest.mark.slow
 def test_rebuild_is_bit_for_bit(tiny_backbone_dir, tmp_path):
-    """`make tiny-backbone` reproduces the committed bytes (same recipe, one thread; tens of minutes)."""
+    """`make tiny-backbone` reproduces the committed bytes (same recipe, one thread; about an hour)."""
     record = _record(tiny_backbone_dir)
     rebuilt = build_tiny_backbone(tmp_path / "tiny", TinyRecipe(**record["recipe"]), progress=False)
     assert rebuilt["files"] == record["files"]

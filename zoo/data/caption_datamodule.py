@@ -1,4 +1,4 @@
-"""Data for text-to-image training: captioned synthetic images (zoo.data.synthetic.captions) in three splits."""
+"""Data for text-to-image training: captioned synthetic images (zoo.data.synthetic.captions), three splits."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from zoo.data.synthetic.captions import CaptionDataset
 class RenderOnce(Dataset):
     """Keeps each rendered item after its first use, the image as uint8 (as a PNG would store it).
 
-    Rendering costs as much as a tiny training step; synthetic items are fixed per index, so epochs after the first
-    only read memory (about 12 KB per 64x64 item).
+    Rendering costs as much as a tiny training step; synthetic items are fixed per index, so epochs after the
+    first only read memory (about 12 KB per 64x64 item).
     """
 
     def __init__(self, dataset: CaptionDataset):
@@ -35,8 +35,8 @@ class RenderOnce(Dataset):
 class CaptionDataModule(ZooDataModule):
     """Train/val/test splits of captioned images (image_text items; evaluation items carry sample_id).
 
-    No flips: captions name left and right. The shuffle order comes from a generator seeded by `seed`, so a run
-    is repeatable whatever else touched the global RNG.
+    No flips: captions name left and right. The shuffle order comes from a generator seeded by `seed`, so a
+    run is repeatable whatever else touched the global RNG.
     """
 
     sample_kind = "image_text"
@@ -61,13 +61,18 @@ class CaptionDataModule(ZooDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (full batches only)."""
         sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.hparams.seed))
-        return self.loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, sampler=sampler,
-                           drop_last=True)
+        return self.loader(
+            self.train_set, self.hparams.batch_size, self.hparams.num_workers, sampler=sampler, drop_last=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Held-out validation batches in order."""
-        return self.eval_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, "captions val")
+        return self.eval_loader(
+            self.val_set, self.hparams.batch_size, self.hparams.num_workers, "captions val"
+        )
 
     def test_dataloader(self) -> DataLoader:
         """Held-out test batches in order."""
-        return self.eval_loader(self.test_set, self.hparams.batch_size, self.hparams.num_workers, "captions test")
+        return self.eval_loader(
+            self.test_set, self.hparams.batch_size, self.hparams.num_workers, "captions test"
+        )

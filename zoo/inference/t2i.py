@@ -1,4 +1,4 @@
-"""TextToImagePredictor: images from prompts with classifier-free guidance and a diffusers scheduler (DDIM)."""
+"""TextToImagePredictor: images from prompts with classifier-free guidance and a diffusers scheduler."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from diffusers import SchedulerMixin
 from PIL import Image
 
 from zoo.backbones import StableDiffusionBackbone
@@ -20,12 +21,14 @@ class TextToImagePredictor:
     prompts, options and generator seed give the same pixels.
     """
 
+    family = "t2i"
+
     def __init__(
         self,
         model: TextToImage,
         num_inference_steps: int = 25,
         guidance_scale: float = 3.0,
-        scheduler: Any | None = None,
+        scheduler: SchedulerMixin | None = None,
     ):
         self.model = model
         self.num_inference_steps = num_inference_steps
@@ -46,11 +49,12 @@ class TextToImagePredictor:
         **kwargs: Any,
     ) -> TextToImagePredictor:
         """Load a diffusers-style folder with a text stack and a UNet without class embedding."""
-        backbone = StableDiffusionBackbone.from_pretrained(source, with_task_switcher=False, load_text_encoder=True,
-                                                           torch_dtype=torch_dtype)
+        backbone = StableDiffusionBackbone.from_pretrained(
+            source, with_task_switcher=False, load_text_encoder=True, torch_dtype=torch_dtype
+        )
         return cls(TextToImage(backbone.to(device).eval(), train_text_encoder=False), **kwargs)
 
-    def _fresh_scheduler(self) -> Any | None:
+    def _fresh_scheduler(self) -> SchedulerMixin | None:
         """A new instance per batch: multistep schedulers keep state between steps."""
         return None if self.scheduler is None else type(self.scheduler).from_config(self.scheduler.config)
 
@@ -66,7 +70,7 @@ class TextToImagePredictor:
         batch_size: int = 16,
         output_type: Literal["pil", "np", "pt"] = "pil",
     ) -> list[Image.Image] | np.ndarray | torch.Tensor:
-        """Sample one image per prompt: PIL images, np [N, H, W, 3] or pt [N, 3, H, W], values in [0, 1] (or uint8 PIL)."""
+        """One image per prompt: PIL (uint8), np [N, H, W, 3] or pt [N, 3, H, W] with values in [0, 1]."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
@@ -76,8 +80,18 @@ class TextToImagePredictor:
             raise ValueError(f"height and width must be multiples of 8; got {height}x{width}")
         steps = num_inference_steps or self.num_inference_steps
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        chunks = [self.model.sample(prompts[start:start + batch_size], steps, scale, generator, height, width,
-                                    self._fresh_scheduler()) for start in range(0, len(prompts), batch_size)]
+        chunks = [
+            self.model.sample(
+                prompts[start : start + batch_size],
+                steps,
+                scale,
+                generator,
+                height,
+                width,
+                self._fresh_scheduler(),
+            )
+            for start in range(0, len(prompts), batch_size)
+        ]
         images = torch.cat(chunks).cpu()  # [N, 3, H, W]
         if output_type == "pt":
             return images

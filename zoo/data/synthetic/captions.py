@@ -1,12 +1,13 @@
 """Captioned synthetic images with VQA pairs, deterministic by seed: one generator for text-to-image and VQA.
 
 Two kinds of image, both named by what is in them:
-- scenes: a neutral grey room (the scene renderer) holding 1-3 spheres or boxes of named colours. Captions name
-  colours, shapes, counts ("two red spheres"), left/right order and stacking ("a red sphere above a blue box");
-- figures: 1-3 articulated stick figures (the figure renderer); captions name the count and, for one person, the
-  pose class read off its keypoints ("a person with arms up", "a person waving", "a person with arms down").
-The same facts give VQA pairs with one-word answers (colour, count, position, pose). Item i of a split is rendered
-from the seed sequence (split seed, i), so the held-out split never shares an image with the training split.
+- scenes: a neutral grey room (the scene renderer) holding 1-3 spheres or boxes of named colours. Captions
+  name colours, shapes, counts ("two red spheres"), left/right order and stacking ("a red sphere above a blue
+  box");
+- figures: 1-3 articulated stick figures (the figure renderer); captions name the count and, for one person,
+  the pose class read off its keypoints ("a person with arms up", "a person waving", "... arms down").
+The same facts give VQA pairs with one-word answers (colour, count, position, pose). Item i of a split
+is rendered from the seed sequence (split seed, i): the held-out splits share no image with training.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from zoo.data.synthetic.scenes import (
     render,
 )
 
-# Linear albedos (the renderer's gamma-2 curve brightens them); hues far apart so a pixel test tells them apart.
+# Linear albedos (the renderer's gamma-2 curve brightens them); hues far apart so that pixels tell them apart.
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.04, 0.03),
     "yellow": (0.8, 0.68, 0.03),
@@ -40,7 +41,11 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 # Hue (degrees) of each colour as rendered, for caption-following measurements on generated pixels.
 COLOUR_HUES: dict[str, float] = {"red": 0.0, "yellow": 55.0, "green": 120.0, "blue": 230.0, "purple": 285.0}
 SHAPES = ("sphere", "box")
-POSES = ("up", "waving", "down")  # one-word pose classes; captions say "with arms up", "waving", "with arms down"
+POSES = (
+    "up",
+    "waving",
+    "down",
+)  # one-word pose classes; captions say "with arms up", "waving", "with arms down"
 NUMBERS = ("zero", "one", "two", "three")
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 FIGURE_FRACTION = 0.25  # one image in four shows figures, the rest scenes
@@ -71,14 +76,21 @@ class CaptionedImage:
 def _grey(rng: np.random.Generator, low: float, high: float, pattern: str = "plain") -> Material:
     """A low-saturation material, so that named colours stand out."""
     base = np.full(3, rng.uniform(low, high)) + rng.uniform(-0.02, 0.02, 3)
-    return Material(base=base, accent=base * rng.uniform(0.75, 0.9), pattern=pattern,
-                    period=rng.uniform(0.3, 0.6), axis=np.array([1.0, 0.0, 0.0]), phase=rng.uniform(0.0, 1.0, 3))
+    return Material(
+        base=base,
+        accent=base * rng.uniform(0.75, 0.9),
+        pattern=pattern,
+        period=rng.uniform(0.3, 0.6),
+        axis=np.array([1.0, 0.0, 0.0]),
+        phase=rng.uniform(0.0, 1.0, 3),
+    )
 
 
 def _plain(colour: str) -> Material:
     base = np.array(COLOURS[colour])
-    return Material(base=base, accent=base, pattern="plain", period=1.0, axis=np.array([1.0, 0.0, 0.0]),
-                    phase=np.zeros(3))
+    return Material(
+        base=base, accent=base, pattern="plain", period=1.0, axis=np.array([1.0, 0.0, 0.0]), phase=np.zeros(3)
+    )
 
 
 def _plural(shape: str) -> str:
@@ -91,7 +103,13 @@ def _scene_caption(objects: list[SceneObject]) -> str:
     if len(objects) > 1 and len({(o.colour, o.shape) for o in objects}) == 1:
         return f"{NUMBERS[len(objects)]} {objects[0].colour} {_plural(objects[0].shape)}"
     if len(objects) == 1:
-        side = "on the left" if objects[0].x < -0.25 else "on the right" if objects[0].x > 0.25 else "in the middle"
+        side = (
+            "on the left"
+            if objects[0].x < -0.25
+            else "on the right"
+            if objects[0].x > 0.25
+            else "in the middle"
+        )
         return f"{names[0]} {side}"
     if objects[1].on == 0:
         return f"{names[1]} above {names[0]}"
@@ -108,18 +126,30 @@ def _scene_questions(objects: list[SceneObject]) -> list[tuple[str, str]]:
         count = sum(o.shape == shape for o in objects)
         questions.append((f"how many {_plural(shape)} are there?", NUMBERS[count]))
         if count == 1:
-            questions.append((f"what colour is the {shape}?", next(o.colour for o in objects if o.shape == shape)))
+            questions.append(
+                (f"what colour is the {shape}?", next(o.colour for o in objects if o.shape == shape))
+            )
     colours = [o.colour for o in objects]
     for colour in sorted(set(colours)):
         questions.append((f"how many {colour} objects are there?", NUMBERS[colours.count(colour)]))
     if len(objects) == 2 and colours[0] != colours[1]:
         if objects[1].on == 0:
-            questions.append((f"is the {colours[1]} {objects[1].shape} above or below the {colours[0]} "
-                              f"{objects[0].shape}?", "above"))
+            questions.append(
+                (
+                    f"is the {colours[1]} {objects[1].shape} above or below the {colours[0]} "
+                    f"{objects[0].shape}?",
+                    "above",
+                )
+            )
         else:
             first, second = sorted(objects, key=lambda o: o.x)
-            questions.append((f"is the {first.colour} {first.shape} left or right of the {second.colour} "
-                              f"{second.shape}?", "left"))
+            questions.append(
+                (
+                    f"is the {first.colour} {first.shape} left or right of the {second.colour} "
+                    f"{second.shape}?",
+                    "left",
+                )
+            )
     return questions
 
 
@@ -152,7 +182,9 @@ def captioned_scene(rng: np.random.Generator, height: int, width: int) -> Captio
     if stacked:
         shapes[0] = "box"
     depth = rng.uniform(3.2, 4.2)
-    slots = [0.0] if count == 1 or stacked else list(np.linspace(-1.0, 1.0, count) * (0.5 if count == 2 else 0.6))
+    slots = (
+        [0.0] if count == 1 or stacked else list(np.linspace(-1.0, 1.0, count) * (0.5 if count == 2 else 0.6))
+    )
     if count == 1:
         slots = [float(rng.choice([-0.5, 0.0, 0.5]))]
     primitives, objects = [], []
@@ -171,21 +203,39 @@ def captioned_scene(rng: np.random.Generator, height: int, width: int) -> Captio
             turn = rng.uniform(-0.4, 0.4)
             half = np.array([size, size * rng.uniform(0.8, 1.0), size])
             center = np.array([x, base + half[1], z])
-            primitives.append(Box(center, half, (1 - turn * turn) / (1 + turn * turn), 2 * turn / (1 + turn * turn),
-                                  _plain(colours[index])))
+            primitives.append(
+                Box(
+                    center,
+                    half,
+                    (1 - turn * turn) / (1 + turn * turn),
+                    2 * turn / (1 + turn * turn),
+                    _plain(colours[index]),
+                )
+            )
             top = base + 2 * half[1]
         objects.append(SceneObject(colours[index], shapes[index], _camera_x(rotation, focal, center), on))
     light = _normalize(np.array([rng.uniform(-0.8, 0.8), 1.2, rng.uniform(-0.8, -0.2)]))
-    scene = Scene(rotation=rotation, focal=focal, room=room, objects=tuple(primitives), light=light,
-                  sun=rng.uniform(0.6, 0.8), ambient=rng.uniform(0.3, 0.4), sky_horizon=np.full(3, 0.8),
-                  sky_zenith=np.full(3, 0.8), noise=0.01, noise_seed=int(rng.integers(2**62)))
+    scene = Scene(
+        rotation=rotation,
+        focal=focal,
+        room=room,
+        objects=tuple(primitives),
+        light=light,
+        sun=rng.uniform(0.6, 0.8),
+        ambient=rng.uniform(0.3, 0.4),
+        sky_horizon=np.full(3, 0.8),
+        sky_zenith=np.full(3, 0.8),
+        noise=0.01,
+        noise_seed=int(rng.integers(2**62)),
+    )
     sample = render(scene, height, width)
-    return CaptionedImage(sample.image, _scene_caption(objects), tuple(_scene_questions(objects)), "scene",
-                          tuple(objects))
+    return CaptionedImage(
+        sample.image, _scene_caption(objects), tuple(_scene_questions(objects)), "scene", tuple(objects)
+    )
 
 
 def pose_class(keypoints: np.ndarray) -> str:
-    """"up" (both wrists above the shoulders), "waving" (one) or "down" from COCO-17 keypoints [17, 3]."""
+    """ "up" (both wrists above the shoulders), "waving" (one) or "down" from COCO-17 keypoints [17, 3]."""
     raised = [keypoints[wrist, 1] < keypoints[shoulder, 1] for wrist, shoulder in ((9, 5), (10, 6))]
     return POSES[2 - sum(raised)]
 
@@ -197,12 +247,18 @@ def captioned_figures(rng: np.random.Generator, height: int, width: int) -> Capt
     count = len(poses)
     questions = [("how many people are there?", NUMBERS[count])]
     if count == 1:
-        caption = {"up": "a person with arms up", "waving": "a person waving", "down": "a person with arms down"}
+        caption = {
+            "up": "a person with arms up",
+            "waving": "a person waving",
+            "down": "a person with arms down",
+        }
         questions.append(("what pose is the person in?", poses[0]))
         text = caption[poses[0]]
     else:
         text = f"{NUMBERS[count]} people"
-    return CaptionedImage(rendered.image.astype(np.float32) / 255.0, text, tuple(questions), "figures", (), poses)
+    return CaptionedImage(
+        rendered.image.astype(np.float32) / 255.0, text, tuple(questions), "figures", (), poses
+    )
 
 
 def item_seed(split: str, index: int, base_seed: int = 0) -> int:
@@ -221,10 +277,18 @@ def render_captioned(seed: int, height: int = 64, width: int = 64) -> CaptionedI
 class CaptionDataset(torch.utils.data.Dataset):
     """Item i of a split is render_captioned(item_seed(split, i)); returns the image tensor and its texts."""
 
-    def __init__(self, length: int, split: str = "train", height: int = 64, width: int = 64, base_seed: int = 0):
+    def __init__(
+        self, length: int, split: str = "train", height: int = 64, width: int = 64, base_seed: int = 0
+    ):
         if split not in SPLIT_SEEDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}; got {split!r}")
-        self.length, self.split, self.height, self.width, self.base_seed = length, split, height, width, base_seed
+        self.length, self.split, self.height, self.width, self.base_seed = (
+            length,
+            split,
+            height,
+            width,
+            base_seed,
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -238,5 +302,8 @@ class CaptionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         """An image_text item: image [3, H, W] in [0, 1], text (the caption), index []."""
         record = self.item(index)
-        return {"image": torch.from_numpy(record.image).permute(2, 0, 1).contiguous(), "text": record.caption,
-                "index": torch.tensor(index, dtype=torch.long)}
+        return {
+            "image": torch.from_numpy(record.image).permute(2, 0, 1).contiguous(),
+            "text": record.caption,
+            "index": torch.tensor(index, dtype=torch.long),
+        }

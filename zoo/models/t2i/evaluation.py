@@ -1,4 +1,4 @@
-"""Held-out measurements of a text-to-image model: denoising loss per timestep band, caption following on pixels."""
+"""Held-out measurements of text-to-image: denoising loss per timestep band, caption following on pixels."""
 
 from __future__ import annotations
 
@@ -46,8 +46,10 @@ def colour_masks(image: np.ndarray) -> dict[str, np.ndarray]:
     coloured = (saturation > MIN_SATURATION) & (high > MIN_VALUE)
     distances = {name: np.abs((hue - centre + 180.0) % 360.0 - 180.0) for name, centre in COLOUR_HUES.items()}
     nearest = np.argmin(np.stack(list(distances.values())), axis=0)  # [H, W]
-    return {name: coloured & (nearest == index) & (distances[name] < MAX_HUE_DISTANCE)
-            for index, name in enumerate(COLOUR_HUES)}
+    return {
+        name: coloured & (nearest == index) & (distances[name] < MAX_HUE_DISTANCE)
+        for index, name in enumerate(COLOUR_HUES)
+    }
 
 
 def _blobs(mask: np.ndarray) -> int:
@@ -70,14 +72,18 @@ def caption_checks(record: CaptionedImage, image: np.ndarray) -> dict[str, bool]
     width = image.shape[1]
 
     def centre_x(name: str) -> float:
-        return float(np.nonzero(masks[name])[1].mean()) / width if pixels[name] >= MIN_PIXELS else float("nan")
+        return (
+            float(np.nonzero(masks[name])[1].mean()) / width if pixels[name] >= MIN_PIXELS else float("nan")
+        )
 
     checks: dict[str, bool] = {}
     if len(colours) == 1:
         dominant = max(pixels, key=pixels.get)
         checks["colour"] = pixels[dominant] >= MIN_PIXELS and dominant == colours[0]
         if len(record.objects) == 1:
-            side = "left" if record.objects[0].x < -0.25 else "right" if record.objects[0].x > 0.25 else "middle"
+            side = (
+                "left" if record.objects[0].x < -0.25 else "right" if record.objects[0].x > 0.25 else "middle"
+            )
             x = centre_x(colours[0])
             found = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "middle" if x == x else "none"
             checks["side"] = checks["colour"] and found == side

@@ -46,9 +46,11 @@ class TextToImageModule(FamilyModule):
         self.save_hyperparameters()
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; got {lr_schedule!r}")
-        sd = StableDiffusionBackbone.from_pretrained(backbone, with_task_switcher=False, load_text_encoder=True)
+        sd = StableDiffusionBackbone.from_pretrained(
+            backbone, with_task_switcher=False, load_text_encoder=True
+        )
         self.model = TextToImage(sd.train(), train_text_encoder)
-        # training-set index -> CPU posterior (mean, std), each [4, h, w]: the frozen VAE returns the same numbers.
+        # training index -> CPU posterior (mean, std), [4, h, w] each: the frozen VAE gives the same.
         self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.setup_ema()
 
@@ -66,7 +68,7 @@ class TextToImageModule(FamilyModule):
 
     # ------------------------------------------------------------------ training
     def _posteriors(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled VAE posterior (mean, std) of training images, each [B, 4, h, w] (cached per dataset index)."""
+        """Scaled VAE posterior (mean, std) of training images, [B, 4, h, w] each (cached by index)."""
         if not self.hparams.cache_latents:
             return self.backbone.encode_distribution(batch["image"] * 2 - 1)
         keys = batch["index"].tolist()
@@ -75,14 +77,18 @@ class TextToImageModule(FamilyModule):
             mean, std = self.backbone.encode_distribution(batch["image"][missing] * 2 - 1)
             for position, row in enumerate(missing):
                 self._latent_cache[keys[row]] = (mean[position].cpu(), std[position].cpu())
-        return tuple(torch.stack([self._latent_cache[key][part] for key in keys]).to(self.device) for part in (0, 1))
+        return tuple(
+            torch.stack([self._latent_cache[key][part] for key in keys]).to(self.device) for part in (0, 1)
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Posterior-sampled latents, captions dropped to "" with probability caption_dropout, epsilon MSE."""
         mean, std = self._posteriors(batch)
         latents = sample_latents(mean, std) if self.hparams.sample_posterior else mean  # [B, 4, h, w]
         drop = torch.rand(len(batch["text"])) < self.hparams.caption_dropout
-        prompts = ["" if dropped else text for text, dropped in zip(batch["text"], drop.tolist(), strict=True)]
+        prompts = [
+            "" if dropped else text for text, dropped in zip(batch["text"], drop.tolist(), strict=True)
+        ]
         loss = self.model.training_loss(latents, prompts)
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         return loss
@@ -93,8 +99,10 @@ class TextToImageModule(FamilyModule):
         return {"loss": DenoisingLossEvaluator()}
 
     def evaluation_step(self, batch: dict, batch_idx: int, stage: str) -> None:
-        """Seeded per-band losses of the posterior means, with the caption and with "" (same timesteps and noise)."""
-        mean, _ = self.backbone.encode_distribution(batch["image"] * 2 - 1)  # [B, 4, h, w]; not the training cache
+        """Seeded per-band losses of the posterior means, with the caption and with "" (same draws)."""
+        mean, _ = self.backbone.encode_distribution(
+            batch["image"] * 2 - 1
+        )  # [B, 4, h, w]; not the training cache
         losses: dict[str, torch.Tensor] = {}
         for name, prompts in (("loss", batch["text"]), ("loss_uncond", [""] * mean.shape[0])):
             bands = self.model.banded_losses(mean, prompts, torch.Generator().manual_seed(batch_idx))
@@ -103,11 +111,14 @@ class TextToImageModule(FamilyModule):
 
     # ------------------------------------------------------------------ optimisation / export
     def configure_optimizers(self) -> dict:
-        """AdamW on the UNet (and text encoder); linear warm-up, then constant or cosine decay to 0 at max_steps."""
+        """AdamW on the UNet (and text encoder); linear warm-up, then constant or cosine to 0 at max_steps."""
         hp = self.hparams
-        optimizer = self.adamw([{"params": list(self.trainable_parameters()), "lr": hp.lr}], hp.weight_decay,
-                               hp.betas)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        optimizer = self.adamw(
+            [{"params": list(self.trainable_parameters()), "lr": hp.lr}], hp.weight_decay, hp.betas
+        )
+        total = (
+            self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        )
         warmup = max(hp.warmup_steps, 1)
 
         def factor(step: int) -> float:
