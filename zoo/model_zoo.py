@@ -157,6 +157,38 @@ MODELS = (
     },
 )
 
+# ----------------------------------------------------------------------------------- text-to-image (issue 10)
+# The tiny backbone itself, trained as SD2-base is trained (zoo.recipes.tiny_backbone,
+# configs/tiny/backbone_t2i.yaml; rebuilt by `make tiny-backbone`, not by `make tiny-models`).
+FAMILIES += (
+    {
+        "name": "t2i",
+        "model": "zoo.models.t2i.model:TextToImage",
+        "module": "zoo.models.t2i.module:TextToImageModule",
+        "datamodule": "zoo.data.caption_datamodule:CaptionDataModule",
+        "predictor": "zoo.inference.t2i:TextToImagePredictor",
+        "output_kind": "image",
+        "smoke_overrides": (
+            "--data.init_args.train_size", "4", "--data.init_args.val_size", "2",
+            "--data.init_args.test_size", "2", "--data.init_args.batch_size", "2",
+            "--data.init_args.num_workers", "0",
+        ),
+    },
+)
+MODELS += (
+    # Held-out captions (test split, 256 items): epsilon MSE of the trained UNet (with the caption and
+    # with ""), of the random initial UNet, and the pixel-checked caption following of 20-step DDIM
+    # samples (the first 96 items) at guidance 1 and 7 (see its recipe.json).
+    {
+        "name": "tiny-sd", "family": "t2i", "task": "text-to-image",
+        "config": "configs/tiny/backbone_t2i.yaml", "checkpoint": "checkpoints/tiny/backbone",
+        "description": "The tiny backbone as a text-to-image model (64x64 captioned synthetic images, CFG)",
+        "measured_metrics": ("heldout_loss", "heldout_loss_empty_prompt", "heldout_loss_random",
+                             "colour_rate_g1", "colour_rate_g7", "order_rate_g1", "order_rate_g7"),
+        "rebuild": "tiny-backbone",
+    },
+)
+
 # ---------------------------------------------------------------------------------------- Mustafar (issue 12)
 _MUSTAFAR_SMOKE = (
     "--data.init_args.source", "synthetic", "--data.init_args.image_size", "[64, 64]",
