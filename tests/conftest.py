@@ -40,13 +40,15 @@ def tiny_backbone_dir() -> Path:
 
 @pytest.fixture()
 def tiny_backbone(tiny_backbone_dir: Path):
-    """A fresh StableDiffusionBackbone loaded from the tiny assets (float32, eval mode)."""
+    """A fresh StableDiffusionBackbone loaded from the tiny assets with the task switcher (float32, eval)."""
     import torch
 
     from zoo.backbones import StableDiffusionBackbone
 
-    torch.manual_seed(0)
-    return StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, load_text_encoder=True).eval()
+    torch.manual_seed(0)  # the task switcher the families add to the (SD2-like) tiny UNet is seeded
+    return StableDiffusionBackbone.from_pretrained(
+        tiny_backbone_dir, with_task_switcher=True, load_text_encoder=True
+    ).eval()
 
 
 @pytest.fixture(scope="session")

@@ -195,15 +195,18 @@ def _write_official_lotus_like_folder(source: StableDiffusionBackbone, folder: P
     (folder / "model_index.json").write_text(json.dumps(index))
 
 
-def test_loads_an_official_lotus_style_folder(tiny_backbone, tmp_path):
+def test_loads_an_official_lotus_style_folder(tiny_backbone_dir, tmp_path):
+    # An official Lotus folder carries the task switcher it was trained with; loading it needs no flag.
+    source = StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True, load_text_encoder=True)
+    source.eval()
     folder = tmp_path / "lotus-depth-g"
-    _write_official_lotus_like_folder(tiny_backbone, folder)
+    _write_official_lotus_like_folder(source, folder)
     loaded = StableDiffusionBackbone.from_pretrained(folder)
     assert loaded.unet.config.in_channels == 8
     assert loaded.unet.config.class_embed_type == "projection"
-    torch.testing.assert_close(loaded.empty_prompt_embeds, tiny_backbone.empty_prompt_embeds)
+    torch.testing.assert_close(loaded.empty_prompt_embeds, source.empty_prompt_embeds)
     sample = torch.randn(1, 8, 4, 4)
-    torch.testing.assert_close(loaded.unet_forward(sample), tiny_backbone.unet_forward(sample))
+    torch.testing.assert_close(loaded.unet_forward(sample), source.unet_forward(sample))
 
 
 def test_the_task_switcher_is_the_family_s_explicit_choice(tiny_backbone, tmp_path):
@@ -223,6 +226,9 @@ def test_the_task_switcher_is_the_family_s_explicit_choice(tiny_backbone, tmp_pa
     loaded = StableDiffusionBackbone.from_pretrained(folder, with_task_switcher=True)
     assert loaded.unet.config.class_embed_type == "projection"
     assert loaded.unet.class_embedding.linear_1.in_features == 4
+    # The new projection is initialised (diffusers alone left it uninitialised), so the UNet runs finite.
+    assert all(torch.isfinite(p).all() for p in loaded.unet.class_embedding.parameters())
+    assert torch.isfinite(loaded.unet_forward(torch.randn(1, 4, 8, 8))).all()
 
 
 def test_channels_last_and_math_attention_give_the_same_outputs(tiny_backbone):

@@ -276,6 +276,7 @@ def test_latent_cache_gives_the_same_losses_and_skips_the_vae(tiny_backbone_dir,
     batch = torch.utils.data.default_collate([data[i] for i in range(4)])
     losses = {}
     for cache in (False, True):
+        torch.manual_seed(0)  # the same initialisation of a task switcher the backbone may lack
         module = LotusModule(backbone=str(tiny_backbone_dir), cache_latents=cache)
         torch.manual_seed(0)
         losses[cache] = module.training_step(batch, 0)

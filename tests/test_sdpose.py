@@ -43,7 +43,7 @@ def _one_thread():
 @pytest.fixture()
 def backbone(tiny_backbone_dir: Path) -> StableDiffusionBackbone:
     torch.manual_seed(0)
-    return StableDiffusionBackbone.from_pretrained(tiny_backbone_dir)
+    return StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True)
 
 
 def _crops(batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -121,7 +121,10 @@ def test_loss_decreases_on_a_tiny_overfit(backbone):
     targets = torch.zeros(4, 17, 32, 24)
     targets[:, :, 10:14, 8:12] = 1.0
     weights = torch.ones(4, 17)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    # A pretrained UNet takes a small step, the new head a large one (the recipes' separate learning rates).
+    optimizer = torch.optim.AdamW(
+        [{"params": model.backbone.unet.parameters(), "lr": 1e-4}, {"params": model.head.parameters(), "lr": 1e-3}]
+    )
     history = []
     for _ in range(6):
         losses = model.training_losses(images, targets, weights, images, reconstruction_weight=1.0)
@@ -246,8 +249,13 @@ def _official_checkpoint(
     """A fake checkpoint in the released layout: diffusers subfolders, SDPose_D_Pipeline index, decoder/ head.
     """
     folder = tmp_path / "official"
-    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
         shutil.copytree(tiny_backbone_dir / part, folder / part)
+    # The released UNets carry the task switcher they were trained with (the tiny base UNet, like SD2, has none).
+    torch.manual_seed(3)
+    StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True).unet.save_pretrained(
+        folder / "unet"
+    )
     (folder / "model_index.json").write_text(
         json.dumps(
             {

@@ -38,7 +38,8 @@ def check_tiny_backbone() -> str:
     """Verify the committed tiny backbone's hashes and return its quality table."""
     import json
 
-    from zoo.backbones.tiny import describe, tiny_backbone_path
+    from zoo.backbones.tiny import tiny_backbone_path
+    from zoo.recipes.tiny_backbone import describe
 
     folder = tiny_backbone_path()
     record = json.loads((folder / "recipe.json").read_text())
@@ -107,6 +108,7 @@ def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]
 
 def sdpose_demo(name: str, out: Path, images: int) -> tuple[str, dict[str, float]]:
     """Evaluate a tiny SDPose on held-out synthetic figures and draw skeletons on figures and real photos."""
+    from zoo.data.coco_files import read_coco
     from zoo.data.images import load_rgb_uint8
     from zoo.data.metainfo import load_metainfo
     from zoo.data.synthetic.figures import write_coco_figures
@@ -117,7 +119,7 @@ def sdpose_demo(name: str, out: Path, images: int) -> tuple[str, dict[str, float
     ann_file, image_dir = write_coco_figures(
         out / "figures", images, seed=3_000_000, split="demo", width=192, height=192
     )
-    coco = json.loads(Path(ann_file).read_text())
+    coco = read_coco(ann_file).data
     evaluator = CocoKeypointEvaluator(ann_file, metainfo="coco")
     boxes = {image["id"]: [] for image in coco["images"]}
     for annotation in coco["annotations"]:

@@ -204,6 +204,12 @@ class StableDiffusionBackbone(nn.Module):
                     "low_cpu_mem_usage": False,
                 }
             unet = UNet2DConditionModel.from_pretrained(**_where(source, "unet"), **common, **unet_kwargs)
+            if unet_kwargs:
+                # diffusers leaves weights missing from the checkpoint uninitialised (seen: NaN): give the new
+                # projection PyTorch's default initialisation, as a freshly built nn.Linear has.
+                for layer in unet.class_embedding.modules():
+                    if isinstance(layer, nn.Linear):
+                        layer.reset_parameters()
             scheduler = (
                 DDPMScheduler.from_pretrained(**_where(source, "scheduler"), local_files_only=local_files_only)
                 if _has_component(source, "scheduler")
@@ -280,15 +286,19 @@ class StableDiffusionBackbone(nn.Module):
         Sizes that are not multiples of 8 are replicate-padded on the bottom/right (undo with decode(size=...));
         pad=False feeds them as they are (the official Lotus pipeline does).
         """
+        mean, std = self._posterior(images, pad)
+        return mean * self.scaling_factor, std * self.scaling_factor
+
+    def _posterior(self, images: torch.Tensor, pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior (mean, std) of [-1, 1] images in the VAE's own, unscaled units, float32 [B, 4, h, w]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode expects [B, 3, H, W] images; got {tuple(images.shape)}")
         pixels = images.to(self.device, self.vae.dtype)
         if pad:
             pixels = replicate_pad(pixels)  # [B, 3, H8, W8]
-        pixels = self._in_memory_format(pixels)
         with torch.no_grad(), self._autocast():
-            posterior = self.vae.encode(pixels).latent_dist
-        return posterior.mean.float() * self.scaling_factor, posterior.std.float() * self.scaling_factor
+            posterior = self.vae.encode(self._in_memory_format(pixels)).latent_dist
+        return posterior.mean.float(), posterior.std.float()
 
     def encode(
         self,
@@ -302,8 +312,11 @@ class StableDiffusionBackbone(nn.Module):
         The posterior mode by default (deterministic); `sample=True` draws from the posterior with `generator`
         (the global RNG when None, as the official Lotus pipeline does). See encode_distribution for padding.
         """
-        mean, std = self.encode_distribution(images, pad)
-        return sample_latents(mean, std, generator) if sample else mean
+        if not sample:
+            return self.encode_distribution(images, pad)[0]
+        mean, std = self._posterior(images, pad)
+        # Drawn in the VAE's units, then scaled: (mean + std * eps) * f, the official pipelines' order of rounding.
+        return sample_latents(mean, std, generator) * self.scaling_factor
 
     def encode_images(
         self,

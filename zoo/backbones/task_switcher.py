@@ -18,9 +18,10 @@ def task_code(task: Task) -> torch.Tensor:
     [sin 0, sin 1, cos 0, cos 1]."""
     if task not in _TASK_INDEX:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(_TASK_INDEX)}")
-    one_hot = torch.zeros(2, dtype=torch.float64)
+    one_hot = torch.zeros(2, dtype=torch.float32)
     one_hot[_TASK_INDEX[task]] = 1.0
-    return torch.cat([torch.sin(one_hot), torch.cos(one_hot)]).float()  # [4]
+    # sin/cos in float32, as the official Lotus and SDPose code computes them (float64 rounds sin 1 differently).
+    return torch.cat([torch.sin(one_hot), torch.cos(one_hot)])  # [4]
 
 
 def task_codes(task: Task, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:

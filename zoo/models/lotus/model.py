@@ -42,6 +42,8 @@ class Lotus(nn.Module):
             raise ValueError(f"mode must be 'g' (generative) or 'd' (regression); got {mode!r}")
         if task not in ("depth", "normals"):
             raise ValueError(f"task must be 'depth' or 'normals'; got {task!r}")
+        if backbone.unet.config.class_embed_type is None:
+            raise ValueError("Lotus needs the task switcher: load the backbone with with_task_switcher=True")
         self.backbone, self.mode, self.task = backbone, mode, task
         expected_channels = 8 if mode == "g" else 4
         if backbone.unet.config.in_channels != expected_channels:

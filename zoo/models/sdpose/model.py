@@ -57,6 +57,8 @@ class SDPose(nn.Module):
         head: HeatmapHead | None = None,
     ) -> None:
         super().__init__()
+        if backbone.unet.config.class_embed_type is None:
+            raise ValueError("SDPose needs the task switcher: load the backbone with with_task_switcher=True")
         if backbone.unet.config.in_channels != 4:
             raise ValueError(f"SDPose feeds the 4-channel image latent; this UNet takes {backbone.unet.config.in_channels}")
         channels = feature_channels(backbone.unet, feature_site)
