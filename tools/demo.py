@@ -36,8 +36,6 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 def check_tiny_backbone() -> str:
     """Verify the committed tiny backbone's hashes and return its quality table."""
-    import json
-
     from zoo.backbones.tiny import tiny_backbone_path
     from zoo.recipes.tiny_backbone import describe
 
