@@ -172,6 +172,8 @@ class VideoPosePredictor:
     """DiffPose video predictor: `VideoPosePredictor.from_pretrained(folder)(video, boxes=...)` ->
     VideoPoseOutput."""
 
+    family = "diffpose"
+
     def __init__(self, model: DiffPose, config: dict[str, Any], device: str | torch.device = "cpu") -> None:
         self.model = model.eval().to(device)
         self.config = config
