@@ -232,5 +232,6 @@ MODELS += (
         "predictor_kwargs": {"features_only": True},
         # tools/benchmark.py mustafar, batch 8 of 64x64, 1 CPU thread (see its metrics.json).
         "measured_metrics": ("tokens_per_image", "channels", "images_per_s_s0", "images_per_s_s4"),
+        "rebuild": "none",
     },
 )
