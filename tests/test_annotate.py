@@ -352,7 +352,9 @@ def test_model_refusal_is_one_failure(
 ):
     from zoo.backbones import StableDiffusionBackbone
 
-    picky = PickyLotus(StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True), "d", "depth")
+    picky = PickyLotus(
+        StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True), "d", "depth"
+    )
     Annotator(
         {"pose": predictors["pose"], "picky": picky},
         tmp_path,

@@ -197,7 +197,9 @@ def _write_official_lotus_like_folder(source: StableDiffusionBackbone, folder: P
 
 def test_loads_an_official_lotus_style_folder(tiny_backbone_dir, tmp_path):
     # An official Lotus folder carries the task switcher it was trained with; loading it needs no flag.
-    source = StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True, load_text_encoder=True)
+    source = StableDiffusionBackbone.from_pretrained(
+        tiny_backbone_dir, with_task_switcher=True, load_text_encoder=True
+    )
     source.eval()
     folder = tmp_path / "lotus-depth-g"
     _write_official_lotus_like_folder(source, folder)

@@ -33,8 +33,9 @@ def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
     wide[..., ::2] = x
     views = {
         "contiguous": x.contiguous(),
-        "channels_last": x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.permute(1, 2, 0)
-        .contiguous().permute(2, 0, 1),
+        "channels_last": x.contiguous(memory_format=torch.channels_last)
+        if x.ndim == 4
+        else x.permute(1, 2, 0).contiguous().permute(2, 0, 1),
         "strided": wide[..., ::2],
     }
     assert not views["strided"].is_contiguous() and not views["channels_last"].is_contiguous()
@@ -44,7 +45,8 @@ def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _crops(realdata: Path, size: tuple[int, int]) -> torch.Tensor:
-    """Black-bordered UDP crops of a real photo in [-1, 1] [2, 3, h, w]: where CPU GroupNorm layouts disagree most."""
+    """Black-bordered UDP crops of a real photo in [-1, 1] [2, 3, h, w]: where CPU GroupNorm layouts disagree
+    most."""
     image = load_rgb_uint8(realdata / PHOTO)
     transform = TopDownTransform(size)
     crops = [transform(image, box, np.zeros((17, 2)), np.zeros(17))["image"] for box in BOXES]
@@ -67,7 +69,9 @@ def _entries(backbone: StableDiffusionBackbone, pixels: torch.Tensor, latents: t
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_backbone_entries_ignore_input_strides(backbone: StableDiffusionBackbone, realdata: Path, channels_last):
+def test_backbone_entries_ignore_input_strides(
+    backbone: StableDiffusionBackbone, realdata: Path, channels_last
+):
     model = copy.deepcopy(backbone).configure(channels_last=channels_last)
     pixels = _crops(realdata, (192, 256))
     with torch.no_grad():
@@ -75,10 +79,14 @@ def test_backbone_entries_ignore_input_strides(backbone: StableDiffusionBackbone
     for entry, outputs in _entries(model, pixels, latents).items():
         reference = outputs["contiguous"]
         for name, output in outputs.items():
-            assert torch.equal(output, reference), f"{entry} with a {name} input differs (channels_last={channels_last})"
+            assert torch.equal(output, reference), (
+                f"{entry} with a {name} input differs (channels_last={channels_last})"
+            )
 
 
-def _latent_error(model: StableDiffusionBackbone, exact: StableDiffusionBackbone, pixels: torch.Tensor) -> float:
+def _latent_error(
+    model: StableDiffusionBackbone, exact: StableDiffusionBackbone, pixels: torch.Tensor
+) -> float:
     with torch.no_grad():
         value = model.encode(pixels).double()
         reference = exact.vae.encode(pixels.double()).latent_dist.mean * exact.scaling_factor
@@ -86,7 +94,8 @@ def _latent_error(model: StableDiffusionBackbone, exact: StableDiffusionBackbone
 
 
 def test_channels_last_on_cpu_keeps_contiguous_accuracy(backbone: StableDiffusionBackbone, realdata: Path):
-    """The issue's probe (latent vs float64) on a black-bordered 384x512 crop: channels-last costs no accuracy."""
+    """The issue's probe (latent vs float64) on a black-bordered 384x512 crop: channels-last costs no
+    accuracy."""
     pixels = _crops(realdata, (384, 512))[:1]
     exact = copy.deepcopy(backbone).double()
     contiguous = _latent_error(backbone, exact, pixels)
@@ -108,15 +117,19 @@ def test_configure_switches_the_declared_format_back(backbone: StableDiffusionBa
 
 def test_pose_predictor_ignores_input_strides(realdata: Path):
     predictor = zoo.load("tiny-sdpose-body")
-    image = torch.from_numpy(load_rgb_uint8(realdata / PHOTO)).permute(2, 0, 1).contiguous()  # [3, H, W] uint8
+    image = (
+        torch.from_numpy(load_rgb_uint8(realdata / PHOTO)).permute(2, 0, 1).contiguous()
+    )  # [3, H, W] uint8
     outputs = {name: predictor([x], boxes=[BOXES], flip_test=True) for name, x in _layouts(image).items()}
     for name, out in outputs.items():
         assert np.array_equal(out.keypoints[0], outputs["contiguous"].keypoints[0]), name
         assert np.array_equal(out.scores[0], outputs["contiguous"].scores[0]), name
     # The predictor's own crop batch is channels-last strided: its scores must equal a contiguous batch's.
     transform = TopDownTransform(predictor.input_size)
-    crops = [transform(load_rgb_uint8(realdata / PHOTO), box, np.zeros((17, 2)), np.zeros(17))["image"]
-             for box in BOXES]
+    crops = [
+        transform(load_rgb_uint8(realdata / PHOTO), box, np.zeros((17, 2)), np.zeros(17))["image"]
+        for box in BOXES
+    ]
     batch = torch.from_numpy(np.stack(crops)).float().div(255).permute(0, 3, 1, 2).contiguous()
     heatmaps = predictor.model.predict_heatmaps(batch, predictor.metainfo.flip_indices)
     _, scores = decode_udp_batched(heatmaps)
@@ -127,8 +140,10 @@ def test_lotus_predictor_ignores_input_strides(realdata: Path):
     predictor = zoo.load("tiny-lotus-depth-d")
     image = torch.from_numpy(load_rgb_uint8(realdata / PHOTO)[:128, :160]).permute(2, 0, 1).float() / 255
     batch = image[None]  # [1, 3, 128, 160]
-    results = {name: predictor(x, processing_resolution=64, output_type="pt").prediction
-               for name, x in _layouts(batch).items()}
+    results = {
+        name: predictor(x, processing_resolution=64, output_type="pt").prediction
+        for name, x in _layouts(batch).items()
+    }
     for name, prediction in results.items():
         assert torch.equal(prediction, results["contiguous"]), name
     # The model's tensor core (no loading step in between) at native resolution: straight into the backbone.

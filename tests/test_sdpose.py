@@ -123,7 +123,10 @@ def test_loss_decreases_on_a_tiny_overfit(backbone):
     weights = torch.ones(4, 17)
     # A pretrained UNet takes a small step, the new head a large one (the recipes' separate learning rates).
     optimizer = torch.optim.AdamW(
-        [{"params": model.backbone.unet.parameters(), "lr": 1e-4}, {"params": model.head.parameters(), "lr": 1e-3}]
+        [
+            {"params": model.backbone.unet.parameters(), "lr": 1e-4},
+            {"params": model.head.parameters(), "lr": 1e-3},
+        ]
     )
     history = []
     for _ in range(6):
@@ -251,7 +254,8 @@ def _official_checkpoint(
     folder = tmp_path / "official"
     for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
         shutil.copytree(tiny_backbone_dir / part, folder / part)
-    # The released UNets carry the task switcher they were trained with (the tiny base UNet, like SD2, has none).
+    # The released UNets carry the task switcher they were trained with
+    # (the tiny base UNet, like SD2, has none).
     torch.manual_seed(3)
     StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True).unet.save_pretrained(
         folder / "unet"

@@ -1,11 +1,13 @@
 """sdpose_compat: PosePredictor reproduces the official SDPose-OOD evaluation and demo paths (issue 15).
 
-The official side is transcribed here from the reference notes (docs: ../shared/reference/sdpose_cocood_mmpose.md
-§1.2, §1.4, §2): mmpose's LoadImage (OpenCV decode, BGR), GetBBoxCenterScale (padding 1.25), TopdownAffine
-(use_udp, aspect 3:4, float32 matrix, cv2.warpAffine bilinear with a black border), the pipeline's posterior sample
-of the original then of the mirrored crop, the head on the tapped decoder block, heatmap flip test without shift,
-mmpose's UDPHeatmap decode and `kpt / input_size * scale + center - scale / 2` back to the image. Where mmpose
-itself can run here (its TopdownAffine and UDPHeatmap), it is used as a second, independent oracle.
+The official side is transcribed here from the reference notes
+(docs: ../shared/reference/sdpose_cocood_mmpose.md §1.2, §1.4, §2): mmpose's LoadImage (OpenCV decode, BGR),
+GetBBoxCenterScale (padding 1.25), TopdownAffine
+(use_udp, aspect 3:4, float32 matrix, cv2.warpAffine bilinear with a black border), the pipeline's posterior
+sample of the original then of the mirrored crop, the head on the tapped decoder block, heatmap flip test
+without shift, mmpose's UDPHeatmap decode and `kpt / input_size * scale + center - scale / 2` back to the
+image. Where mmpose itself can run here (its TopdownAffine and UDPHeatmap), it is used as a second,
+independent oracle.
 """
 
 from __future__ import annotations
@@ -45,15 +47,23 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-# ---------------------------------------------------------------------------------------------------- fixtures
+# ----------------------------------------------------------------------------------------------------
+# fixtures
 def _write_official(folder: Path, tiny_backbone_dir: Path, channels: int, num_keypoints: int) -> Path:
-    """An official-layout checkpoint: diffusers subfolders, SDPose_D_Pipeline index, mmpose head state dict."""
+    """An official-layout checkpoint: diffusers subfolders, SDPose_D_Pipeline index, mmpose head state dict.
+    """
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         shutil.copytree(tiny_backbone_dir / part, folder / part)
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "SDPose_D_Pipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "decoder": ["mmpose", "HeatmapHead"],
-    }))
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "SDPose_D_Pipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "decoder": ["mmpose", "HeatmapHead"],
+            }
+        )
+    )
     generator = torch.Generator().manual_seed(num_keypoints)
     head = {  # by name, as the released decoder.safetensors holds them
         "deconv_layers.0.weight": torch.randn(channels, channels, 4, 4, generator=generator) * 0.05,
@@ -72,7 +82,9 @@ def official_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: P
     root = tmp_path_factory.mktemp("official")
     return {
         17: _write_official(root / "body", tiny_backbone_dir, 32, 17),  # SD2: 320 channels of up_blocks.3
-        133: _write_official(root / "wholebody", tiny_backbone_dir, 64, 133),  # SD2: 640 channels of up_blocks.2
+        133: _write_official(
+            root / "wholebody", tiny_backbone_dir, 64, 133
+        ),  # SD2: 640 channels of up_blocks.2
     }
 
 
@@ -90,14 +102,17 @@ def _coco_cases(realdata: Path) -> list[tuple[Path, np.ndarray]]:
     art = json.loads((realdata / "humanart" / "test_humanart.json").read_text())
     for image in art["images"]:
         size = (image["width"], image["height"])
-        boxes = [official_box_xyxy(a["bbox"], size) for a in art["annotations"] if a["image_id"] == image["id"]]
+        boxes = [
+            official_box_xyxy(a["bbox"], size) for a in art["annotations"] if a["image_id"] == image["id"]
+        ]
         if boxes:
             path = realdata / "humanart" / image["file_name"].removeprefix("HumanArt/images/")
             cases.append((path, np.stack(boxes)))
     return cases
 
 
-# ---------------------------------------------------------------------------------------------------- transcription
+# ----------------------------------------------------------------------------------------------------
+# transcription
 def _official_image(path: Path) -> np.ndarray:
     """mmpose LoadImage: OpenCV decode to BGR; the evaluator reorders to RGB."""
     bgr = cv2.imdecode(np.frombuffer(path.read_bytes(), dtype=np.uint8), cv2.IMREAD_COLOR)
@@ -117,7 +132,8 @@ def _official_center_scale(box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _official_crop(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TopdownAffine(use_udp=True): box [c - s/2, c + s/2] onto crop pixel centres 0 .. size - 1, no rotation."""
+    """TopdownAffine(use_udp=True): box [c - s/2, c + s/2] onto crop pixel centres 0 .. size - 1, no rotation.
+    """
     center, scale = _official_center_scale(box)
     doubled = center * 2
     gain_x = (INPUT[0] - 1) / scale[0]
@@ -142,20 +158,24 @@ def _official_to_image(heatmaps: np.ndarray, center: np.ndarray, scale: np.ndarr
 
 @torch.no_grad()
 def _official_heatmaps(folder: Path, predictor: PosePredictor, crops: np.ndarray, flip: bool) -> torch.Tensor:
-    """SDPose_D_Pipeline on crops uint8 [B, h, w, 3] with the global RNG as it stands: heatmaps [B, K, H, W]."""
+    """SDPose_D_Pipeline on crops uint8 [B, h, w, 3] with the global RNG as it stands: heatmaps [B, K, H, W].
+    """
     from transformers import CLIPTextModel, CLIPTokenizer
 
     backbone, head = predictor.model.backbone, predictor.model.head
     vae, unet = backbone.vae, backbone.unet
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
-    ids = tokenizer("", padding="do_not_pad", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        "", padding="do_not_pad", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     text = text_encoder(ids)[0]  # [1, 2, D]
     rgb = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous().float() / 255.0 * 2 - 1  # [B, 3, h, w]
     batch = rgb.shape[0]
     inputs = [rgb, torch.flip(rgb, dims=[3])] if flip else [rgb]
-    latents = [vae.encode(x).latent_dist.sample() * vae.config.scaling_factor for x in inputs]  # all encodes first
+    latents = [
+        vae.encode(x).latent_dist.sample() * vae.config.scaling_factor for x in inputs
+    ]  # all encodes first
     code = torch.tensor([1.0, 0.0])[None]
     labels = torch.cat([torch.sin(code), torch.cos(code)], dim=-1).repeat(batch, 1)  # annotation task [B, 4]
     block = unet.up_blocks[FEATURE_SITES[predictor.metainfo.num_keypoints]]
@@ -173,13 +193,16 @@ def _official_heatmaps(folder: Path, predictor: PosePredictor, crops: np.ndarray
 
 # ---------------------------------------------------------------------------------------------------- crops
 def _captured_crops(predictor: PosePredictor, monkeypatch: pytest.MonkeyPatch) -> list:
-    """Record what the model is fed (crops as uint8 [B, h, w, 3] plus the call's options); heatmaps are zero."""
+    """Record what the model is fed (crops as uint8 [B, h, w, 3] plus the call's options); heatmaps are zero.
+    """
     calls: list = []
 
     def fake(crops: torch.Tensor, flip_indices=None, **options) -> torch.Tensor:
         as_uint8 = (crops * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         calls.append((as_uint8, flip_indices, options))
-        return torch.zeros(len(crops), predictor.metainfo.num_keypoints, crops.shape[2] // 4, crops.shape[3] // 4)
+        return torch.zeros(
+            len(crops), predictor.metainfo.num_keypoints, crops.shape[2] // 4, crops.shape[3] // 4
+        )
 
     monkeypatch.setattr(predictor.model, "predict_heatmaps", fake)
     return calls
@@ -190,7 +213,9 @@ def body(official_dirs: dict[int, Path]) -> PosePredictor:
     return PosePredictor.from_pretrained(official_dirs[17], sdpose_compat=True)
 
 
-def test_compat_crops_equal_the_official_crops(body: PosePredictor, realdata: Path, monkeypatch, mmpose_topdown_affine):
+def test_compat_crops_equal_the_official_crops(
+    body: PosePredictor, realdata: Path, monkeypatch, mmpose_topdown_affine
+):
     calls = _captured_crops(body, monkeypatch)
     mmpose_affine = mmpose_topdown_affine(INPUT)
     for path, boxes in _coco_cases(realdata):
@@ -202,8 +227,14 @@ def test_compat_crops_equal_the_official_crops(body: PosePredictor, realdata: Pa
             expected, center, scale = _official_crop(image, box)
             assert np.array_equal(crop, expected), f"{path.name} box {box}"
             # mmpose's own TopdownAffine on the BGR image, reordered afterwards, gives the same crop.
-            results = mmpose_affine({"img": np.ascontiguousarray(image[:, :, ::-1]), "bbox_center": center[None],
-                                     "bbox_scale": scale[None], "bbox_rotation": np.zeros(1, np.float32)})
+            results = mmpose_affine(
+                {
+                    "img": np.ascontiguousarray(image[:, :, ::-1]),
+                    "bbox_center": center[None],
+                    "bbox_scale": scale[None],
+                    "bbox_rotation": np.zeros(1, np.float32),
+                }
+            )
             assert np.array_equal(crop, results["img"][:, :, ::-1])
 
 
@@ -214,7 +245,12 @@ def test_boxes_as_the_official_loader_reads_them():
     x, y, w, h = 277.1183158543966, 45.699667786163765, 425.09126579259754, 533.5602652943344
     box = official_box_xyxy([x, y, w, h])
     assert box.dtype == np.float32
-    assert box.tolist() == [np.float32(x), np.float32(y), np.float32(x) + np.float32(w), np.float32(y) + np.float32(h)]
+    assert box.tolist() == [
+        np.float32(x),
+        np.float32(y),
+        np.float32(x) + np.float32(w),
+        np.float32(y) + np.float32(h),
+    ]
     assert box[2] > 640 and box[3] > 480
 
 
@@ -225,7 +261,9 @@ def test_demo_preprocessing_crops_and_maps_back_as_the_demo(official_dirs, reald
     boxes = np.array([[100.7, 20.2, 300.9, 460.5], [-20.0, 50.0, 2000.0, 300.0]], dtype=np.float32)
     # Planted heatmaps: one Gaussian per keypoint at known sub-pixel crop positions.
     planted = np.stack([np.linspace(40, 700, 17), np.linspace(60, 950, 17)], axis=-1)  # [17, 2] crop pixels
-    heatmaps = torch.from_numpy(UDPHeatmap(INPUT, HEATMAP, sigma=6).encode(planted).heatmaps)  # [17, 256, 192]
+    heatmaps = torch.from_numpy(
+        UDPHeatmap(INPUT, HEATMAP, sigma=6).encode(planted).heatmaps
+    )  # [17, 256, 192]
     fed = []
 
     def fake(crops: torch.Tensor, flip_indices=None, **options) -> torch.Tensor:
@@ -258,23 +296,28 @@ def test_demo_preprocessing_crops_and_maps_back_as_the_demo(official_dirs, reald
     assert np.abs(shifted - out.keypoints[0][0]).max() > 0.1
 
 
-# ---------------------------------------------------------------------------------------------------- decode quirks
+# ---------------------------------------------------------------------------------------------------- decode
+# quirks
 def test_decode_scaling_and_the_compensating_mapping_back(body: PosePredictor, realdata: Path, monkeypatch):
     """x768/191 and x1024/255 (not 767/1023), undone by `/ input_size * scale`: the exact UDP inverse."""
     heatmaps = torch.zeros(1, 17, HEATMAP[1], HEATMAP[0])
     heatmaps[0, :, 100, 50] = 1.0  # a single positive pixel: no sub-pixel shift (flat log neighbourhood)
     keypoints, _ = decode_udp_batched(heatmaps, INPUT)
     np.testing.assert_allclose(keypoints[0, 0].numpy(), [50 * 768 / 191, 100 * 1024 / 255], rtol=1e-6)
-    monkeypatch.setattr(body.model, "predict_heatmaps", lambda crops, flip_indices=None, **_: heatmaps.expand(
-        len(crops), -1, -1, -1).clone())
+    monkeypatch.setattr(
+        body.model,
+        "predict_heatmaps",
+        lambda crops, flip_indices=None, **_: heatmaps.expand(len(crops), -1, -1, -1).clone(),
+    )
     path, boxes = _coco_cases(realdata)[0]
     out = body(str(path), boxes=[boxes[:1]])
     center, scale = _official_center_scale(boxes[0])
     expected, _ = _official_to_image(heatmaps[0].numpy(), center, scale)
     np.testing.assert_allclose(out.keypoints[0][0], expected, atol=1e-4)
     # Heatmap pixel 50 of 0 .. 191 lands at 50/191 of the crop region: the UDP inverse, not 50/192.
-    np.testing.assert_allclose(out.keypoints[0][0, 0], center + scale * (np.array([50 / 191, 100 / 255]) - 0.5),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        out.keypoints[0][0, 0], center + scale * (np.array([50 / 191, 100 / 255]) - 0.5), atol=1e-4
+    )
 
 
 def test_non_positive_maps_decode_to_minus_one():
@@ -285,10 +328,13 @@ def test_non_positive_maps_decode_to_minus_one():
     keypoints, scores = decode_udp_batched(heatmaps)
     assert keypoints[0, [0, 2]].tolist() == [[-1.0, -1.0], [-1.0, -1.0]]
     assert scores[0, 0].item() < 0 and scores[0, 2].item() == pytest.approx(-0.2)
-    codec = pytest.importorskip("mmpose.codecs").UDPHeatmap(input_size=(96, 128), heatmap_size=(24, 32), sigma=2)
+    codec = pytest.importorskip("mmpose.codecs").UDPHeatmap(
+        input_size=(96, 128), heatmap_size=(24, 32), sigma=2
+    )
     official, _ = codec.decode(heatmaps[0].numpy().copy())
-    np.testing.assert_allclose(keypoints[0].numpy(), official[0] * np.array([23, 31]) / np.array([96, 128]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        keypoints[0].numpy(), official[0] * np.array([23, 31]) / np.array([96, 128]), atol=1e-5
+    )
     # An all-zero map (maximum 0) is not positive either; mmpose's own decode turns it into NaN (0 / 0).
     assert decode_udp_batched(torch.zeros(1, 1, 32, 24))[0].tolist() == [[[-1.0, -1.0]]]
 
@@ -301,7 +347,9 @@ def test_compat_decode_is_mmpose_bit_for_bit():
     cases = {
         "flat random": rng.standard_normal((6, 32, 24)).astype(np.float32),
         "peaks + noise": peaks + rng.normal(0, 0.01, peaks.shape).astype(np.float32),
-        "negative and zero maps": np.concatenate([-np.abs(peaks[:3]) - 0.1, np.zeros_like(peaks[:1]), peaks[:2]]),
+        "negative and zero maps": np.concatenate(
+            [-np.abs(peaks[:3]) - 0.1, np.zeros_like(peaks[:1]), peaks[:2]]
+        ),
     }
     codec = codecs.UDPHeatmap(input_size=size, heatmap_size=heatmap, sigma=2)
     for name, maps in cases.items():
@@ -309,7 +357,9 @@ def test_compat_decode_is_mmpose_bit_for_bit():
             expected, expected_scores = codec.decode(maps.copy())
         points, scores = decode_udp_official(maps)
         # Same float32 refinement, then mmpose's float64 scaling to input pixels.
-        np.testing.assert_array_equal(points / (np.asarray(heatmap) - 1) * np.asarray(size), expected[0], name)
+        np.testing.assert_array_equal(
+            points / (np.asarray(heatmap) - 1) * np.asarray(size), expected[0], name
+        )
         np.testing.assert_array_equal(scores, expected_scores[0], name)
     # A negative map keeps the -1 marker; the all-zero map is NaN in the original too (0 / 0 in its blur).
     points, _ = decode_udp_official(cases["negative and zero maps"])
@@ -337,12 +387,17 @@ def test_maps_below_the_log_clip_get_no_refinement():
     # ... stays on its integer pixel once the whole blurred map is under the 1e-3 clip.
     weak = peak * 5e-4
     assert torch.equal(refine_dark_udp_batched(coords, weak), coords)
-    codec = pytest.importorskip("mmpose.codecs").UDPHeatmap(input_size=(96, 128), heatmap_size=(24, 32), sigma=2)
+    codec = pytest.importorskip("mmpose.codecs").UDPHeatmap(
+        input_size=(96, 128), heatmap_size=(24, 32), sigma=2
+    )
     official, _ = codec.decode(weak[0].numpy())
-    np.testing.assert_allclose(official[0] * np.array([23, 31]) / np.array([96, 128]), coords[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        official[0] * np.array([23, 31]) / np.array([96, 128]), coords[0].numpy(), atol=1e-6
+    )
 
 
-# ---------------------------------------------------------------------------------------------------- end to end
+# ---------------------------------------------------------------------------------------------------- end to
+# end
 @pytest.mark.parametrize("num_keypoints, flip", [(17, True), (133, False)])
 def test_compat_predictions_equal_the_official_pipeline(official_dirs, realdata: Path, num_keypoints, flip):
     predictor = PosePredictor.from_pretrained(official_dirs[num_keypoints], sdpose_compat=True)
@@ -360,9 +415,10 @@ def test_compat_predictions_equal_the_official_pipeline(official_dirs, realdata:
     for index, (center, scale) in enumerate(frames):
         expected, scores = _official_to_image(heatmaps[index].numpy(), center, scale)
         # Measured: 3.5e-3 px / 3.8e-6 (body, flip) and 9.4e-3 px / 8.6e-6 (whole-body). The residual is the
-        # backbone's, upstream of everything compat controls: its posterior sample is mean * f + std * f * eps,
-        # not the official (mean + std * eps) * f (4.8e-7 in the latent), and its task code is sin/cos in
-        # float64 rounded to float32, not float32 sin/cos (1.6e-6 in the features). The random heads' flat maps
-        # make DARK amplify ~1e-5 of heatmap into ~1e-2 px; scores (heatmap maxima) show the agreement directly.
+        # backbone's, upstream of everything compat controls: its posterior sample is mean * f + std * f *
+        # eps, not the official (mean + std * eps) * f (4.8e-7 in the latent), and its task code is sin/cos in
+        # float64 rounded to float32, not float32 sin/cos (1.6e-6 in the features). The random heads' flat
+        # maps make DARK amplify ~1e-5 of heatmap into ~1e-2 px; scores (heatmap maxima) show the agreement
+        # directly.
         np.testing.assert_allclose(out.keypoints[0][index], expected, atol=2e-2, rtol=0)
         np.testing.assert_allclose(out.scores[0][index], scores, atol=5e-5, rtol=0)

@@ -171,7 +171,8 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def tiny_models(rebuild: str | None = "train_tiny") -> list[ModelEntry]:
-    """The models that ship in this repository, sorted by name: by default those `make tiny-models` retrains."""
+    """The models that ship in this repository, sorted by name: by default those `make tiny-models` retrains.
+    """
     entries = [get_entry(name) for name in available_models() if get_entry(name).is_local]
     return [entry for entry in entries if rebuild is None or entry.rebuild == rebuild]
 

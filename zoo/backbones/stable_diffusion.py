@@ -1,4 +1,5 @@
-"""The shared Stable Diffusion backbone: VAE, UNet, optional text stack, empty-prompt embedding, surgery, taps."""
+"""The shared Stable Diffusion backbone: VAE, UNet, optional text stack, empty-prompt embedding, surgery,
+taps."""
 
 from __future__ import annotations
 
@@ -34,18 +35,23 @@ class MissingWeightsError(FileNotFoundError):
 
 
 class CorruptWeightsError(OSError):
-    """A weights or config file is present but unreadable (truncated, corrupt, malformed); the message names it."""
+    """A weights or config file is present but unreadable (truncated, corrupt, malformed); the message names
+    it."""
 
 
-# diffusers' wording for a weights or config file that exists but cannot be parsed (truncated, corrupt, bad JSON).
-_UNREADABLE_WEIGHTS = re.compile(r"(?:Unable to load weights from checkpoint file for|the config file at) '([^']+)'")
+# diffusers' wording for a weights or config file that exists but cannot be parsed
+# (truncated, corrupt, bad JSON).
+_UNREADABLE_WEIGHTS = re.compile(
+    r"(?:Unable to load weights from checkpoint file for|the config file at) '([^']+)'"
+)
 
 
 def _missing_weights_message(source: str, detail: str) -> str:
     return (
         f"Stable Diffusion weights {source!r} are not available here ({detail}).\n"
-        f"Download them once, e.g. `huggingface-cli download {source} --local-dir checkpoints/{Path(source).name}`, "
-        f"then pass the folder `checkpoints/{Path(source).name}` (a diffusers folder with vae/, unet/ and either "
+        f"Download them once, e.g. `huggingface-cli download {source} "
+        f"--local-dir checkpoints/{Path(source).name}`, then pass the folder `checkpoints/{Path(source).name}` "
+        "(a diffusers folder with vae/, unet/ and either "
         f"{EMPTY_PROMPT_FILE} or text_encoder/ + tokenizer/)."
     )
 
@@ -81,7 +87,9 @@ def _vae_source(source: str, seen: tuple[str, ...] = ()) -> str:
             key = str(Path(source).resolve())
             if key in seen:
                 chain = " -> ".join([*seen, key])
-                raise CorruptWeightsError(f"{index}: 'vae_from' chain loops ({chain}); no folder holds the VAE")
+                raise CorruptWeightsError(
+                    f"{index}: 'vae_from' chain loops ({chain}); no folder holds the VAE"
+                )
             return _vae_source(resolve_source(base), (*seen, key))  # the base may itself reference another
     return source
 
@@ -107,8 +115,11 @@ def replicate_pad(images: torch.Tensor, multiple: int = LATENT_FACTOR) -> torch.
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
 
 
-def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A draw mean + std * eps from a diagonal Gaussian posterior (the same draw as diffusers' `.sample()`)."""
+def sample_latents(
+    mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A draw mean + std * eps from a diagonal Gaussian posterior (the same draw as diffusers' `.sample()`).
+    """
     noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return mean + std * noise
 
@@ -116,14 +127,19 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gener
 def widen_conv_in(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """A conv with `in_channels` inputs whose weights repeat the original ones, scaled to keep the activation.
 
-    With in_channels = 2 * original (Lotus-G / Marigold), feeding the same latent to both halves reproduces the
-    original conv's output: weights are repeated and halved, the bias is kept.
+    With in_channels = 2 * original (Lotus-G / Marigold), feeding the same latent to both halves reproduces
+    the original conv's output: weights are repeated and halved, the bias is kept.
     """
     if in_channels % conv.in_channels != 0:
         raise ValueError(f"cannot widen conv_in from {conv.in_channels} to {in_channels} channels")
     repeats = in_channels // conv.in_channels
     widened = nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        bias=conv.bias is not None,
     )
     with torch.no_grad():
         widened.weight.copy_(conv.weight.repeat(1, repeats, 1, 1) / repeats)  # [C_out, in_channels, k, k]
@@ -178,11 +194,11 @@ class StableDiffusionBackbone(nn.Module):
     ) -> StableDiffusionBackbone:
         """Load from a local diffusers folder or a hub id, component by component.
 
-        Works for folders whose model_index.json names a pipeline class diffusers lacks (official Lotus/SDPose):
-        only the subfolders are read. `with_task_switcher=True` (the choice of the families that use it: Lotus,
-        SDPose) adds the 4-d class projection when the UNet lacks it (new, randomly initialised, as the official
-        training scripts do with SD2); a plain SD UNet never grows one by default. `unet_in_channels` widens
-        conv_in.
+        Works for folders whose model_index.json names a pipeline class diffusers lacks
+        (official Lotus/SDPose): only the subfolders are read. `with_task_switcher=True`
+        (the choice of the families that use it: Lotus, SDPose) adds the 4-d class projection when the UNet
+        lacks it (new, randomly initialised, as the official training scripts do with SD2); a plain SD UNet
+        never grows one by default. `unet_in_channels` widens conv_in.
         """
         source = resolve_source(str(source))
         if local_files_only is None:
@@ -194,7 +210,9 @@ class StableDiffusionBackbone(nn.Module):
             common["torch_dtype"] = torch_dtype
         try:
             vae = AutoencoderKL.from_pretrained(**_where(_vae_source(source), "vae"), **common)
-            unet_config = UNet2DConditionModel.load_config(**_where(source, "unet"), local_files_only=local_files_only)
+            unet_config = UNet2DConditionModel.load_config(
+                **_where(source, "unet"), local_files_only=local_files_only
+            )
             unet_kwargs: dict[str, Any] = {}
             if with_task_switcher and unet_config.get("class_embed_type") is None:
                 # The official recipes start from SD2 and add a fresh projection MLP for the 4-d task code.
@@ -211,7 +229,9 @@ class StableDiffusionBackbone(nn.Module):
                     if isinstance(layer, nn.Linear):
                         layer.reset_parameters()
             scheduler = (
-                DDPMScheduler.from_pretrained(**_where(source, "scheduler"), local_files_only=local_files_only)
+                DDPMScheduler.from_pretrained(
+                    **_where(source, "scheduler"), local_files_only=local_files_only
+                )
                 if _has_component(source, "scheduler")
                 else None
             )
@@ -220,8 +240,9 @@ class StableDiffusionBackbone(nn.Module):
                 raise
             unreadable = _UNREADABLE_WEIGHTS.search(str(error))
             if unreadable:  # present but broken: downloading elsewhere would not help
-                raise CorruptWeightsError(f"{unreadable[1]}: corrupt, truncated or malformed file; re-download or "
-                                          "re-export it") from error
+                raise CorruptWeightsError(
+                    f"{unreadable[1]}: corrupt, truncated or malformed file; re-download or re-export it"
+                ) from error
             raise MissingWeightsError(_missing_weights_message(source, str(error).splitlines()[0])) from error
 
         text_encoder, tokenizer = None, None
@@ -230,7 +251,9 @@ class StableDiffusionBackbone(nn.Module):
                 text_encoder, tokenizer = _load_text_stack(source, common)
             except OSError as error:
                 raise MissingWeightsError(
-                    _missing_weights_message(source, f"neither {EMPTY_PROMPT_FILE} nor a loadable text_encoder/")
+                    _missing_weights_message(
+                        source, f"neither {EMPTY_PROMPT_FILE} nor a loadable text_encoder/"
+                    )
                 ) from error
         empty = _load_empty_prompt(source)
         if empty is None:
@@ -245,8 +268,9 @@ class StableDiffusionBackbone(nn.Module):
     ) -> None:
         """Write a diffusers-style folder: vae/, unet/, scheduler/, [text_encoder/, tokenizer/], empty prompt.
 
-        `vae_from` names the folder or hub id this (frozen, unchanged) VAE was loaded from: the VAE is then not
-        written again and from_pretrained reads it from there (fine-tuned models of one base share its VAE).
+        `vae_from` names the folder or hub id this (frozen, unchanged) VAE was loaded from: the VAE is then
+        not written again and from_pretrained reads it from there
+        (fine-tuned models of one base share its VAE).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -258,7 +282,10 @@ class StableDiffusionBackbone(nn.Module):
             self.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
         if include_text_encoder and self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder / "tokenizer")
-        save_file({"empty_prompt_embeds": self.empty_prompt_embeds.detach().cpu().contiguous()}, folder / EMPTY_PROMPT_FILE)
+        save_file(
+            {"empty_prompt_embeds": self.empty_prompt_embeds.detach().cpu().contiguous()},
+            folder / EMPTY_PROMPT_FILE,
+        )
         index = {"_class_name": "StableDiffusionBackbone", "_zoo": "zoo.backbones.StableDiffusionBackbone"}
         if vae_from is not None:
             index["vae_from"] = vae_from
@@ -280,17 +307,21 @@ class StableDiffusionBackbone(nn.Module):
         """Device of the UNet parameters."""
         return next(self.unet.parameters()).device
 
-    def encode_distribution(self, images: torch.Tensor, pad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior of images in [-1, 1] [B, 3, H, W]: scaled (mean, std), each [B, 4, ceil(H/8), ceil(W/8)].
+    def encode_distribution(
+        self, images: torch.Tensor, pad: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior of images in [-1, 1] [B, 3, H, W]: scaled (mean, std), each
+        [B, 4, ceil(H/8), ceil(W/8)].
 
-        Sizes that are not multiples of 8 are replicate-padded on the bottom/right (undo with decode(size=...));
-        pad=False feeds them as they are (the official Lotus pipeline does).
+        Sizes that are not multiples of 8 are replicate-padded on the bottom/right
+        (undo with decode(size=...)); pad=False feeds them as they are (the official Lotus pipeline does).
         """
         mean, std = self._posterior(images, pad)
         return mean * self.scaling_factor, std * self.scaling_factor
 
     def _posterior(self, images: torch.Tensor, pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior (mean, std) of [-1, 1] images in the VAE's own, unscaled units, float32 [B, 4, h, w]."""
+        """The VAE posterior (mean, std) of [-1, 1] images in the VAE's own, unscaled units, float32
+        [B, 4, h, w]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode expects [B, 3, H, W] images; got {tuple(images.shape)}")
         pixels = images.to(self.device, self.vae.dtype)
@@ -315,7 +346,8 @@ class StableDiffusionBackbone(nn.Module):
         if not sample:
             return self.encode_distribution(images, pad)[0]
         mean, std = self._posterior(images, pad)
-        # Drawn in the VAE's units, then scaled: (mean + std * eps) * f, the official pipelines' order of rounding.
+        # Drawn in the VAE's units, then scaled: (mean + std * eps) * f, the official pipelines' order of
+        # rounding.
         return sample_latents(mean, std, generator) * self.scaling_factor
 
     def encode_images(
@@ -325,7 +357,8 @@ class StableDiffusionBackbone(nn.Module):
         generator: torch.Generator | None = None,
         pad: bool = True,
     ) -> torch.Tensor:
-        """Encode images in [0, 1] [B, 3, H, W] (what readers and predictors hold) to scaled latents; see encode."""
+        """Encode images in [0, 1] [B, 3, H, W] (what readers and predictors hold) to scaled latents; see
+        encode."""
         return self.encode(images * 2 - 1, sample, generator, pad)
 
     def encode_images_distribution(
@@ -335,7 +368,8 @@ class StableDiffusionBackbone(nn.Module):
         return self.encode_distribution(images * 2 - 1, pad)
 
     def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Decode scaled latents [B, 4, h, w] to images in roughly [-1, 1] [B, 3, 8h, 8w], cropped to `size`."""
+        """Decode scaled latents [B, 4, h, w] to images in roughly [-1, 1] [B, 3, 8h, 8w], cropped to `size`.
+        """
         latents = self._in_memory_format(latents.to(self.vae.dtype) / self.scaling_factor)
         with self._autocast():
             images = self.vae.decode(latents).sample  # [B, 3, 8h, 8w]
@@ -352,7 +386,9 @@ class StableDiffusionBackbone(nn.Module):
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text embeddings of arbitrary prompts, padded to the tokenizer's max length: [B, 77, D]."""
         if self.text_encoder is None or self.tokenizer is None:
-            raise RuntimeError("this backbone was loaded without its text encoder; pass load_text_encoder=True")
+            raise RuntimeError(
+                "this backbone was loaded without its text encoder; pass load_text_encoder=True"
+            )
         return encode_prompts(self.text_encoder, self.tokenizer, list(prompts), pad=True)
 
     def task_codes(self, task: Task, batch_size: int) -> torch.Tensor:
@@ -373,10 +409,12 @@ class StableDiffusionBackbone(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One UNet call on [B, C, h, w] with the empty prompt and the task code unless given; returns [B, 4, h, w].
+        """One UNet call on [B, C, h, w] with the empty prompt and the task code unless given; returns
+        [B, 4, h, w].
 
-        `task` may list several tasks for a batch stacked task by task (the first B/T rows carry the first code,
-        ...): one call serves the annotation and the reconstruction halves of a joint training batch.
+        `task` may list several tasks for a batch stacked task by task
+        (the first B/T rows carry the first code, ...): one call serves the annotation and the reconstruction
+        halves of a joint training batch.
         """
         batch = sample.shape[0]
         if encoder_hidden_states is None:
@@ -396,7 +434,8 @@ class StableDiffusionBackbone(nn.Module):
         return out.float()
 
     def _in_memory_format(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` [B, C, h, w] in the declared memory format: results must not depend on the caller's strides."""
+        """`tensor` [B, C, h, w] in the declared memory format: results must not depend on the caller's
+        strides."""
         # A channels-last-strided input switches CPU kernels (GroupNorm above all) to a less precise path.
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         return tensor.contiguous(memory_format=layout)
@@ -405,7 +444,9 @@ class StableDiffusionBackbone(nn.Module):
         """Register named feature taps on UNet sites (see zoo.backbones.taps); call .remove() when done."""
         return FeatureTaps(self.unet, sites)
 
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int = FINAL_TIMESTEP) -> torch.Tensor:
+    def add_noise(
+        self, latents: torch.Tensor, noise: torch.Tensor, timestep: int = FINAL_TIMESTEP
+    ) -> torch.Tensor:
         """DDPM forward process q(x_t | x_0) at `timestep` (Lotus-G training)."""
         timesteps = torch.full((latents.shape[0],), timestep, device=latents.device, dtype=torch.long)
         return self.scheduler.add_noise(latents, noise, timesteps)
@@ -426,8 +467,9 @@ class StableDiffusionBackbone(nn.Module):
         product) or "math" (plain processor, for bit-exact comparisons). vae_dtype casts the frozen VAE.
         channels_last: channels-last weights and inputs (every VAE/UNet input is made contiguous otherwise).
         PyTorch's CPU GroupNorm is imprecise on channels-last float32 input (tiny VAE, 768x1024 black-bordered
-        crop: latent 2.0e-3 from a float64 computation, against 1.0e-6 contiguous), so on the CPU the GroupNorms
-        still get contiguous input (latent 4.9e-6 from float64); other devices run fully channels-last.
+        crop: latent 2.0e-3 from a float64 computation, against 1.0e-6 contiguous), so on the CPU the
+        GroupNorms still get contiguous input (latent 4.9e-6 from float64); other devices run fully
+        channels-last.
         """
         self.autocast_dtype = _dtype(autocast_dtype)
         if gradient_checkpointing:
@@ -449,7 +491,9 @@ class StableDiffusionBackbone(nn.Module):
             handle.remove()
         self._groupnorm_hooks = []
         if channels_last:
-            norms = [m for part in (self.unet, self.vae) for m in part.modules() if isinstance(m, nn.GroupNorm)]
+            norms = [
+                m for part in (self.unet, self.vae) for m in part.modules() if isinstance(m, nn.GroupNorm)
+            ]
             self._groupnorm_hooks = [norm.register_forward_pre_hook(_contiguous_on_cpu) for norm in norms]
         if compile_unet:
             self.unet = torch.compile(self.unet)
@@ -516,8 +560,15 @@ def _contiguous_on_cpu(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, .
 
 
 def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
-    aliases = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-               "fp32": None, "float32": None, None: None}
+    aliases = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": None,
+        "float32": None,
+        None: None,
+    }
     if isinstance(value, torch.dtype):
         return None if value == torch.float32 else value
     if value not in aliases:
@@ -544,7 +595,8 @@ def _load_text_stack(source: str, common: Mapping[str, Any]) -> tuple[nn.Module,
 
 
 def encode_prompts(text_encoder: nn.Module, tokenizer: Any, prompts: list[str], pad: bool) -> torch.Tensor:
-    """CLIP hidden states of `prompts`: [B, L, D]; pad=False keeps only BOS/EOS for "" (Lotus/Marigold trick)."""
+    """CLIP hidden states of `prompts`: [B, L, D]; pad=False keeps only BOS/EOS for "" (Lotus/Marigold trick).
+    """
     tokens = tokenizer(
         prompts,
         padding="do_not_pad" if not pad else "max_length",

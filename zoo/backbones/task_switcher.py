@@ -20,7 +20,8 @@ def task_code(task: Task) -> torch.Tensor:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(_TASK_INDEX)}")
     one_hot = torch.zeros(2, dtype=torch.float32)
     one_hot[_TASK_INDEX[task]] = 1.0
-    # sin/cos in float32, as the official Lotus and SDPose code computes them (float64 rounds sin 1 differently).
+    # sin/cos in float32, as the official Lotus and SDPose code computes them
+    # (float64 rounds sin 1 differently).
     return torch.cat([torch.sin(one_hot), torch.cos(one_hot)])  # [4]
 
 

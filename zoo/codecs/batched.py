@@ -16,7 +16,8 @@ _LOG_MIN, _LOG_MAX = 1e-3, 50.0
 
 @cache
 def _blur_kernel_1d(kernel_size: int) -> np.ndarray:
-    # OpenCV's kernel for sigma=0 (derived from the size; a fixed table for sizes <= 7): what mmpose's blur uses.
+    # OpenCV's kernel for sigma=0 (derived from the size; a fixed table for sizes <= 7): what mmpose's blur
+    # uses.
     return cv2.getGaussianKernel(kernel_size, 0).astype(np.float32).ravel()  # [k]
 
 
@@ -40,7 +41,8 @@ def heatmap_argmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _blurred_neighbourhood(coords: torch.Tensor, heatmaps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     # Blurred values at the 3x3 pixels around each integer maximum, computed from a local patch instead of
-    # blurring whole maps: the patch is (3 + kernel - 1)^2 pixels, zero outside the map (the blur's zero padding).
+    # blurring whole maps: the patch is (3 + kernel - 1)^2 pixels, zero outside the map
+    # (the blur's zero padding).
     n, k, h, w = heatmaps.shape
     half = kernel_size // 2
     offsets = torch.arange(-1 - half, 2 + half, device=heatmaps.device)  # [S], S = kernel_size + 2
@@ -69,7 +71,8 @@ def refine_dark_udp_batched(
         raise ValueError(f"blur kernel size must be odd, got {blur_kernel_size}")
     n, k, h, w = heatmaps.shape
     local = _blurred_neighbourhood(coords, heatmaps, blur_kernel_size)  # [N, K, 3, 3]
-    # mmpose pads the log-map by repeating its edge: a neighbour outside the map reads the nearest pixel inside.
+    # mmpose pads the log-map by repeating its edge: a neighbour outside the map reads the nearest pixel
+    # inside.
     x = coords[..., 0].long()  # [N, K]
     y = coords[..., 1].long()
     steps = torch.tensor([-1, 0, 1], device=heatmaps.device)
@@ -120,7 +123,8 @@ def decode_udp_batched(
     input_size: Sequence[int] | None = None,
     blur_kernel_size: int = 11,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode UDP heatmaps [N, K, H, W] to keypoints [N, K, 2] and scores [N, K] (mmpose `UDPHeatmap.decode`, batched).
+    """Decode UDP heatmaps [N, K, H, W] to keypoints [N, K, 2] and scores [N, K]
+    (mmpose `UDPHeatmap.decode`, batched).
 
     With `input_size` (w, h) the keypoints are in input-image pixels, scaled as mmpose does
     (`heatmap_xy / (W - 1, H - 1) * input_size`); without it they are in heatmap pixels.
@@ -142,7 +146,8 @@ def decode_udp_batched(
 
 
 def flip_heatmaps(heatmaps: torch.Tensor, flip_indices: Sequence[int]) -> torch.Tensor:
-    """Mirror heatmaps [N, K, H, W] horizontally and swap left/right channels (flip test; no shift under UDP)."""
+    """Mirror heatmaps [N, K, H, W] horizontally and swap left/right channels (flip test; no shift under UDP).
+    """
     if heatmaps.ndim != 4:
         raise ValueError(f"heatmaps must be [N, K, H, W], got shape {tuple(heatmaps.shape)}")
     if len(flip_indices) != heatmaps.shape[1]:

@@ -1,11 +1,13 @@
-"""The official SDPose-OOD heatmap decode reproduced operation by operation (mmpose's UDPHeatmap.decode, numpy).
+"""The official SDPose-OOD heatmap decode reproduced operation by operation
+(mmpose's UDPHeatmap.decode, numpy).
 
-zoo.codecs.batched computes the same argmax + DARK-UDP refinement in torch with a local blur; its sums run in a
-different order, which on flat heatmaps (tiny or random heads, where the Hessian is nearly singular) moves keypoints
-by up to 0.02 input pixels. `PosePredictor(sdpose_compat=True)` decodes with this module, one instance at a time
-as the official code does, so that equal heatmaps give equal keypoints. Quirks kept on purpose: a map whose maximum
-is <= 0 keeps the marker -1 as its integer position and is then refined from whatever its padded neighbourhood
-holds (for a negative map: clipped constants, so it stays -1); an all-zero map divides 0 by 0 and decodes to NaN.
+zoo.codecs.batched computes the same argmax + DARK-UDP refinement in torch with a local blur; its sums run in
+a different order, which on flat heatmaps (tiny or random heads, where the Hessian is nearly singular) moves
+keypoints by up to 0.02 input pixels. `PosePredictor(sdpose_compat=True)` decodes with this module, one
+instance at a time as the official code does, so that equal heatmaps give equal keypoints. Quirks kept on
+purpose: a map whose maximum is <= 0 keeps the marker -1 as its integer position and is then refined from
+whatever its padded neighbourhood holds (for a negative map: clipped constants, so it stays -1); an all-zero
+map divides 0 by 0 and decodes to NaN.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ _LOG_MIN, _LOG_MAX = 1e-3, 50.0
 
 
 def heatmap_maximum_official(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer (x, y) float32 [K, 2] of each map's first maximum in row-major order (-1 where it is <= 0), [K]."""
+    """Integer (x, y) float32 [K, 2] of each map's first maximum in row-major order (-1 where it is <= 0),
+    [K]."""
     num, height, width = heatmaps.shape
     flat = heatmaps.reshape(num, height * width)
     index = np.argmax(flat, axis=1)  # numpy: the first maximum on ties
@@ -29,7 +32,8 @@ def heatmap_maximum_official(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _log_blurred(heatmaps: np.ndarray, kernel_size: int) -> np.ndarray:
-    """Log of each map blurred on a zero border, rescaled to its own maximum and clipped: float32 [K, H, W]."""
+    """Log of each map blurred on a zero border, rescaled to its own maximum and clipped: float32 [K, H, W].
+    """
     border = (kernel_size - 1) // 2
     logs = np.empty_like(heatmaps)
     with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero map is 0 / 0 here, as in the original
@@ -42,14 +46,20 @@ def _log_blurred(heatmaps: np.ndarray, kernel_size: int) -> np.ndarray:
 
 
 def refine_dark_udp_official(points: np.ndarray, heatmaps: np.ndarray, kernel_size: int = 11) -> np.ndarray:
-    """One Newton step on the blurred log-maps [K, H, W] from integer points [K, 2]: refined float32 [K, 2]."""
+    """One Newton step on the blurred log-maps [K, H, W] from integer points [K, 2]: refined float32 [K, 2].
+    """
     num, height, width = heatmaps.shape
     stride = width + 2
     # The neighbourhood is read from the flattened edge-padded maps, as the original indexes them: a -1 marker
-    # sits on the padded corner, and its left/upper neighbours then belong to the previous map (or wrap around).
-    flat = np.pad(_log_blurred(heatmaps.astype(np.float32), kernel_size), ((0, 0), (1, 1), (1, 1)), mode="edge")
+    # sits on the padded corner, and its left/upper neighbours then belong to the previous map
+    # (or wrap around).
+    flat = np.pad(
+        _log_blurred(heatmaps.astype(np.float32), kernel_size), ((0, 0), (1, 1), (1, 1)), mode="edge"
+    )
     flat = flat.ravel()
-    base = (points[:, 0] + 1 + (points[:, 1] + 1) * stride).astype(np.int64) + stride * (height + 2) * np.arange(num)
+    base = (points[:, 0] + 1 + (points[:, 1] + 1) * stride).astype(np.int64) + stride * (
+        height + 2
+    ) * np.arange(num)
 
     def at(offset: int) -> np.ndarray:
         return flat[base + offset]  # [K]

@@ -19,7 +19,8 @@ class EncodedHeatmaps(NamedTuple):
 
 
 class UDPHeatmap:
-    """Encode keypoints (input-image pixels) to UDP Gaussian heatmaps and decode heatmaps back with DARK-UDP."""
+    """Encode keypoints (input-image pixels) to UDP Gaussian heatmaps and decode heatmaps back with DARK-UDP.
+    """
 
     def __init__(
         self,
@@ -52,7 +53,8 @@ class UDPHeatmap:
         )
 
     def encode(self, keypoints: np.ndarray, keypoints_visible: np.ndarray | None = None) -> EncodedHeatmaps:
-        """Encode one instance's keypoints [K, 2] (or [1, K, 2]) and visibilities [K] into heatmaps and weights."""
+        """Encode one instance's keypoints [K, 2] (or [1, K, 2]) and visibilities [K] into heatmaps and
+        weights."""
         keypoints = np.asarray(keypoints)
         if keypoints.ndim == 3:
             if keypoints.shape[0] != 1:
@@ -113,10 +115,12 @@ class UDPHeatmap:
         return keypoints[0].numpy(), scores[0].numpy()
 
     def decode_batch(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode a batch of heatmaps [N, K, H, W] to keypoints [N, K, 2] in input pixels and scores [N, K]."""
+        """Decode a batch of heatmaps [N, K, H, W] to keypoints [N, K, 2] in input pixels and scores [N, K].
+        """
         if tuple(heatmaps.shape[:1:-1]) != self.heatmap_size:
             raise ValueError(
-                f"heatmaps must be [N, K, {self.heatmap_size[1]}, {self.heatmap_size[0]}], got {tuple(heatmaps.shape)}"
+                f"heatmaps must be [N, K, {self.heatmap_size[1]}, {self.heatmap_size[0]}], "
+                f"got {tuple(heatmaps.shape)}"
             )
         return decode_udp_batched(heatmaps, self.input_size, self.blur_kernel_size)
 

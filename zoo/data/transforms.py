@@ -1,10 +1,11 @@
 """Top-down pose transforms: the one affine path for keypoint-moving geometry, plus appearance augmentations.
 
 Geometry follows mmpose 1.x's top-down pipeline (GetBBoxCenterScale -> RandomFlip -> RandomHalfBody ->
-RandomBBoxTransform -> TopdownAffine(use_udp=True)), but every geometric step is folded into a single 2x3 matrix
-that warps the image once and moves the keypoints with the same numbers. Appearance augmentations come after the
-warp: photometric distortion, then the clean crop is cached (the reconstruction target of SDPose's RGB branch), then
-the corruption block (blur, median blur, coarse dropout) that only the network input sees.
+RandomBBoxTransform -> TopdownAffine(use_udp=True)), but every geometric step is folded into a single 2x3
+matrix that warps the image once and moves the keypoints with the same numbers. Appearance augmentations come
+after the warp: photometric distortion, then the clean crop is cached
+(the reconstruction target of SDPose's RGB branch), then the corruption block
+(blur, median blur, coarse dropout) that only the network input sees.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def fix_aspect_ratio(scale: np.ndarray, aspect_ratio: float) -> np.ndarray:
 def udp_warp_matrix(
     center: Sequence[float], scale: Sequence[float], rotation: float, output_size: tuple[int, int]
 ) -> np.ndarray:
-    """Image -> crop affine [2, 3] under UDP: the box [c - s/2, c + s/2] maps onto pixel centres [0, size - 1].
+    """Image -> crop affine [2, 3] under UDP: the box [c - s/2, c + s/2] maps onto pixel centres
+    [0, size - 1].
 
     Same convention as mmpose's `get_udp_warp_matrix` (rotation in degrees, counter-clockwise in the image),
     computed in float64 so that crop -> image round trips stay exact.
@@ -106,7 +108,8 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def flip_keypoints(
     keypoints: np.ndarray, keypoints_visible: np.ndarray, image_width: int, flip_indices: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror keypoints [..., K, 2] horizontally (x -> W - 1 - x) and swap left/right ids (mmpose RandomFlip)."""
+    """Mirror keypoints [..., K, 2] horizontally (x -> W - 1 - x) and swap left/right ids (mmpose RandomFlip).
+    """
     flip_indices = np.asarray(flip_indices, dtype=np.int64)
     if flip_indices.shape[0] != keypoints.shape[-2]:
         raise ValueError(
@@ -150,8 +153,8 @@ def keypoints_to_image(
 ) -> np.ndarray:
     """Map crop-space keypoints [..., K, 2] back to image space with each sample's `warp_matrix` [..., 2, 3].
 
-    Where a sample was flipped, its keypoint ids are swapped back too, so that id k names the same joint of the
-    person in the original image. Keypoints must be in crop pixels (UDP: 0 .. size - 1 spans the box).
+    Where a sample was flipped, its keypoint ids are swapped back too, so that id k names the same joint of
+    the person in the original image. Keypoints must be in crop pixels (UDP: 0 .. size - 1 spans the box).
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
     points = transform_points(keypoints, invert_affine(warp_matrix))
@@ -166,37 +169,43 @@ def keypoints_to_image(
 def decoded_to_crop(keypoints: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
     """Keypoints [..., K, 2] from an mmpose-style UDP decode -> crop pixels, ready for `keypoints_to_image`.
 
-    mmpose's UDPHeatmap.decode scales heatmap coordinates by input_size / (heatmap - 1), while crop pixels under
-    UDP are (input_size - 1) / (heatmap - 1) per heatmap pixel; this rescaling makes `keypoints_to_image` give
-    exactly mmpose's `kpt / input_size * scale + center - scale / 2`.
+    mmpose's UDPHeatmap.decode scales heatmap coordinates by input_size / (heatmap - 1), while crop pixels
+    under UDP are (input_size - 1) / (heatmap - 1) per heatmap pixel; this rescaling makes
+    `keypoints_to_image` give exactly mmpose's `kpt / input_size * scale + center - scale / 2`.
     """
     size = np.asarray(input_size, dtype=np.float64)
     return np.asarray(keypoints, dtype=np.float64) * (size - 1) / size
 
 
-def udp_heatmap_to_crop(points: np.ndarray, heatmap_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
-    """Heatmap-pixel keypoints [..., K, 2] -> crop pixels under UDP (pixel centres onto pixel centres), float64."""
+def udp_heatmap_to_crop(
+    points: np.ndarray, heatmap_size: tuple[int, int], input_size: tuple[int, int]
+) -> np.ndarray:
+    """Heatmap-pixel keypoints [..., K, 2] -> crop pixels under UDP (pixel centres onto pixel centres),
+    float64."""
     factor = (np.asarray(input_size, dtype=np.float64) - 1) / (np.asarray(heatmap_size, dtype=np.float64) - 1)
     return np.asarray(points, dtype=np.float64) * factor
 
 
 def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """Warp an image [H, W, C] with an affine [2, 3] to `output_size` (w, h), bilinear, zero border (as mmpose)."""
+    """Warp an image [H, W, C] with an affine [2, 3] to `output_size` (w, h), bilinear, zero border
+    (as mmpose)."""
     return cv2.warpAffine(image, matrix, (int(output_size[0]), int(output_size[1])), flags=cv2.INTER_LINEAR)
 
 
-# ---------------------------------------------------------------------------------------------------- official paths
-# The official SDPose-OOD evaluation runs mmpose's top-down path on float32 numpy values (numpy 1.26 there): box,
-# centre and scale are float32 arrays and the UDP warp matrix is stored in float32. The functions below evaluate the
-# same expressions on the same dtypes, so that the crops match pixel for pixel; the default path above works in
-# float64, which changes up to 754 values of a 768x1024 crop of the COCO samples, by up to 6 grey levels.
+# ----------------------------------------------------------------------------------------------------
+# official paths The official SDPose-OOD evaluation runs mmpose's top-down path on float32 numpy values
+# (numpy 1.26 there): box, centre and scale are float32 arrays and the UDP warp matrix is stored in float32.
+# The functions below evaluate the same expressions on the same dtypes, so that the crops match pixel for
+# pixel; the default path above works in float64, which changes up to 754 values of a 768x1024 crop of the
+# COCO samples, by up to 6 grey levels.
 
 
 def official_box_xyxy(bbox_xywh: Sequence[float], image_size: tuple[int, int] | None = None) -> np.ndarray:
     """A COCO (x, y, w, h) box as the official loader reads it: float32 (x1, y1, x2, y2), shape [4].
 
-    With `image_size` (w, h) it is a ground-truth box: corners computed in float64 and clipped to the last pixel
-    centre (w - 1, h - 1). Without it it is a detection box: cast to float32 first, added in float32, not clipped.
+    With `image_size` (w, h) it is a ground-truth box: corners computed in float64 and clipped to the last
+    pixel centre (w - 1, h - 1). Without it it is a detection box: cast to float32 first, added in float32,
+    not clipped.
     """
     x, y, w, h = (float(v) for v in bbox_xywh[:4])
     if image_size is None:
@@ -204,15 +213,20 @@ def official_box_xyxy(bbox_xywh: Sequence[float], image_size: tuple[int, int] | 
         box[2:] += box[:2]
         return box
     width, height = image_size
-    corners = [np.clip(x, 0, width - 1), np.clip(y, 0, height - 1), np.clip(x + w, 0, width - 1),
-               np.clip(y + h, 0, height - 1)]
+    corners = [
+        np.clip(x, 0, width - 1),
+        np.clip(y, 0, height - 1),
+        np.clip(x + w, 0, width - 1),
+        np.clip(y + h, 0, height - 1),
+    ]
     return np.array(corners, dtype=np.float32)
 
 
 def official_center_scale(
     bbox_xyxy: np.ndarray, input_size: tuple[int, int], padding: float = BBOX_PADDING
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Box centre and padded, aspect-fixed scale (w, h) in float32 arrays [2], as mmpose's eval pipeline has them."""
+    """Box centre and padded, aspect-fixed scale (w, h) in float32 arrays [2], as mmpose's eval pipeline has
+    them."""
     box = np.asarray(bbox_xyxy, dtype=np.float32).reshape(4)
     center = (box[2:] + box[:2]) * 0.5
     scale = (box[2:] - box[:2]) * padding
@@ -223,8 +237,11 @@ def official_center_scale(
     return center, scale
 
 
-def official_udp_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """The UDP image -> crop affine [2, 3] in float32 from float32 centre/scale [2] (no rotation, as at eval)."""
+def official_udp_warp_matrix(
+    center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]
+) -> np.ndarray:
+    """The UDP image -> crop affine [2, 3] in float32 from float32 centre/scale [2] (no rotation, as at eval).
+    """
     cx, sx, sy = center[0], scale[0], scale[1]  # numpy float32 scalars, as the official code indexes them
     factor_x = (output_size[0] - 1) / sx
     factor_y = (output_size[1] - 1) / sy
@@ -246,9 +263,10 @@ def official_keypoints_to_image(
 ) -> np.ndarray:
     """Heatmap-pixel keypoints [..., K, 2] -> image pixels as the official code maps them, in float64.
 
-    mmpose's UDPHeatmap.decode scales by input_size / (heatmap - 1) (x768/191, x1024/255), and the mapping back
-    `kpt / input_size * scale + center - scale / 2` compensates: the result is `heatmap / (heatmap - 1) * scale
-    + center - scale / 2`, the exact UDP inverse. `center`, `scale` [..., 2] are float32, broadcast per instance.
+    mmpose's UDPHeatmap.decode scales by input_size / (heatmap - 1) (x768/191, x1024/255), and the mapping
+    back `kpt / input_size * scale + center - scale / 2` compensates: the result is
+    `heatmap / (heatmap - 1) * scale + center - scale / 2`, the exact UDP inverse. `center`, `scale` [..., 2]
+    are float32, broadcast per instance.
     """
     size = np.asarray(input_size)
     decoded = np.asarray(heatmap_points, dtype=np.float32) / (np.asarray(heatmap_size) - 1) * size  # float64
@@ -259,8 +277,9 @@ def official_keypoints_to_image(
 def stretch_crop(
     image: np.ndarray, bbox_xyxy: Sequence[float], input_size: tuple[int, int]
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The official demo's crop: the box truncated to integers and clamped to the image, stretched to `input_size`
-    (w, h) with PIL bilinear, no padding and no aspect fix. Returns the crop [h, w, 3] and its region (x, y, w, h).
+    """The official demo's crop: the box truncated to integers and clamped to the image, stretched to
+    `input_size` (w, h) with PIL bilinear, no padding and no aspect fix. Returns the crop [h, w, 3] and its
+    region (x, y, w, h).
 
     A box that clamps to nothing falls back to the whole image, as the demo does.
     """
@@ -282,11 +301,12 @@ def stretched_to_image(
     input_size: tuple[int, int],
     official: bool = False,
 ) -> np.ndarray:
-    """Heatmap-pixel keypoints [..., K, 2] of stretch crops with regions (x, y, w, h) [..., 4] -> image pixels.
+    """Heatmap-pixel keypoints [..., K, 2] of stretch crops with regions (x, y, w, h) [..., 4] -> image
+    pixels.
 
-    official=True is the demo's mapping of the decoded input pixels (x768/191): `kpt * w / 768 + x`, which ignores
-    both the decode's 768/767 factor and the half-pixel offset of the resize. Otherwise the UDP crop pixel
-    u = heatmap * 767/191 maps through the resize's pixel centres: `x + (u + 0.5) * w / 768 - 0.5`.
+    official=True is the demo's mapping of the decoded input pixels (x768/191): `kpt * w / 768 + x`, which
+    ignores both the decode's 768/767 factor and the half-pixel offset of the resize. Otherwise the UDP crop
+    pixel u = heatmap * 767/191 maps through the resize's pixel centres: `x + (u + 0.5) * w / 768 - 0.5`.
     """
     points = np.asarray(heatmap_points, dtype=np.float32)
     region = np.asarray(region, dtype=np.float64)[..., None, :]
@@ -301,7 +321,8 @@ def stretched_to_image(
 
 @dataclass(frozen=True)
 class TopDownAugmentation:
-    """Random geometry and appearance settings for top-down training (defaults: mmpose / SDPose's pipeline)."""
+    """Random geometry and appearance settings for top-down training (defaults: mmpose / SDPose's pipeline).
+    """
 
     flip_prob: float = 0.5
     # RandomHalfBody: keep only the upper or lower body when enough joints are labelled.
@@ -318,10 +339,11 @@ class TopDownAugmentation:
     scale_prob: float = 1.0
     rotate_factor: float = 80.0
     rotate_prob: float = 0.6
-    # PhotometricDistortion (brightness +-32, contrast and saturation x[0.5, 1.5], hue +-18 of 180), each p=0.5.
+    # PhotometricDistortion (brightness +-32, contrast and saturation x[0.5, 1.5], hue +-18 of 180), each
+    # p=0.5.
     photometric: bool = True
-    # SDPose's corruption block after the cached clean crop: Blur p=0.1, MedianBlur p=0.1, one CoarseDropout hole
-    # of 20-40% of each side with p=1.0.
+    # SDPose's corruption block after the cached clean crop: Blur p=0.1, MedianBlur p=0.1, one CoarseDropout
+    # hole of 20-40% of each side with p=1.0.
     blur_prob: float = 0.1
     median_blur_prob: float = 0.1
     dropout_prob: float = 1.0
@@ -329,7 +351,8 @@ class TopDownAugmentation:
 
 
 class TopDownSample(TypedDict):
-    """Output of `TopDownTransform`: uint8 crops [h, w, 3], keypoints in crop pixels, and the crop geometry."""
+    """Output of `TopDownTransform`: uint8 crops [h, w, 3], keypoints in crop pixels, and the crop geometry.
+    """
 
     image: np.ndarray  # [h, w, 3] uint8, corrupted network input
     clean_image: np.ndarray  # [h, w, 3] uint8, the crop before the corruption block
@@ -355,7 +378,8 @@ class TopDownTransform:
         upper_body_ids: Sequence[int] = (),
         lower_body_ids: Sequence[int] = (),
     ) -> None:
-        """`input_size` is the crop (w, h), e.g. (192, 256) or SDPose's (768, 1024); no augmentation = eval."""
+        """`input_size` is the crop (w, h), e.g. (192, 256) or SDPose's (768, 1024); no augmentation = eval.
+        """
         if len(input_size) != 2 or min(input_size) < 2:
             raise ValueError(f"input_size must be (w, h) with both >= 2; got {input_size}")
         if augmentation is not None and augmentation.flip_prob > 0 and flip_indices is None:
@@ -414,7 +438,8 @@ class TopDownTransform:
         keypoints_visible: np.ndarray | None = None,
         rng: np.random.Generator | None = None,
     ) -> tuple[CropGeometry, np.ndarray | None, np.ndarray | None]:
-        """Draw the crop geometry; returns it with the keypoints [K, 2] / visibility [K] in its (flipped) frame."""
+        """Draw the crop geometry; returns it with the keypoints [K, 2] / visibility [K] in its (flipped)
+        frame."""
         center, scale = bbox_xyxy_to_center_scale(bbox_xyxy, self.padding)
         rotation, flip = 0.0, False
         aug = self.augmentation
@@ -440,7 +465,8 @@ class TopDownTransform:
                 scale = scale * (jitter[2] * (high - low) * 0.5 + (high + low) * 0.5)
             if rng.random() < aug.rotate_prob:
                 rotation = float(jitter[3] * aug.rotate_factor)
-        # The aspect fix comes last, as in mmpose's TopdownAffine, so that every box jitter keeps the crop ratio.
+        # The aspect fix comes last, as in mmpose's TopdownAffine, so that every box jitter keeps the crop
+        # ratio.
         scale = fix_aspect_ratio(scale, self.input_size[0] / self.input_size[1])
         geometry = CropGeometry(
             center=(float(center[0]), float(center[1])),

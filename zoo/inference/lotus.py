@@ -1,4 +1,5 @@
-"""LotusPredictor: depth/disparity or surface normals from images, in the style of diffusers' Marigold pipelines."""
+"""LotusPredictor: depth/disparity or surface normals from images, in the style of diffusers' Marigold
+pipelines."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class LotusPredictor:
 
     @property
     def task(self) -> str:
-        """"depth" or "normals"."""
+        """ "depth" or "normals"."""
         return self.model.task
 
     @classmethod
@@ -93,7 +94,9 @@ class LotusPredictor:
         disparity = meta.get("disparity", False) if disparity is None else disparity
         if mode is None or task is None:
             raise ValueError(f"{source}: no zoo_model.json; pass mode ('g'/'d') and task ('depth'/'normals')")
-        backbone = StableDiffusionBackbone.from_pretrained(source, with_task_switcher=True, torch_dtype=torch_dtype)
+        backbone = StableDiffusionBackbone.from_pretrained(
+            source, with_task_switcher=True, torch_dtype=torch_dtype
+        )
         backbone.use_tiny_autoencoder(tiny_autoencoder, vae)
         return cls(backbone.to(device).eval(), mode, task, disparity, lotus_compat)
 
@@ -112,8 +115,10 @@ class LotusPredictor:
     @staticmethod
     def _decode(images: Sequence[ImageInput], first: int) -> list[torch.Tensor]:
         """Inputs -> [3, H, W] tensors in [0, 1]; decoded batch by batch so memory follows batch_size."""
-        return [torch.from_numpy(load_rgb(image, name=f"image {first + i}")).permute(2, 0, 1)
-                for i, image in enumerate(images)]
+        return [
+            torch.from_numpy(load_rgb(image, name=f"image {first + i}")).permute(2, 0, 1)
+            for i, image in enumerate(images)
+        ]
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -134,7 +139,9 @@ class LotusPredictor:
         if processing_resolution is None:
             processing_resolution = self.default_processing_resolution
         if processing_resolution < 0 or (processing_resolution % 8 and not self.lotus_compat):
-            raise ValueError(f"processing_resolution must be 0 or a positive multiple of 8; got {processing_resolution}")
+            raise ValueError(
+                f"processing_resolution must be 0 or a positive multiple of 8; got {processing_resolution}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         if latents is not None and generator is not None:
@@ -152,14 +159,21 @@ class LotusPredictor:
             offset = start
             for group in groups:
                 chunk_latents = None if latents is None else latents[offset : offset + len(group)]
-                prediction, latent = self.model.predict(torch.stack(group), processing_resolution,
-                                                        match_input_resolution, generator, chunk_latents,
-                                                        compat=self.lotus_compat)
+                prediction, latent = self.model.predict(
+                    torch.stack(group),
+                    processing_resolution,
+                    match_input_resolution,
+                    generator,
+                    chunk_latents,
+                    compat=self.lotus_compat,
+                )
                 predictions.extend(prediction.cpu())
                 out_latents.extend(latent.cpu())
                 offset += len(group)
-        return LotusOutput(self._format(predictions, output_type), torch.stack(out_latents)
-                           if len({tuple(t.shape) for t in out_latents}) == 1 else None)
+        return LotusOutput(
+            self._format(predictions, output_type),
+            torch.stack(out_latents) if len({tuple(t.shape) for t in out_latents}) == 1 else None,
+        )
 
     @staticmethod
     def _format(predictions: list[torch.Tensor], output_type: str) -> np.ndarray | torch.Tensor | list:
@@ -204,7 +218,8 @@ class LotusPredictor:
         return colorize_normals(prediction)
 
     def save(self, prediction: np.ndarray, stem: str | Path) -> list[Path]:
-        """Write `<stem>.png` (16-bit depth, or 8-bit RGB normals), `<stem>.npy` and `<stem>_vis.png` atomically."""
+        """Write `<stem>.png` (16-bit depth, or 8-bit RGB normals), `<stem>.npy` and `<stem>_vis.png`
+        atomically."""
         from PIL import Image
 
         stem = Path(stem)

@@ -1,6 +1,8 @@
-"""Top-down pose prediction API: person boxes -> aspect-preserving UDP crops -> SDPose heatmaps -> image keypoints.
+"""Top-down pose prediction API: person boxes -> aspect-preserving UDP crops -> SDPose heatmaps -> image
+keypoints.
 
-`sdpose_compat=True` reproduces the official SDPose-OOD numbers; `crop_mode="stretch"` the official demo's crops.
+`sdpose_compat=True` reproduces the official SDPose-OOD numbers; `crop_mode="stretch"` the official demo's
+crops.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class PoseOutput:
 def detection_boxes(
     det_file: str | os.PathLike, image_ids: Sequence[int], score_thr: float = 0.0, category_id: int = 1
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Person boxes of a COCO detection result file for `image_ids`: ([N, 4] xyxy per image, [N] scores per image)."""
+    """Person boxes of a COCO detection result file for `image_ids`:
+    ([N, 4] xyxy per image, [N] scores per image)."""
     boxes: dict[int, list[np.ndarray]] = defaultdict(list)
     scores: dict[int, list[float]] = defaultdict(list)
     for det in read_detections(det_file):
@@ -91,7 +94,8 @@ def hog_person_boxes(image: np.ndarray, score_thr: float = 0.0) -> tuple[np.ndar
 
 
 def read_image_opencv(path: str | os.PathLike) -> np.ndarray:
-    """RGB uint8 [H, W, 3] decoded as the official evaluation does: OpenCV's `imdecode` (BGR), reordered to RGB."""
+    """RGB uint8 [H, W, 3] decoded as the official evaluation does: OpenCV's `imdecode` (BGR), reordered to
+    RGB."""
     import cv2
 
     data = np.fromfile(str(path), dtype=np.uint8)
@@ -102,7 +106,8 @@ def read_image_opencv(path: str | os.PathLike) -> np.ndarray:
 
 
 def _local_folder(source: str | os.PathLike) -> Path:
-    """A local folder as is; a hub id ("teemosliang/SDPose-Body") from the Hugging Face cache or a download."""
+    """A local folder as is; a hub id ("teemosliang/SDPose-Body") from the Hugging Face cache or a download.
+    """
     if Path(source).is_dir():
         return Path(source)
     from huggingface_hub import snapshot_download
@@ -110,10 +115,13 @@ def _local_folder(source: str | os.PathLike) -> Path:
     from zoo.backbones import MissingWeightsError
 
     try:
-        return Path(snapshot_download(str(source), local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1"))
+        return Path(
+            snapshot_download(str(source), local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1")
+        )
     except Exception as error:  # offline, unknown repo or no network: say what to fetch, whatever the cause
         raise MissingWeightsError(
-            f"SDPose weights {str(source)!r} are not available here ({type(error).__name__}). Download them once, "
+            f"SDPose weights {str(source)!r} are not available here ({type(error).__name__}). "
+            "Download them once, "
             f"e.g. `huggingface-cli download {source} --local-dir checkpoints/{Path(str(source)).name}`, "
             f"then pass that folder."
         ) from error
@@ -122,19 +130,21 @@ def _local_folder(source: str | os.PathLike) -> Path:
 class PosePredictor:
     """SDPose top-down predictor: `PosePredictor.from_pretrained(folder)(images, boxes=...)` -> PoseOutput.
 
-    Crops of all persons of all images in a call are pooled and run `batch_size` at a time, so one backbone call
-    serves persons from several images.
+    Crops of all persons of all images in a call are pooled and run `batch_size` at a time, so one backbone
+    call serves persons from several images.
 
-    The default mode is deterministic and exact in its own terms: PIL decoding (EXIF orientation applied), box,
-    centre, scale and warp matrix in float64, the VAE posterior mode, one batched call for crops and mirrored
-    crops under flip test, and the exact inverse affine back to the image. `sdpose_compat=True` reproduces the
-    official SDPose-OOD evaluation instead: files decoded by OpenCV (BGR -> RGB), float32 box arithmetic and warp
-    matrix, a VAE posterior *sample* (global RNG unless `generator`), the mirrored crops as a second encode and
-    UNet call, mmpose's numpy decode (zoo.codecs.official) and the official float64 mapping back. The official
-    evaluation runs with flip_test=True.
-    `crop_mode="stretch"` crops as the official demo does (integer box clamped to the image, stretched to the
-    input size with PIL bilinear; the demo runs without flip test); with sdpose_compat it also maps keypoints back
-    with the demo's formula, otherwise through the resize's pixel centres.
+    The default mode is deterministic and exact in its own terms: PIL decoding (EXIF orientation applied),
+    box, centre, scale and warp matrix in float64, the VAE posterior mode, one batched call for crops and
+    mirrored crops under flip test, and the exact inverse affine back to the image. `sdpose_compat=True`
+    reproduces the official SDPose-OOD evaluation instead: files decoded by OpenCV (BGR -> RGB), float32 box
+    arithmetic and warp matrix, a VAE posterior *sample* (global RNG unless `generator`), the mirrored crops
+    as a second encode and UNet call, mmpose's numpy decode (zoo.codecs.official) and the official float64
+    mapping back. The official evaluation runs with flip_test=True. `crop_mode="stretch"` crops as the
+    official demo does
+    (integer box clamped to the image, stretched to the input size with PIL bilinear; the demo runs without
+    flip test);
+    with sdpose_compat it also maps keypoints back with the demo's formula, otherwise through the resize's
+    pixel centres.
     """
 
     family = "sdpose"
@@ -173,10 +183,12 @@ class PosePredictor:
         vae: str = "full",
         tiny_autoencoder: str | os.PathLike | None = None,
     ) -> PosePredictor:
-        """Load an exported folder (zoo_model.json) or an official SDPose checkpoint folder (decoder/ + unet/).
+        """Load an exported folder (zoo_model.json) or an official SDPose checkpoint folder
+        (decoder/ + unet/).
 
-        `dtype` ("bf16", "fp16", torch dtype) runs the UNet and VAE under autocast; see the class for the modes.
-        `vae="tiny"` encodes the crops with the AutoencoderTiny folder `tiny_autoencoder` (pose never decodes).
+        `dtype` ("bf16", "fp16", torch dtype) runs the UNet and VAE under autocast; see the class for the
+        modes. `vae="tiny"` encodes the crops with the AutoencoderTiny folder `tiny_autoencoder`
+        (pose never decodes).
         """
         folder = _local_folder(folder)
         if (folder / MODEL_CONFIG_FILE).is_file():
@@ -186,7 +198,8 @@ class PosePredictor:
 
             if not is_official_layout(folder):
                 raise FileNotFoundError(
-                    f"{folder} is neither an exported SDPose folder ({MODEL_CONFIG_FILE}) nor an official SDPose "
+                    f"{folder} is neither an exported SDPose folder ({MODEL_CONFIG_FILE}) "
+                    "nor an official SDPose "
                     "checkpoint (unet/ + decoder/decoder.safetensors); see checkpoints/README.md"
                 )
             model, config = load_official_sdpose(folder)
@@ -205,11 +218,15 @@ class PosePredictor:
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if boxes is not None:
             if len(boxes) != len(images):
-                raise ValueError(f"boxes must hold one [N, 4] array per image: {len(boxes)} for {len(images)} images")
+                raise ValueError(
+                    f"boxes must hold one [N, 4] array per image: {len(boxes)} for {len(images)} images"
+                )
             out = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
             for index, b in enumerate(out):
                 if (b[:, 2:] <= b[:, :2]).any():
-                    raise ValueError(f"image {index}: boxes must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1")
+                    raise ValueError(
+                        f"image {index}: boxes must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
+                    )
             if box_scores is None:
                 return out, [np.ones(len(b), dtype=np.float32) for b in out]
             scores = [np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
@@ -217,14 +234,19 @@ class PosePredictor:
                 raise ValueError("box_scores must hold one score per box")
             return out, scores
         if box_source == "whole_image":
-            # Affine: the UDP pixel-centre extent 0 .. W-1, as GT boxes are clipped; stretch: the demo's full image.
+            # Affine: the UDP pixel-centre extent 0 .. W-1, as GT boxes are clipped; stretch: the demo's full
+            # image.
             last = 1 if self.crop_mode == "affine" else 0
-            out = [np.array([[0, 0, im.shape[1] - last, im.shape[0] - last]], dtype=np.float32) for im in images]
+            out = [
+                np.array([[0, 0, im.shape[1] - last, im.shape[0] - last]], dtype=np.float32) for im in images
+            ]
             return out, [np.ones(1, dtype=np.float32) for _ in images]
         if box_source == "hog":
             pairs = [hog_person_boxes(im) for im in images]
             return [p[0] for p in pairs], [p[1] for p in pairs]
-        raise ValueError(f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}")
+        raise ValueError(
+            f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}"
+        )
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
@@ -243,8 +265,8 @@ class PosePredictor:
         boxes: one [N, 4] (x1, y1, x2, y2) array per image (N may be 0); without them `box_source` supplies
         them: "whole_image" (one person per image) or "hog" (OpenCV's people detector). For a COCO detection
         file use `detection_boxes(det_file, image_ids)`. flip_test averages with mirrored crops (2x cost).
-        generator: the RNG of the posterior samples under sdpose_compat (the global RNG when None; with the same
-        seed and batch_size the draws are the official evaluation's).
+        generator: the RNG of the posterior samples under sdpose_compat
+        (the global RNG when None; with the same seed and batch_size the draws are the official evaluation's).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -265,8 +287,11 @@ class PosePredictor:
             keypoints = self._to_image(heatmap_points, np.stack(frames))
         splits = np.cumsum(counts)[:-1]
         return PoseOutput(
-            keypoints=np.split(keypoints, splits), scores=np.split(scores, splits),
-            boxes=person_boxes, box_scores=person_scores, metainfo=self.metainfo,
+            keypoints=np.split(keypoints, splits),
+            scores=np.split(scores, splits),
+            boxes=person_boxes,
+            box_scores=person_scores,
+            metainfo=self.metainfo,
         )
 
     def _load(self, image: Any) -> np.ndarray:
@@ -276,7 +301,8 @@ class PosePredictor:
         return load_rgb_uint8(image)
 
     def _crop(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One person crop uint8 [h, w, 3] and what maps it back: affine [2, 3], centre + scale [4] or region [4]."""
+        """One person crop uint8 [h, w, 3] and what maps it back: affine [2, 3], centre + scale [4] or region
+        [4]."""
         if self.crop_mode == "stretch":
             crop, region = stretch_crop(image, box, self.input_size)
             return crop, np.asarray(region, dtype=np.float64)
@@ -284,8 +310,9 @@ class PosePredictor:
             center, scale = official_center_scale(box, self.input_size, self.padding)  # float32 [2] each
             matrix = official_udp_warp_matrix(center, scale, self.input_size)  # float32 [2, 3]
             return warp_image(image, matrix, self.input_size), np.concatenate([center, scale])
-        sample = self.transform(image, box, np.zeros((self.metainfo.num_keypoints, 2)),
-                                np.zeros(self.metainfo.num_keypoints))
+        sample = self.transform(
+            image, box, np.zeros((self.metainfo.num_keypoints, 2)), np.zeros(self.metainfo.num_keypoints)
+        )
         return sample["image"], sample["geometry"].matrix()
 
     def _to_image(self, heatmap_points: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -294,7 +321,9 @@ class PosePredictor:
         if self.crop_mode == "stretch":
             points = stretched_to_image(heatmap_points, size, frames, self.input_size, self.sdpose_compat)
         elif self.sdpose_compat:
-            points = official_keypoints_to_image(heatmap_points, size, self.input_size, frames[:, :2], frames[:, 2:])
+            points = official_keypoints_to_image(
+                heatmap_points, size, self.input_size, frames[:, :2], frames[:, 2:]
+            )
         else:
             points = keypoints_to_image(udp_heatmap_to_crop(heatmap_points, size, self.input_size), frames)
         return points.astype(np.float32)
@@ -302,16 +331,22 @@ class PosePredictor:
     def _predict_crops(
         self, crops: np.ndarray, flip_test: bool, batch_size: int, generator: torch.Generator | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Crops uint8 [M, h, w, 3] -> heatmap-pixel keypoints [M, K, 2] and scores [M, K] (heatmap maxima)."""
+        """Crops uint8 [M, h, w, 3] -> heatmap-pixel keypoints [M, K, 2] and scores [M, K] (heatmap maxima).
+        """
         flip_indices = self.metainfo.flip_indices if flip_test else None
         keypoints, scores = [], []
         for start in range(0, len(crops), batch_size):
             chunk = torch.from_numpy(crops[start : start + batch_size]).to(self.device)
             chunk = chunk.permute(0, 3, 1, 2).float() / 255.0  # [b, 3, h, w] in [0, 1]
             if self.sdpose_compat:
-                heatmaps = self.model.predict_heatmaps(chunk, flip_indices, official=True, generator=generator)
+                heatmaps = self.model.predict_heatmaps(
+                    chunk, flip_indices, official=True, generator=generator
+                )
                 # The official numpy decode, instance by instance: the batched one sums in another order.
-                pairs = [decode_udp_official(maps, self.blur_kernel_size) for maps in heatmaps.float().cpu().numpy()]
+                pairs = [
+                    decode_udp_official(maps, self.blur_kernel_size)
+                    for maps in heatmaps.float().cpu().numpy()
+                ]
                 keypoints.append(np.stack([points for points, _ in pairs]))  # [b, K, 2] heatmap pixels
                 scores.append(np.stack([confidence for _, confidence in pairs]))  # [b, K]
             else:

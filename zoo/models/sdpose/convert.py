@@ -1,9 +1,10 @@
 """Load and convert the official released SDPose checkpoints (teemosliang/SDPose-Body, -Wholebody).
 
 Official layout (reference §1.4): diffusers folders unet/ (with the 4-d task-switcher projection), vae/,
-text_encoder/, tokenizer/, scheduler/, a model_index.json naming SDPose_D_Pipeline (a class diffusers lacks), and
-the mmpose HeatmapHead state dict in decoder/decoder.safetensors. No empty-prompt cache and no zoo_model.json: the
-backbone computes the empty prompt from the text encoder once, and the head's shapes say body or whole-body.
+text_encoder/, tokenizer/, scheduler/, a model_index.json naming SDPose_D_Pipeline (a class diffusers lacks),
+and the mmpose HeatmapHead state dict in decoder/decoder.safetensors. No empty-prompt cache and no
+zoo_model.json: the backbone computes the empty prompt from the text encoder once, and the head's shapes say
+body or whole-body.
 """
 
 from __future__ import annotations
@@ -74,9 +75,13 @@ def convert_head_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.T
                 name = f"final_layer.{parts[2]}" if index == last else f"conv_layers.{index}.{parts[2]}"
             remapped[name] = tensor
         converted = remapped
-    unknown = sorted(n for n in converted if n.split(".")[0] not in ("deconv_layers", "conv_layers", "final_layer"))
+    unknown = sorted(
+        n for n in converted if n.split(".")[0] not in ("deconv_layers", "conv_layers", "final_layer")
+    )
     if unknown:
-        raise ValueError(f"unexpected head parameters {unknown[:5]}: not an SDPose/mmpose HeatmapHead state dict")
+        raise ValueError(
+            f"unexpected head parameters {unknown[:5]}: not an SDPose/mmpose HeatmapHead state dict"
+        )
     return converted
 
 
@@ -87,13 +92,23 @@ def official_config(unet: torch.nn.Module, head_state: dict[str, torch.Tensor]) 
         raise ValueError(f"official SDPose heads have 17 or 133 keypoints; this one has {num_keypoints}")
     metainfo = OFFICIAL_SCHEMES[num_keypoints]
     site = OFFICIAL_FEATURE_SITES[metainfo]
-    in_channels = int(head_state["deconv_layers.0.weight"].shape[0])  # ConvTranspose2d weight: [in, out, 4, 4]
+    in_channels = int(
+        head_state["deconv_layers.0.weight"].shape[0]
+    )  # ConvTranspose2d weight: [in, out, 4, 4]
     if in_channels != feature_channels(unet, site):
         raise ValueError(
-            f"the head takes {in_channels} channels but {site} of this UNet has {feature_channels(unet, site)}"
+            f"the head takes {in_channels} channels but {site} of this UNet has "
+            f"{feature_channels(unet, site)}"
         )
-    return {"family": "sdpose", "metainfo": metainfo, "num_keypoints": num_keypoints, "feature_site": site,
-            "timestep": FINAL_TIMESTEP, "bbox_padding": BBOX_PADDING, **OFFICIAL_CODEC}
+    return {
+        "family": "sdpose",
+        "metainfo": metainfo,
+        "num_keypoints": num_keypoints,
+        "feature_site": site,
+        "timestep": FINAL_TIMESTEP,
+        "bbox_padding": BBOX_PADDING,
+        **OFFICIAL_CODEC,
+    }
 
 
 def load_official_sdpose(
@@ -103,12 +118,16 @@ def load_official_sdpose(
     folder = Path(folder)
     if not is_official_layout(folder):
         raise FileNotFoundError(f"{folder} lacks unet/ or {HEAD_FILE}: not an official SDPose checkpoint")
-    backbone = StableDiffusionBackbone.from_pretrained(folder, with_task_switcher=True, torch_dtype=torch_dtype)
+    backbone = StableDiffusionBackbone.from_pretrained(
+        folder, with_task_switcher=True, torch_dtype=torch_dtype
+    )
     state = convert_head_state_dict(load_file(str(folder / HEAD_FILE)))
     config = official_config(backbone.unet, state)
     deconv = [int(state["deconv_layers.0.weight"].shape[1])]
     conv = [int(state["conv_layers.0.weight"].shape[0])] if "conv_layers.0.weight" in state else []
-    head = HeatmapHead(feature_channels(backbone.unet, config["feature_site"]), config["num_keypoints"], deconv, conv)
+    head = HeatmapHead(
+        feature_channels(backbone.unet, config["feature_site"]), config["num_keypoints"], deconv, conv
+    )
     head.load_state_dict(state, strict=True)
     load_metainfo(config["metainfo"])  # fail now, not at prediction time, if the scheme is unknown
     return SDPose(backbone, config["num_keypoints"], config["feature_site"], head).eval(), config
