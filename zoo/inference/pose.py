@@ -26,6 +26,7 @@ from zoo.data.transforms import (
     TopDownTransform,
     bbox_xywh_to_xyxy,
     keypoints_to_image,
+    official_box_xyxy,
     official_center_scale,
     official_keypoints_to_image,
     official_udp_warp_matrix,
@@ -66,7 +67,9 @@ def detection_boxes(
     scores: dict[int, list[float]] = defaultdict(list)
     for det in read_detections(det_file):
         if det.category_id == category_id and det.score >= score_thr:
-            boxes[det.image_id].append(bbox_xywh_to_xyxy(det.bbox))
+            # Added in float32, as the official loader reads detection boxes (float64 rounds some corners
+            # differently: 49 of the 131 sample detections).
+            boxes[det.image_id].append(official_box_xyxy(det.bbox))
             scores[det.image_id].append(det.score)
     return (
         [np.asarray(boxes[i], dtype=np.float32).reshape(-1, 4) for i in image_ids],
