@@ -34,18 +34,24 @@ def _marigold_pipeline(backbone: StableDiffusionBackbone):
     return pipeline
 
 
+def tiny_lotus_backbone() -> StableDiffusionBackbone:
+    """The committed tiny backbone with the task switcher Lotus adds (its UNet, like SD2's, has none)."""
+    return load_tiny_backbone(with_task_switcher=True)
+
+
 def training_step_peak_kib(
     gradient_checkpointing: bool,
     size: int,
     batch: int,
-    build: Callable[[], StableDiffusionBackbone] = load_tiny_backbone,
+    build: Callable[[], StableDiffusionBackbone] | None = None,
     in_process: bool = False,
 ) -> int:
     """Peak resident memory growth (KiB) of one Lotus-D training step, run in a fresh process.
 
     `build` makes the backbone there (a module-level function or partial, so it pickles): the committed tiny
-    backbone by default. `in_process` runs it here instead (dry runs: no process start-up).
+    backbone with the task switcher by default. `in_process` runs it here instead (dry runs: no start-up).
     """
+    build = build or tiny_lotus_backbone
     if in_process:
         return _measure_training_step(gradient_checkpointing, size, batch, build)
     context = multiprocessing.get_context("spawn")
@@ -90,7 +96,7 @@ def run(
     if dry_run:
         size, batch, repeats = 16, 1, 1
     torch.set_num_threads(threads)
-    backbone = load_tiny_backbone().eval()
+    backbone = tiny_lotus_backbone().eval()
     predictor = LotusPredictor(backbone, "d", "depth")
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
