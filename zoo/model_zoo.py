@@ -81,6 +81,17 @@ _VIDEO_POSE_SMOKE = (
 
 FAMILIES = (
     {
+        # Not a perception family: the recipe that distils the tiny VAE into an AutoencoderTiny (TAESD layout),
+        # the fast autoencoder of StableDiffusionBackbone.use_tiny_autoencoder (checkpoints/tiny/taesd).
+        "name": "autoencoder_tiny",
+        "model": "zoo.models.autoencoder_tiny.model:tiny_taesd",
+        "module": "zoo.models.autoencoder_tiny.module:AutoencoderTinyDistillation",
+        "datamodule": "zoo.data.depth_datamodule:DepthNormalDataModule",
+        "predictor": None,
+        "output_kind": "autoencoder",
+        "smoke_overrides": _DEPTH_SMOKE,
+    },
+    {
         "name": "lotus",
         "model": "zoo.models.lotus.model:Lotus",
         "module": "zoo.models.lotus.module:LotusModule",

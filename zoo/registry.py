@@ -39,8 +39,11 @@ class FamilySpec:
     model: str  # the nn.Module with the inference core
     module: str  # the LightningModule (tools/train.py, tools/eval.py)
     datamodule: str  # its LightningDataModule
-    predictor: str  # the inference API class (from_pretrained)
-    output_kind: str  # what a prediction is: "dense", "keypoints", "video_keypoints", "text", "image"
+    # The inference API class (from_pretrained); None for training recipes of backbone parts (autoencoder_tiny).
+    predictor: str | None
+    # What a prediction is: "dense", "keypoints", "video_keypoints", "text", "image", or "autoencoder" (a
+    # backbone part, used through StableDiffusionBackbone.use_tiny_autoencoder).
+    output_kind: str
     annotator_adapter: str | None = (
         None  # the Annotator's TaskAdapter for this family, if it annotates images
     )

@@ -32,6 +32,8 @@ class AutoencoderTinyDistillation(pl.LightningModule):
     same ones; training uses `crop`-pixel crops (0: whole images).
     """
 
+    family = "autoencoder_tiny"
+
     def __init__(
         self,
         backbone: str = "checkpoints/tiny/backbone",
