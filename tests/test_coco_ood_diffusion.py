@@ -229,8 +229,25 @@ def test_missing_or_unusable_weights_name_the_folder(
         register_diffusion_styles(partial)
     with pytest.raises(CocoOodError, match="ControlNet weights folder .*no-controlnet does not exist"):
         SDControlNetPoseStyle(sd_folders[0], tmp_path / "no-controlnet", "a sketch")
-    # The tiny perception backbone has a task-switcher UNet: refused on load with the reason.
-    perception = SDImg2ImgStyle(tiny_backbone_dir, "a sketch", **TINY)
+    # The tiny backbone is a text-to-image model (no class embedding, as SD2): it restyles.
+    restyled, _ = SDImg2ImgStyle(tiny_backbone_dir, "a sketch", **TINY).apply(
+        np.zeros((16, 16, 3), np.uint8), np.random.default_rng(0), []
+    )
+    assert restyled.shape == (16, 16, 3) and restyled.dtype == np.uint8
+    # A perception UNet with the task switcher is refused on load, with the reason.
+    import shutil
+
+    import torch
+
+    from zoo.backbones import StableDiffusionBackbone
+
+    perception_dir = tmp_path / "perception"
+    shutil.copytree(tiny_backbone_dir, perception_dir)
+    shutil.rmtree(perception_dir / "unet")
+    torch.manual_seed(0)
+    switched = StableDiffusionBackbone.from_pretrained(tiny_backbone_dir, with_task_switcher=True)
+    switched.unet.save_pretrained(perception_dir / "unet")
+    perception = SDImg2ImgStyle(perception_dir, "a sketch", **TINY)
     with pytest.raises(DiffusionWeightsError, match="class embedding"):
         perception.apply(np.zeros((16, 16, 3), np.uint8), np.random.default_rng(0), [])
 
