@@ -26,7 +26,9 @@ install-mmpose:
 demo: install
 	$(PYTHON) tools/demo.py
 
+# Lint first (line length 110 included): a style error fails the suite as a test would.
 test: install
+	$(MAKE) --no-print-directory lint
 	$(PYTHON) -m pytest -q
 
 test-slow: install

@@ -78,12 +78,16 @@ def test_predictors_take_the_vae_switch(taesd_folder: Path) -> None:
     from zoo.inference.pose import PosePredictor
 
     image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
-    lotus = LotusPredictor.from_pretrained(str(REPO_ROOT / "checkpoints" / "tiny" / "lotus_depth_d"),
-                                           vae="tiny-decode", tiny_autoencoder=str(taesd_folder))
+    lotus = LotusPredictor.from_pretrained(
+        str(REPO_ROOT / "checkpoints" / "tiny" / "lotus_depth_d"),
+        vae="tiny-decode",
+        tiny_autoencoder=str(taesd_folder),
+    )
     assert isinstance(lotus.backbone.vae, TinyAutoencoderRoute) and lotus.backbone.vae.mode == "tiny-decode"
     assert lotus(image, processing_resolution=32).prediction.shape == (1, 32, 32, 1)
-    pose = PosePredictor.from_pretrained(REPO_ROOT / "checkpoints" / "tiny" / "sdpose_body", vae="tiny",
-                                         tiny_autoencoder=taesd_folder)
+    pose = PosePredictor.from_pretrained(
+        REPO_ROOT / "checkpoints" / "tiny" / "sdpose_body", vae="tiny", tiny_autoencoder=taesd_folder
+    )
     assert pose.model.backbone.vae.mode == "tiny"
     assert pose((image * 255).astype(np.uint8)).keypoints[0].shape == (1, 17, 2)
 

@@ -16,8 +16,16 @@ import benchmark  # noqa: E402
 # diffpose: its dry run (half a minute) is tests/test_diffpose.py::test_video_folder_and_benchmark_dry_run.
 @pytest.mark.parametrize("mode", ["lotus", "pose", "cocood", "mustafar"])
 def test_tiny_benchmark_modes_dry_run(mode: str, realdata: Path, capsys: pytest.CaptureFixture) -> None:
-    benchmark.main([mode, "--dry-run", "--coco-ann", str(realdata / "coco" / "test_coco.json"),
-                    "--coco-images", str(realdata / "coco")])
+    benchmark.main(
+        [
+            mode,
+            "--dry-run",
+            "--coco-ann",
+            str(realdata / "coco" / "test_coco.json"),
+            "--coco-images",
+            str(realdata / "coco"),
+        ]
+    )
     assert "|" in capsys.readouterr().out  # a table was printed
 
 
@@ -44,8 +52,14 @@ def test_sd2_scale_dry_run_prints_every_table(tmp_path: Path) -> None:
     out = tmp_path / "sd2.md"
     benchmark.main(["lotus", "--scale", "sd2", "--dry-run", "--out", str(out)])
     text = out.read_text()
-    for title in ("Cost split", "Lotus predictors vs their bare calls", "MarigoldNormalsPipeline, v1-0 paper",
-                  "Fast autoencoder", "SDPose top-down", "gradient checkpointing"):
+    for title in (
+        "Cost split",
+        "Lotus predictors vs their bare calls",
+        "MarigoldNormalsPipeline, v1-0 paper",
+        "Fast autoencoder",
+        "SDPose top-down",
+        "gradient checkpointing",
+    ):
         assert title in text, title
     assert "composed from measured costs" in text and "| measured |" in text
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Benchmarks with printed tables; every ratio is measured side by side within one run.
 
-    python tools/benchmark.py lotus               # tiny backbone: predictor vs bare calls vs Marigold; memory
-    python tools/benchmark.py lotus --scale sd2   # SD2-base size (random weights): cost split, Lotus vs bare
-                                                  # calls and Marigold, TAESD, SDPose persons/s, training memory
-    python tools/benchmark.py pose                # batched heatmap decoding vs mmpose; tiny top-down persons/s
-    python tools/benchmark.py cocood              # COCO-OOD images/s per style with 1 and 2 workers
-    python tools/benchmark.py autoencoder         # tiny models' accuracy: full VAE vs tiny decode vs tiny both
-    python tools/benchmark.py diffpose            # DiffPose video persons/s vs steps x ensemble; feature reuse
-    python tools/benchmark.py mustafar            # Mustafar SD encoder images/s at s = 0 and s = 4; tokens/site
-    python tools/benchmark.py gpu                 # the prepared CUDA run (make benchmark-gpu), table to --out
+    python tools/benchmark.py lotus              # tiny backbone: predictor vs bare calls vs Marigold; memory
+    python tools/benchmark.py lotus --scale sd2  # SD2-base size (random weights): cost split, Lotus vs bare
+                                                 # calls and Marigold, TAESD, SDPose persons/s, memory
+    python tools/benchmark.py pose               # batched heatmap decoding vs mmpose; tiny top-down persons/s
+    python tools/benchmark.py cocood             # COCO-OOD images/s per style with 1 and 2 workers
+    python tools/benchmark.py autoencoder        # tiny models' accuracy: full VAE vs tiny decode vs tiny both
+    python tools/benchmark.py diffpose           # DiffPose video persons/s vs steps x ensemble; feature reuse
+    python tools/benchmark.py mustafar           # Mustafar SD encoder images/s at s = 0 and s = 4; tokens
+    python tools/benchmark.py gpu                # the prepared CUDA run (make benchmark-gpu), table to --out
     python tools/benchmark.py all
 
 --dry-run runs any mode once at tiny sizes on the CPU (what tests/test_benchmarks.py does).
@@ -28,17 +28,22 @@ REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen benchmark(s)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["lotus", "pose", "cocood", "autoencoder", "diffpose", "mustafar", "gpu",
-                                          "all"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    modes = ["lotus", "pose", "cocood", "autoencoder", "diffpose", "mustafar", "gpu", "all"]
+    parser.add_argument("which", choices=modes)
     parser.add_argument("--scale", choices=["tiny", "sd2"], default="tiny",
                         help="tiny: the committed tiny backbone; sd2: SD2-base architectures, random weights")
-    parser.add_argument("--resolution", type=int, default=512, help="--scale sd2 processing resolution (or 768)")
+    parser.add_argument("--resolution", type=int, default=512,
+                        help="--scale sd2 processing resolution (or 768)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (pinned: shared machines thrash); default 1, or 2 with --scale sd2")
+                        help="torch threads (pinned: shared machines thrash); default 1, 2 with --scale sd2")
     parser.add_argument("--dry-run", action="store_true", help="one iteration at tiny sizes on the CPU")
-    parser.add_argument("--out", default=None, help="also write the tables here (gpu: outputs/benchmark_gpu.md)")
-    parser.add_argument("--taesd", default=None, help="autoencoder: AutoencoderTiny folder (checkpoints/tiny/taesd)")
+    parser.add_argument("--out", default=None,
+                        help="also write the tables here (gpu: outputs/benchmark_gpu.md)")
+    parser.add_argument("--taesd", default=None,
+                        help="autoencoder: AutoencoderTiny folder (checkpoints/tiny/taesd)")
     parser.add_argument("--coco-ann", default=str(REALDATA / "coco" / "test_coco.json"))
     parser.add_argument("--coco-images", default=str(REALDATA / "coco"))
     args = parser.parse_args(argv)

@@ -81,8 +81,9 @@ _VIDEO_POSE_SMOKE = (
 
 FAMILIES = (
     {
-        # Not a perception family: the recipe that distils the tiny VAE into an AutoencoderTiny (TAESD layout),
-        # the fast autoencoder of StableDiffusionBackbone.use_tiny_autoencoder (checkpoints/tiny/taesd).
+        # Not a perception family: the recipe that distils the tiny VAE into an AutoencoderTiny (TAESD
+        # layout), the fast autoencoder of StableDiffusionBackbone.use_tiny_autoencoder
+        # (checkpoints/tiny/taesd).
         "name": "autoencoder_tiny",
         "model": "zoo.models.autoencoder_tiny.model:tiny_taesd",
         "module": "zoo.models.autoencoder_tiny.module:AutoencoderTinyDistillation",

@@ -39,7 +39,8 @@ class FamilySpec:
     model: str  # the nn.Module with the inference core
     module: str  # the LightningModule (tools/train.py, tools/eval.py)
     datamodule: str  # its LightningDataModule
-    # The inference API class (from_pretrained); None for training recipes of backbone parts (autoencoder_tiny).
+    # The inference API class (from_pretrained); None for training recipes of backbone parts
+    # (autoencoder_tiny).
     predictor: str | None
     # What a prediction is: "dense", "keypoints", "video_keypoints", "text", "image", or "autoencoder" (a
     # backbone part, used through StableDiffusionBackbone.use_tiny_autoencoder).

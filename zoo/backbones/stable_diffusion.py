@@ -50,8 +50,8 @@ def _missing_weights_message(source: str, detail: str) -> str:
     return (
         f"Stable Diffusion weights {source!r} are not available here ({detail}).\n"
         f"Download them once, e.g. `huggingface-cli download {source} "
-        f"--local-dir checkpoints/{Path(source).name}`, then pass the folder `checkpoints/{Path(source).name}` "
-        "(a diffusers folder with vae/, unet/ and either "
+        f"--local-dir checkpoints/{Path(source).name}`, then pass the folder "
+        f"`checkpoints/{Path(source).name}` (a diffusers folder with vae/, unet/ and either "
         f"{EMPTY_PROMPT_FILE} or text_encoder/ + tokenizer/)."
     )
 

@@ -73,8 +73,7 @@ def run(
         "\n".join(
             [
                 "Accuracy of the tiny models on their held-out synthetic test splits, AutoencoderTiny "
-                f"{Path(taesd).name}"
-                + (" (dry run: one batch)" if dry_run else ""),
+                f"{Path(taesd).name}" + (" (dry run: one batch)" if dry_run else ""),
                 "",
                 '| model | metric | full VAE | vae="tiny-decode" | vae="tiny" |',
                 "| --- | --- | ---: | ---: | ---: |",

@@ -15,8 +15,11 @@ from zoo.builders.styles import default_styles
 from zoo.utils.files import atomic_write_json, safe_join
 
 
-def _tiled_input(ann: str | os.PathLike, image_root: str | os.PathLike, repeat: int, folder: Path) -> tuple[Path, int]:
-    """Copy the image set `repeat` times under new ids and folders (enough work to time); return (ann, count)."""
+def _tiled_input(
+    ann: str | os.PathLike, image_root: str | os.PathLike, repeat: int, folder: Path
+) -> tuple[Path, int]:
+    """Copy the image set `repeat` times under new ids and folders (enough work to time); return (ann, count).
+    """
     coco = load_coco(ann)
     top = max(image["id"] for image in coco["images"]) + 1
     images = []
@@ -48,8 +51,14 @@ def _pool_startup_seconds(workers: int) -> float:
     return time.perf_counter() - start
 
 
-def run(ann: str | os.PathLike, image_root: str | os.PathLike, styles: Sequence[str] | None = None,
-        workers: Sequence[int] = (1, 2), repeat: int = 10, dry_run: bool = False) -> list[dict[str, float | str]]:
+def run(
+    ann: str | os.PathLike,
+    image_root: str | os.PathLike,
+    styles: Sequence[str] | None = None,
+    workers: Sequence[int] = (1, 2),
+    repeat: int = 10,
+    dry_run: bool = False,
+) -> list[dict[str, float | str]]:
     """Time a full build of each style with each worker count and print a table of images/s; return its rows.
 
     Rates are wall-clock over the whole build; the pool's spawn start-up (measured once per worker count) is
@@ -67,20 +76,32 @@ def run(ann: str | os.PathLike, image_root: str | os.PathLike, styles: Sequence[
             for worker_count in workers:
                 out = Path(tmp) / f"out-{style}-{worker_count}"
                 start = time.perf_counter()
-                build(tiled, Path(tmp) / "input" / "images", out, [style], workers=worker_count, progress=False)
+                build(
+                    tiled, Path(tmp) / "input" / "images", out, [style], workers=worker_count, progress=False
+                )
                 seconds = time.perf_counter() - start
                 row[f"{worker_count}w"] = count / seconds
                 row[f"{worker_count}w_net"] = count / max(seconds - startup[worker_count], 1e-9)
                 shutil.rmtree(out)
             rows.append(row)
     first, last = workers[0], workers[-1]
-    print(f"COCO-OOD build throughput: {count} images, {os.cpu_count()} CPUs; pool start-up "
-          + ", ".join(f"{w} workers {startup[w]:.1f} s" for w in workers if w > 1))
-    print(" | ".join(["| style"] + [f"{w} worker{'s' if w > 1 else ''} img/s" for w in workers]
-                     + [f"ratio {last}/{first}", f"ratio {last}/{first} without start-up |"]))
+    print(
+        f"COCO-OOD build throughput: {count} images, {os.cpu_count()} CPUs; pool start-up "
+        + ", ".join(f"{w} workers {startup[w]:.1f} s" for w in workers if w > 1)
+    )
+    print(
+        " | ".join(
+            ["| style"]
+            + [f"{w} worker{'s' if w > 1 else ''} img/s" for w in workers]
+            + [f"ratio {last}/{first}", f"ratio {last}/{first} without start-up |"]
+        )
+    )
     print("|---" * (len(workers) + 3) + "|")
     for row in rows:
         cells = [f"| {row['style']}"] + [f"{row[f'{w}w']:.2f}" for w in workers]
-        cells += [f"{row[f'{last}w'] / row[f'{first}w']:.2f}", f"{row[f'{last}w_net'] / row[f'{first}w_net']:.2f} |"]
+        cells += [
+            f"{row[f'{last}w'] / row[f'{first}w']:.2f}",
+            f"{row[f'{last}w_net'] / row[f'{first}w_net']:.2f} |",
+        ]
         print(" | ".join(cells))
     return rows

@@ -22,13 +22,22 @@ def _marigold_pipeline(backbone: StableDiffusionBackbone):
     config.update(in_channels=8, class_embed_type=None, projection_class_embeddings_input_dim=None)
     unet = UNet2DConditionModel.from_config(config).eval()
     path = tiny_backbone_path()
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              timestep_spacing="trailing", prediction_type="v_prediction")
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+        prediction_type="v_prediction",
+    )
     pipeline = MarigoldDepthPipeline(
-        unet=unet, vae=backbone.vae, scheduler=scheduler,
+        unet=unet,
+        vae=backbone.vae,
+        scheduler=scheduler,
         text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
-        prediction_type="depth", default_denoising_steps=4, default_processing_resolution=0,
+        prediction_type="depth",
+        default_denoising_steps=4,
+        default_processing_resolution=0,
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -109,26 +118,46 @@ def run(
     timings = {
         "bare VAE encode + 1 UNet + VAE decode": best_of(bare, repeats),
         "LotusPredictor (D, default mode)": best_of(
-            lambda: predictor(images, processing_resolution=0, batch_size=batch), repeats),
+            lambda: predictor(images, processing_resolution=0, batch_size=batch), repeats
+        ),
     }
     marigold = _marigold_pipeline(backbone)
     timings["diffusers Marigold v1-1 default (4 steps, ensemble 1)"] = best_of(
-        lambda: marigold(list(images), num_inference_steps=4, ensemble_size=1, processing_resolution=0,
-                         batch_size=batch, output_type="pt"), repeats)
+        lambda: marigold(
+            list(images),
+            num_inference_steps=4,
+            ensemble_size=1,
+            processing_resolution=0,
+            batch_size=batch,
+            output_type="pt",
+        ),
+        repeats,
+    )
     timings["diffusers Marigold paper setting (4 steps, ensemble 10)"] = best_of(
-        lambda: marigold(list(images), num_inference_steps=4, ensemble_size=10, processing_resolution=0,
-                         batch_size=batch, output_type="pt"), max(1, repeats // 2))
+        lambda: marigold(
+            list(images),
+            num_inference_steps=4,
+            ensemble_size=10,
+            processing_resolution=0,
+            batch_size=batch,
+            output_type="pt",
+        ),
+        max(1, repeats // 2),
+    )
     base = timings["bare VAE encode + 1 UNet + VAE decode"]
-    print(f"\nLotus inference, tiny backbone, {batch} images of {size}x{size}, CPU, {threads} thread(s), "
-          f"best of {repeats}\n")
+    print(
+        f"\nLotus inference, tiny backbone, {batch} images of {size}x{size}, CPU, {threads} thread(s), "
+        f"best of {repeats}\n"
+    )
     print("| method | seconds | ratio to bare calls |\n| --- | ---: | ---: |")
     for name, seconds in timings.items():
         print(f"| {name} | {seconds:.4f} | {seconds / base:.2f}x |")
     overhead = timings["LotusPredictor (D, default mode)"] / base - 1
     print(f"\npredictor overhead over bare calls: {100 * overhead:.1f}% (target <= 10%)")
 
-    memory = {flag: training_step_peak_kib(flag, 4 * size, 2 * batch, in_process=dry_run)
-              for flag in (False, True)}
+    memory = {
+        flag: training_step_peak_kib(flag, 4 * size, 2 * batch, in_process=dry_run) for flag in (False, True)
+    }
     print(f"\n| training step (Lotus-D, joint batch, {2 * batch} x {4 * size}^2) | peak RSS growth MiB |")
     print("| --- | ---: |")
     for flag, kib in memory.items():

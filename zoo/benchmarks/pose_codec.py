@@ -33,7 +33,8 @@ def run(
     seed: int = 0,
     dry_run: bool = False,
 ) -> dict[str, float]:
-    """Time batched decoding vs a per-instance mmpose loop on the same heatmaps; print a table; return timings.
+    """Time batched decoding vs a per-instance mmpose loop on the same heatmaps; print a table; return
+    timings.
 
     dry_run: 2 instances, one repeat (a test's smoke run).
     """
@@ -86,7 +87,8 @@ def _run(
     batched_time = rows[0][1]
     title = (
         f"UDP decode of {num_instances} instances x {num_keypoints} keypoints, "
-        f"{heatmap_size[0]}x{heatmap_size[1]} heatmaps, device={device}, {threads} CPU thread(s), best of {repeats}"
+        f"{heatmap_size[0]}x{heatmap_size[1]} heatmaps, device={device}, {threads} CPU thread(s), "
+        f"best of {repeats}"
     )
     print(title)
     print(f"| {'decoder':<52} | {'ms':>9} | {'instances/s':>12} | {'zoo speed-up':>12} |")

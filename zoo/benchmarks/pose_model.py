@@ -1,4 +1,5 @@
-"""Benchmark: persons/s of the full top-down SDPose predictor (crop, VAE, UNet, head, decode), with and without flip test."""
+"""Benchmark: persons/s of the full top-down SDPose predictor (crop, VAE, UNet, head, decode), with and
+without flip test."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def run(
     seed: int = 0,
     dry_run: bool = False,
 ) -> dict[str, float]:
-    """Time the predictor on synthetic figure images with their ground-truth boxes; print and return persons/s.
+    """Time the predictor on synthetic figure images with their ground-truth boxes; print and return
+    persons/s.
 
     dry_run: one image, one repeat (a test's smoke run).
     """
@@ -36,21 +38,32 @@ def run(
         predictor = PosePredictor.from_pretrained(model, device=device)
         figures = [render_figures(seed * 100_003 + i, *image_size) for i in range(num_images)]
         images = [figure.image for figure in figures]
-        boxes = [np.array([[x, y, x + w, y + h] for x, y, w, h in (p.bbox for p in figure.people)]) for figure in figures]
+        boxes = [
+            np.array([[x, y, x + w, y + h] for x, y, w, h in (p.bbox for p in figure.people)])
+            for figure in figures
+        ]
         persons = sum(len(b) for b in boxes)
         results = {}
         for flip_test in (False, True):
             results["flip" if flip_test else "plain"] = persons / best_of(
-                lambda flip_test=flip_test: predictor(images, boxes=boxes, flip_test=flip_test, batch_size=batch_size),
+                lambda flip_test=flip_test: predictor(
+                    images, boxes=boxes, flip_test=flip_test, batch_size=batch_size
+                ),
                 repeats,
             )
-    print(f"SDPose top-down ({Path(model).name}, {device}, {threads} thread(s), {persons} persons in {num_images} "
-          f"images, batch {batch_size})")
+    print(
+        f"SDPose top-down ({Path(model).name}, {device}, {threads} thread(s), {persons} persons in "
+        f"{num_images} images, batch {batch_size})"
+    )
     print("| flip test | persons/s |")
     print("| --- | --- |")
     print(f"| off | {results['plain']:.1f} |")
     print(f"| on | {results['flip']:.1f} |")
-    return {"persons": float(persons), "persons_per_s": results["plain"], "persons_per_s_flip": results["flip"]}
+    return {
+        "persons": float(persons),
+        "persons_per_s": results["plain"],
+        "persons_per_s_flip": results["flip"],
+    }
 
 
 if __name__ == "__main__":
