@@ -51,7 +51,7 @@ def check_tiny_backbone() -> str:
 
 def lotus_demo(name: str, out: Path, scenes: int) -> tuple[str, dict[str, float]]:
     """Evaluate a tiny Lotus model on held-out scenes and predict on the real photos."""
-    from zoo.data.depth_datamodule import TEST_SEED
+    from zoo.data.datamodule import TEST_SEED
     from zoo.data.images import load_rgb_uint8
     from zoo.data.synthetic import SyntheticSceneDataset
     from zoo.evaluation.depth import DepthEvaluator

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterator
+from typing import ClassVar, Protocol
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo.data.samples import COLLATE, IndexedDataset, SampleKind
+
+# Held-out synthetic splits draw from seeds far from the training range (train seeds start at 0).
+VAL_SEED = 1_000_000
+TEST_SEED = 2_000_000
+
+
+class EpochDataset(Protocol):
+    """A dataset whose augmentation draws depend on the epoch."""
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded shuffling that re-seeds the dataset's augmentation each epoch (Lightning calls set_epoch)."""
+
+    def __init__(self, dataset: EpochDataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order and augmentation draws of `epoch`."""
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
 
 
 class EmptySplitError(ValueError):

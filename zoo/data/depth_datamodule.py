@@ -9,12 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.datamodule import ZooDataModule
+from zoo.data.datamodule import TEST_SEED, VAL_SEED, ZooDataModule
 from zoo.data.synthetic import SyntheticSceneDataset
-
-# Held-out synthetic scenes use seeds far from the training range (train seeds are 0..train_size-1).
-VAL_SEED = 1_000_000
-TEST_SEED = 2_000_000
 
 
 def hflip_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

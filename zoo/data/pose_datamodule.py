@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from zoo.data.coco_files import keypoint_parts, read_coco
-from zoo.data.datamodule import ZooDataModule
+from zoo.data.datamodule import TEST_SEED, VAL_SEED, EpochSampler, ZooDataModule
 from zoo.data.synthetic.figures import write_coco_figures
 from zoo.data.topdown import (
     CocoPoseDataset,
@@ -35,30 +33,6 @@ SYNTHETIC_LAYOUTS: dict[str, type[TopDownPoseDataset]] = {
     "coco_wholebody": CocoWholeBodyPoseDataset,
 }
 # Held-out figure sets are drawn from seeds far from the training seed (as the depth datamodule does).
-VAL_SEED = 1_000_000
-TEST_SEED = 2_000_000
-
-
-class EpochSampler(Sampler[int]):
-    """Seeded shuffling that also re-seeds the dataset's augmentation each epoch (Lightning calls set_epoch).
-    """
-
-    def __init__(self, dataset: TopDownPoseDataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle order and augmentation draws of `epoch`."""
-        self.epoch = epoch
-        self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
-
-
 def figure_split(
     cache_dir: str | os.PathLike, split: str, num_images: int, seed: int, size: tuple[int, int]
 ) -> Path:

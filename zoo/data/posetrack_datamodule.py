@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from zoo.data.datamodule import ZooDataModule
+from zoo.data.datamodule import TEST_SEED, VAL_SEED, EpochSampler, ZooDataModule
 from zoo.data.posetrack import DEFAULT_OFFSETS, DETECTION_SCORE_THR, PoseTrackClipDataset
 from zoo.data.synthetic.moving_figures import write_posetrack_videos
 from zoo.data.transforms import TopDownAugmentation
 
 SOURCES = ("synthetic", "posetrack18", "posetrack21")
 # Held-out synthetic videos come from seeds far from the training seed (as the image datamodules do).
-VAL_SEED = 1_000_000
-TEST_SEED = 2_000_000
-
-
-class ClipEpochSampler(Sampler[int]):
-    """Seeded shuffling that also re-seeds the dataset's per-clip augmentation each epoch."""
-
-    def __init__(self, dataset: PoseTrackClipDataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle order and augmentation draws of `epoch`."""
-        self.epoch = epoch
-        self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
-
-
 def video_split(
     cache_dir: str | os.PathLike,
     split: str,
@@ -191,7 +167,7 @@ class PoseTrackDataModule(ZooDataModule):
         hp = self.hparams
         dataset = self.dataset("train")
         return self.loader(
-            dataset, hp.batch_size, hp.num_workers, sampler=ClipEpochSampler(dataset, hp.seed), drop_last=True
+            dataset, hp.batch_size, hp.num_workers, sampler=EpochSampler(dataset, hp.seed), drop_last=True
         )
 
     def val_dataloader(self) -> DataLoader:
