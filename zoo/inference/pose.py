@@ -108,6 +108,48 @@ def read_image_opencv(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
+def person_boxes(
+    images: Sequence[np.ndarray],
+    boxes: Sequence[Any] | None,
+    box_scores: Sequence[Any] | None,
+    box_source: str,
+    pixel_centres: bool = True,
+    unit: str = "image",
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Person boxes [N, 4] xyxy and scores [N] per image: the caller's, or from `box_source` without them.
+
+    box_source "whole_image" is one person filling the image (extent 0 .. W-1 with `pixel_centres`, else
+    0 .. W); "hog" is OpenCV's people detector. `unit` names an image in errors ("image" or "frame").
+    """
+    if boxes is not None:
+        if len(boxes) != len(images):
+            raise ValueError(
+                f"boxes must hold one [N, 4] array per {unit}: {len(boxes)} for {len(images)} {unit}s"
+            )
+        out = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
+        for index, b in enumerate(out):
+            if not np.isfinite(b).all() or (b[:, 2:] <= b[:, :2]).any():
+                raise ValueError(
+                    f"{unit} {index}: boxes must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
+                )
+        if box_scores is None:
+            return out, [np.ones(len(b), dtype=np.float32) for b in out]
+        scores = [np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
+        if [len(s) for s in scores] != [len(b) for b in out]:
+            raise ValueError("box_scores must hold one score per box")
+        return out, scores
+    if box_source == "whole_image":
+        last = 1 if pixel_centres else 0
+        whole = [
+            np.array([[0, 0, im.shape[1] - last, im.shape[0] - last]], dtype=np.float32) for im in images
+        ]
+        return whole, [np.ones(1, dtype=np.float32) for _ in images]
+    if box_source == "hog":
+        pairs = [hog_person_boxes(im) for im in images]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    raise ValueError(f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}")
+
+
 def _local_folder(source: str | os.PathLike) -> Path:
     """A local folder as is; a hub id ("teemosliang/SDPose-Body") from the Hugging Face cache or a download.
     """
@@ -219,37 +261,9 @@ class PosePredictor:
         box_scores: Sequence[Any] | None,
         box_source: str,
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        if boxes is not None:
-            if len(boxes) != len(images):
-                raise ValueError(
-                    f"boxes must hold one [N, 4] array per image: {len(boxes)} for {len(images)} images"
-                )
-            out = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
-            for index, b in enumerate(out):
-                if (b[:, 2:] <= b[:, :2]).any():
-                    raise ValueError(
-                        f"image {index}: boxes must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
-                    )
-            if box_scores is None:
-                return out, [np.ones(len(b), dtype=np.float32) for b in out]
-            scores = [np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
-            if [len(s) for s in scores] != [len(b) for b in out]:
-                raise ValueError("box_scores must hold one score per box")
-            return out, scores
-        if box_source == "whole_image":
-            # Affine: the UDP pixel-centre extent 0 .. W-1, as GT boxes are clipped; stretch: the demo's full
-            # image.
-            last = 1 if self.crop_mode == "affine" else 0
-            out = [
-                np.array([[0, 0, im.shape[1] - last, im.shape[0] - last]], dtype=np.float32) for im in images
-            ]
-            return out, [np.ones(1, dtype=np.float32) for _ in images]
-        if box_source == "hog":
-            pairs = [hog_person_boxes(im) for im in images]
-            return [p[0] for p in pairs], [p[1] for p in pairs]
-        raise ValueError(
-            f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}"
-        )
+        # Affine crops use the UDP pixel-centre extent 0 .. W-1 (as GT boxes are clipped); stretch the demo's
+        # full image 0 .. W.
+        return person_boxes(images, boxes, box_scores, box_source, pixel_centres=self.crop_mode == "affine")
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()

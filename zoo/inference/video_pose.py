@@ -35,7 +35,7 @@ from zoo.data.metainfo import PoseMetainfo, load_metainfo
 from zoo.data.posetrack import clip_frame_indices
 from zoo.data.transforms import BBOX_PADDING, TopDownTransform, decoded_to_crop, keypoints_to_image
 from zoo.data.video import open_video
-from zoo.inference.pose import hog_person_boxes
+from zoo.inference.pose import person_boxes as find_person_boxes
 from zoo.models.diffpose.model import DiffPose, load_diffpose
 
 BOX_SOURCES = ("whole_frame", "hog")
@@ -203,41 +203,6 @@ class VideoPosePredictor:
         return cls(model, config, device)
 
     # ------------------------------------------------------------------ boxes and tracks
-    def _boxes(
-        self,
-        frames: list[np.ndarray],
-        boxes: Sequence[Any] | None,
-        box_scores: Sequence[Any] | None,
-        source: str,
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        if boxes is not None:
-            if len(boxes) != len(frames):
-                raise ValueError(
-                    f"boxes must hold one [N, 4] array per frame: {len(boxes)} for {len(frames)} frames"
-                )
-            out = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
-            for index, b in enumerate(out):
-                if (b[:, 2:] <= b[:, :2]).any():
-                    raise ValueError(
-                        f"frame {index}: boxes must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
-                    )
-            scores = (
-                [np.ones(len(b), dtype=np.float32) for b in out]
-                if box_scores is None
-                else [np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
-            )
-            if [len(s) for s in scores] != [len(b) for b in out]:
-                raise ValueError("box_scores must hold one score per box")
-            return out, scores
-        if source == "whole_frame":
-            # The UDP pixel-centre extent 0 .. W-1 of the frame, as ground-truth boxes are clipped.
-            out = [np.array([[0, 0, f.shape[1] - 1, f.shape[0] - 1]], dtype=np.float32) for f in frames]
-            return out, [np.ones(1, dtype=np.float32) for _ in frames]
-        if source == "hog":
-            pairs = [hog_person_boxes(frame) for frame in frames]
-            return [p[0] for p in pairs], [p[1] for p in pairs]
-        raise ValueError(f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {source!r}")
-
     @staticmethod
     def _clip_boxes(boxes: list[np.ndarray], tracks: list[np.ndarray], window: int) -> list[np.ndarray]:
         """The crop box [N, 4] of every person's clip per frame: its track's union box over its window."""
@@ -299,7 +264,11 @@ class VideoPosePredictor:
         sizes = {frame.shape[:2] for frame in frames}
         if len(sizes) != 1:
             raise ValueError(f"video frames differ in size: {sorted(sizes)}")
-        person_boxes, person_scores = self._boxes(frames, boxes, box_scores, box_source)
+        if box_source not in BOX_SOURCES:
+            raise ValueError(f"box_source must be one of {BOX_SOURCES}; got {box_source!r}")
+        # "whole_frame" is the image predictor's "whole_image" (the pixel-centre extent of each frame).
+        source = "whole_image" if box_source == "whole_frame" else box_source
+        person_boxes, person_scores = find_person_boxes(frames, boxes, box_scores, source, unit="frame")
         if track_by not in TRACK_BY:
             raise ValueError(f"track_by must be one of {TRACK_BY}; got {track_by!r}")
         if track_ids is None:
