@@ -52,6 +52,18 @@ class UDPHeatmap:
             f"sigma={self.sigma}, blur_kernel_size={self.blur_kernel_size})"
         )
 
+    def encode_batch(
+        self, keypoints: torch.Tensor, visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets of a batch of instances: keypoints [B, K, 2] and visibilities [B, K] (crop pixels) ->
+        heatmaps [B, K, h, w] and keypoint weights [B, K], on the keypoints' device."""
+        encoded = [
+            self.encode(k, v) for k, v in zip(keypoints.cpu().numpy(), visible.cpu().numpy(), strict=True)
+        ]
+        heatmaps = torch.from_numpy(np.stack([e.heatmaps for e in encoded])).to(keypoints.device)
+        weights = torch.from_numpy(np.stack([e.keypoint_weights for e in encoded])).to(keypoints.device)
+        return heatmaps, weights
+
     def encode(self, keypoints: np.ndarray, keypoints_visible: np.ndarray | None = None) -> EncodedHeatmaps:
         """Encode one instance's keypoints [K, 2] (or [1, K, 2]) and visibilities [K] into heatmaps and
         weights."""

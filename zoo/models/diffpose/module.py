@@ -118,21 +118,10 @@ class DiffPoseModule(FamilyModule):
         return chain(unet, self.model.head_parameters())
 
     # ------------------------------------------------------------------ steps
-    def encode_targets(
-        self, keypoints: torch.Tensor, visible: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """UDP Gaussian targets [B, K, h, w] and keypoint weights [B, K] of crop-pixel keypoints [B, K, 2]."""
-        encoded = [
-            self.codec.encode(k, v)
-            for k, v in zip(keypoints.cpu().numpy(), visible.cpu().numpy(), strict=True)
-        ]
-        heatmaps = torch.from_numpy(np.stack([e.heatmaps for e in encoded])).to(self.device)
-        weights = torch.from_numpy(np.stack([e.keypoint_weights for e in encoded])).to(self.device)
-        return heatmaps, weights
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Heatmap diffusion loss of the key frames, conditioned on each clip's F_t."""
-        targets, weights = self.encode_targets(batch["keypoints"], batch["keypoints_visible"])
+        targets, weights = self.codec.encode_batch(batch["keypoints"], batch["keypoints_visible"])
         features = self.model.encode_clips(batch["frames"])  # [B, D, H, W]
         loss = self.model.training_loss(
             features, targets, weights, loss_weight=self.hparams.keypoint_loss_weight

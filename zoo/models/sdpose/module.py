@@ -96,22 +96,10 @@ class SDPoseModule(FamilyModule):
                 f"crops are {size} (w, h) but the model's input_size is {tuple(self.hparams.input_size)}"
             )
 
-    def encode_targets(
-        self, keypoints: torch.Tensor, visible: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """UDP Gaussian targets [B, K, H, W] and keypoint weights [B, K] of crop-pixel keypoints [B, K, 2]."""
-        encoded = [
-            self.codec.encode(k, v)
-            for k, v in zip(keypoints.cpu().numpy(), visible.cpu().numpy(), strict=True)
-        ]
-        heatmaps = torch.from_numpy(np.stack([e.heatmaps for e in encoded])).to(self.device)
-        weights = torch.from_numpy(np.stack([e.keypoint_weights for e in encoded])).to(self.device)
-        return heatmaps, weights
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Heatmap loss and RGB reconstruction loss, each logged on its own."""
         self._check_input(batch["image"])
-        targets, weights = self.encode_targets(batch["keypoints"], batch["keypoints_visible"])
+        targets, weights = self.codec.encode_batch(batch["keypoints"], batch["keypoints_visible"])
         hp = self.hparams
         losses = self.model.training_losses(
             batch["image"],
