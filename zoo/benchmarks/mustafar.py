@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from zoo.backbones import StableDiffusionBackbone
-from zoo.benchmarks.timing import best_of, pinned_threads
+from zoo.benchmarks.timing import best_of
 from zoo.models.mustafar.features import DEFAULT_SITE, SDFeatureExtractor, site_channels
 from zoo.registry import REPO_ROOT
+from zoo.utils.threads import pinned_threads
 
 TINY_BACKBONE = REPO_ROOT / "checkpoints" / "tiny" / "backbone"
 SD2_UNET = REPO_ROOT / "zoo" / "backbones" / "configs" / "sd2_base" / "unet.json"

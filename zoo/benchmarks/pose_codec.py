@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoo.benchmarks.timing import best_of, pinned_threads
+from zoo.benchmarks.timing import best_of
 from zoo.codecs import UDPHeatmap, decode_udp_batched
+from zoo.utils.threads import pinned_threads
 
 
 def _realistic_heatmaps(codec: UDPHeatmap, num_instances: int, num_keypoints: int, seed: int) -> np.ndarray:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.benchmarks.timing import best_of, pinned_threads
+from zoo.benchmarks.timing import best_of
 from zoo.data.synthetic.figures import render_figures
 from zoo.inference.pose import PosePredictor
 from zoo.registry import REPO_ROOT
+from zoo.utils.threads import pinned_threads
 
 TINY_MODEL = REPO_ROOT / "checkpoints" / "tiny" / "sdpose_body"
 

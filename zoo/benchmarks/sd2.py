@@ -28,7 +28,8 @@ from zoo.backbones import StableDiffusionBackbone, widen_conv_in
 from zoo.backbones.autoencoder_tiny import CONFIG_DIR, taesd_from_config
 from zoo.backbones.stable_diffusion import encode_prompts
 from zoo.backbones.task_switcher import TASK_CODE_DIM
-from zoo.benchmarks.timing import best_of, pinned_threads
+from zoo.benchmarks.timing import best_of
+from zoo.utils.threads import pinned_threads
 
 if TYPE_CHECKING:
     from zoo.inference.pose import PosePredictor

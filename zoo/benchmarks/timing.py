@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import cv2
 import torch
 
 
@@ -25,16 +23,3 @@ def best_of(fn: Callable[[], object], repeats: int, warmup: bool = True) -> floa
             torch.cuda.synchronize()  # GPU work is asynchronous: wait for it inside the timed span
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-@contextlib.contextmanager
-def pinned_threads(threads: int) -> Iterator[None]:
-    """Run with `threads` torch and OpenCV threads, restoring both after (shared CPUs thrash with more)."""
-    previous = (torch.get_num_threads(), cv2.getNumThreads())
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous[0])
-        cv2.setNumThreads(previous[1])

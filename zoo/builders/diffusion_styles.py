@@ -30,6 +30,7 @@ from zoo.builders.coco_ood import CocoOodError
 from zoo.builders.styles import Annotations, Params, Style, register_style
 from zoo.data.coco_files import person_keypoints, read_coco
 from zoo.utils.files import sha256_file
+from zoo.utils.threads import pinned_threads
 from zoo.visualize.openpose import DEFAULT_THRESHOLD, person_from_coco, render_openpose
 
 # Style prompts after COCO-OOD's three style splits (Ukiyo-e, Monet oil painting, colour sketch). The paper
@@ -259,17 +260,20 @@ class _StableDiffusionStyle(Style):
         # independent.
         seed = int(rng.integers(2**63))
         generator = torch.Generator(self.device).manual_seed(seed)
-        result = self.pipeline(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            image=Image.fromarray(_resize(image, size)),
-            strength=self.strength,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            generator=generator,
-            output_type="np",
-            **self._pipeline_inputs(annotations, width, height, size),
-        ).images  # [1, h, w, 3] float in [0, 1]
+        # One thread: CPU reductions depend on the thread count, and the bytes must not depend on the process
+        # (the builder parallelises over --workers instead).
+        with pinned_threads(1):
+            result = self.pipeline(
+                prompt=self.prompt,
+                negative_prompt=self.negative_prompt,
+                image=Image.fromarray(_resize(image, size)),
+                strength=self.strength,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                generator=generator,
+                output_type="np",
+                **self._pipeline_inputs(annotations, width, height, size),
+            ).images  # [1, h, w, 3] float in [0, 1]
         styled = np.round(np.asarray(result[0], np.float32) * 255.0).clip(0, 255).astype(np.uint8)
         if styled.shape != (size[1], size[0], 3):
             raise RuntimeError(f"{self.name}: pipeline returned {styled.shape} for processing size {size}")
