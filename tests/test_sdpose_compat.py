@@ -414,11 +414,10 @@ def test_compat_predictions_equal_the_official_pipeline(official_dirs, realdata:
     heatmaps = _official_heatmaps(official_dirs[num_keypoints], predictor, crops, flip)
     for index, (center, scale) in enumerate(frames):
         expected, scores = _official_to_image(heatmaps[index].numpy(), center, scale)
-        # Measured: 3.5e-3 px / 3.8e-6 (body, flip) and 9.4e-3 px / 8.6e-6 (whole-body). The residual is the
-        # backbone's, upstream of everything compat controls: its posterior sample is mean * f + std * f *
-        # eps, not the official (mean + std * eps) * f (4.8e-7 in the latent), and its task code is sin/cos in
-        # float64 rounded to float32, not float32 sin/cos (1.6e-6 in the features). The random heads' flat
-        # maps make DARK amplify ~1e-5 of heatmap into ~1e-2 px; scores (heatmap maxima) show the agreement
-        # directly.
-        np.testing.assert_allclose(out.keypoints[0][index], expected, atol=2e-2, rtol=0)
-        np.testing.assert_allclose(out.scores[0][index], scores, atol=5e-5, rtol=0)
+        # The issue's targets: 0.01 px and 2e-4. Measured: 2.5e-3 px / 9.5e-7 (body, flip test) and 1.5e-5 px
+        # / 0 (whole-body), once the backbone draws its posterior sample as (mean + std * eps) * f and
+        # computes the task codes in float32, as the official code does. The body residual is batch-dependent
+        # CPU kernels (the heatmaps agree exactly at batch size 1), amplified by DARK on the random heads'
+        # flat maps.
+        np.testing.assert_allclose(out.keypoints[0][index], expected, atol=1e-2, rtol=0)
+        np.testing.assert_allclose(out.scores[0][index], scores, atol=2e-4, rtol=0)
