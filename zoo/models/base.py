@@ -24,14 +24,11 @@ class FamilyModule(pl.LightningModule):
     """What every family's LightningModule repeats, done once.
 
     A family implements `trainable_parameters` (what EMA averages and what is exported), `make_evaluators`
-    (fresh evaluators for a stage), `evaluation_step`
-    (predict a batch, update the evaluators, return something `log_pictures` can draw for the first batch),
-    `epoch_metrics` (turn the gathered evaluator results into the logged metrics) and `export_weights` /
-    `export_config` (what `export_pretrained` writes). The base keeps an optional EMA of the trainable
-    parameters
-    (diffusers' EMAModel: stepped after every optimiser step, swapped in for validation and export, saved
-    in checkpoints),
-    drives validation and test through the evaluator protocol
+    (fresh evaluators for a stage), `evaluation_step` (predict a batch, update the evaluators, return what
+    `log_pictures` draws for the first batch), `export_weights` and `export_config` (what `export_pretrained`
+    writes), and `epoch_metrics` when its evaluators' results need combining. The base keeps an optional EMA
+    of the trainable parameters (diffusers' EMAModel: stepped after every optimiser step, swapped in for
+    validation and export, saved in checkpoints), drives validation and test through the evaluator protocol
     (each evaluator gathers across ranks before computing, so `val/*` is right on any number of processes),
     logs a picture of the first validation batch every `log_images_every_n_val` runs, and builds AdamW over
     parameter groups.
@@ -68,19 +65,20 @@ class FamilyModule(pl.LightningModule):
         """Predict a batch and update `self.evaluators`; returns what `log_pictures` draws (or None)."""
 
     def epoch_metrics(self, results: dict[str, dict[str, float]]) -> dict[str, float]:
-        """Logged metrics from each evaluator's computed results
-        (default: the single evaluator's, unprefixed)."""
-        if len(results) != 1:
-            raise NotImplementedError(f"{type(self).__name__} has several evaluators: override epoch_metrics")
-        return next(iter(results.values()))
+        """Logged metrics: a single evaluator's results unprefixed, several evaluators' as name/metric."""
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return {
+            f"{name}/{metric}": value for name, scores in results.items() for metric, value in scores.items()
+        }
 
     def log_pictures(self, batch: Any, outputs: Any) -> list[tuple[str, np.ndarray]]:
         """(tag, HWC uint8 grid) pictures of the first validation batch; none by default."""
         return []
 
+    @abstractmethod
     def export_weights(self, folder: Path) -> None:
         """Write the trained weights of a predictor-ready folder."""
-        raise NotImplementedError(f"{type(self).__name__} cannot export a predictor folder")
 
     def export_config(self) -> dict[str, Any]:
         """The family's fields of zoo_model.json (the family name is added by the base)."""
