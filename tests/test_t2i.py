@@ -41,6 +41,23 @@ def test_captions_are_deterministic_and_name_what_is_there():
         assert all(pose in POSES for pose in record.poses)
 
 
+def test_position_questions_are_balanced_and_follow_the_geometry():
+    answers = []
+    for record in (CaptionDataset(200, "train").item(i) for i in range(200)):
+        by_name = {f"{o.colour} {o.shape}": o for o in record.objects}
+        for question, answer in record.questions:
+            if " or " not in question:
+                continue
+            answers.append(answer)
+            first, second = sorted(by_name.values(), key=lambda o: question.index(f"{o.colour} {o.shape}"))
+            if answer in ("left", "right"):  # the asked object's image position decides the answer
+                assert (first.x < second.x) == (answer == "left"), question
+            else:  # only stacked pairs are asked above/below: the object resting on the other is above
+                assert (first.on is not None) == (answer == "above"), question
+    counts = {answer: answers.count(answer) for answer in ("left", "right", "above", "below")}
+    assert counts["left"] == counts["right"] > 10 and counts["above"] == counts["below"] > 5, counts
+
+
 def test_heldout_split_shares_no_image_with_training():
     train = {CaptionDataset(128, "train").item(i).image.tobytes() for i in range(128)}
     test = {CaptionDataset(128, "test").item(i).image.tobytes() for i in range(128)}

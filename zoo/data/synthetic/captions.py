@@ -133,23 +133,16 @@ def _scene_questions(objects: list[SceneObject]) -> list[tuple[str, str]]:
     for colour in sorted(set(colours)):
         questions.append((f"how many {colour} objects are there?", NUMBERS[colours.count(colour)]))
     if len(objects) == 2 and colours[0] != colours[1]:
+        # Each relation is asked in both directions, so the answers are balanced ("above"/"below",
+        # "left"/"right") and cannot be read from the question's wording alone.
         if objects[1].on == 0:
-            questions.append(
-                (
-                    f"is the {colours[1]} {objects[1].shape} above or below the {colours[0]} "
-                    f"{objects[0].shape}?",
-                    "above",
-                )
-            )
+            relation, answers, (a, b) = "above or below", ("above", "below"), (objects[1], objects[0])
         else:
-            first, second = sorted(objects, key=lambda o: o.x)
-            questions.append(
-                (
-                    f"is the {first.colour} {first.shape} left or right of the {second.colour} "
-                    f"{second.shape}?",
-                    "left",
-                )
-            )
+            left_to_right = sorted(objects, key=lambda o: o.x)
+            relation, answers, (a, b) = "left or right of", ("left", "right"), left_to_right
+        for (first, second), answer in zip(((a, b), (b, a)), answers, strict=True):
+            question = f"is the {first.colour} {first.shape} {relation} the {second.colour} {second.shape}?"
+            questions.append((question, answer))
     return questions
 
 
