@@ -144,6 +144,24 @@ def sdpose_demo(name: str, out: Path, images: int) -> tuple[str, dict[str, float
     return name, metrics
 
 
+def t2i_demo(name: str, out: Path, steps: int = 20) -> Path:
+    """Sample the text-to-image backbone from held-out captions at guidance 1, 3 and 7: a contact sheet."""
+    from zoo.data.synthetic.captions import CaptionDataset
+    from zoo.recipes.tiny_backbone import GUIDANCE_SCALES, contact_sheet, sheet_rows
+
+    predictor = zoo.load(name)
+    data = CaptionDataset(64, "test")
+    candidates = [data.item(i) for i in range(len(data))]
+    records = [candidates[i] for i in sheet_rows(candidates, rows=8)]
+    samples = {}
+    for scale in GUIDANCE_SCALES:
+        generator = torch.Generator().manual_seed(0)
+        samples[scale] = predictor([r.caption for r in records], steps, scale, generator, output_type="np")
+    path = out / f"{name}_samples.png"
+    contact_sheet(records, samples, path)
+    return path
+
+
 def controlnet_demo(out: Path) -> int:
     """Export the real COCO ground truth as ControlNet OpenPose conditioning images."""
     from zoo.export.controlnet import iter_controlnet_exports, write_controlnet_pose
@@ -188,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"\n## {name} on {args.figures} held-out synthetic figure images (GT boxes, flip test)\n",
                 metrics_markdown(metrics),
             ]
+    for entry in tiny_models(rebuild="tiny-backbone"):
+        if get_family(entry.family).output_kind == "image":
+            report += [f"\n{entry.name} samples from held-out captions: {t2i_demo(entry.name, out)}\n"]
     report += [f"\nControlNet OpenPose exports: {controlnet_demo(out)} images in {out / 'controlnet'}\n"]
     report += [f"COCO-OOD contact sheet: {coco_ood_demo(out)}\n"]
     text = "\n".join(report)

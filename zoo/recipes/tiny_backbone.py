@@ -267,7 +267,7 @@ def measure_text_to_image(
         )
         following[f"guidance {scale:g}"] = caption_following(shown, samples[scale])
     if sheet is not None:
-        picks = _sheet_rows(shown)
+        picks = sheet_rows(shown)
         contact_sheet(
             [shown[i] for i in picks], {scale: images[picks] for scale, images in samples.items()}, sheet
         )
@@ -291,7 +291,7 @@ def measure_text_to_image(
     }
 
 
-def _sheet_rows(records: list[CaptionedImage], rows: int = 10) -> list[int]:
+def sheet_rows(records: list[CaptionedImage], rows: int = 10) -> list[int]:
     """Indices of the first records of each caption form, round robin, for a varied contact sheet."""
     forms: dict[str, list[int]] = {}
     for index, record in enumerate(records):
