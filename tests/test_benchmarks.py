@@ -62,6 +62,32 @@ def test_sd2_scale_dry_run_prints_every_table(tmp_path: Path) -> None:
     ):
         assert title in text, title
     assert "composed from measured costs" in text and "| measured |" in text
+    assert "interleaved pairs" in text and "median of pair ratios" in text
+
+
+def test_sd2_ratio_section_alone(tmp_path: Path) -> None:
+    out = tmp_path / "ratio.md"
+    benchmark.main(["lotus", "--scale", "sd2", "--only", "ratio", "--dry-run", "--out", str(out)])
+    text = out.read_text()
+    assert "Lotus predictors vs their bare calls" in text and "load average" in text.splitlines()[0]
+    assert "| LotusPredictor D / bare" in text and "| LotusPredictor G (1 step) / bare" in text
+    assert "Cost split" not in text and "Marigold" not in text  # the other sections did not run
+
+
+def test_interleaved_pairs_alternate_the_order_and_pair_the_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.benchmarks import timing
+
+    calls: list[str] = []
+    # A takes 2 s and B 1 s, except that a load burst doubles the second pair's A.
+    seconds = iter([2.0, 1.0, 1.0, 4.0, 2.0, 1.0])
+    monkeypatch.setattr(timing, "_timed", lambda fn: (fn(), next(seconds))[1])
+    paired = timing.interleaved_pairs(lambda: calls.append("a"), lambda: calls.append("b"), 3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert paired.a == [2.0, 4.0, 2.0] and paired.b == [1.0, 1.0, 1.0]
+    assert paired.pair_ratios == [2.0, 4.0, 2.0]
+    assert paired.median_ratio == 2.0 and paired.min_ratio == 2.0  # the burst moves neither
+    with pytest.raises(ValueError, match="pairs"):
+        timing.interleaved_pairs(lambda: None, lambda: None, 0)
 
 
 def test_sd2_configs_are_the_published_sd2_base_architectures() -> None:

@@ -4,6 +4,8 @@
     python tools/benchmark.py lotus              # tiny backbone: predictor vs bare calls vs Marigold; memory
     python tools/benchmark.py lotus --scale sd2  # SD2-base size (random weights): cost split, Lotus vs bare
                                                  # calls and Marigold, TAESD, SDPose persons/s, memory
+    python tools/benchmark.py lotus --scale sd2 --only ratio --threads 1  # the predictors vs their bare
+                                                 # calls alone, in --pairs interleaved pairs
     python tools/benchmark.py pose               # batched heatmap decoding vs mmpose; tiny top-down persons/s
     python tools/benchmark.py cocood             # COCO-OOD images/s per style with 1 and 2 workers
     python tools/benchmark.py autoencoder        # tiny models' accuracy: full VAE vs tiny decode vs tiny both
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="--scale sd2 processing resolution (or 768)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (pinned: shared machines thrash); default 1, 2 with --scale sd2")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="--scale sd2: interleaved predictor / bare-call pairs per Lotus mode")
+    parser.add_argument("--only", choices=["ratio"], default=None,
+                        help="--scale sd2: run one section alone (ratio: the predictors vs their bare calls)")
     parser.add_argument("--dry-run", action="store_true", help="one iteration at tiny sizes on the CPU")
     parser.add_argument("--out", default=None,
                         help="also write the tables here (gpu: outputs/benchmark_gpu.md)")
@@ -52,7 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.scale == "sd2":
             from zoo.benchmarks import sd2
 
-            sd2.run(resolution=args.resolution, threads=threads, dry_run=args.dry_run, out=args.out)
+            sd2.run(
+                resolution=args.resolution,
+                threads=threads,
+                dry_run=args.dry_run,
+                out=args.out,
+                pairs=args.pairs,
+                only=args.only,
+            )
         else:
             from zoo.benchmarks import lotus
 

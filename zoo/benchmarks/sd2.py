@@ -28,7 +28,7 @@ from zoo.backbones import StableDiffusionBackbone, widen_conv_in
 from zoo.backbones.autoencoder_tiny import CONFIG_DIR, taesd_from_config
 from zoo.backbones.stable_diffusion import encode_prompts
 from zoo.backbones.task_switcher import TASK_CODE_DIM
-from zoo.benchmarks.timing import best_of
+from zoo.benchmarks.timing import PairedTimes, best_of, interleaved_pairs
 from zoo.utils.threads import pinned_threads
 
 if TYPE_CHECKING:
@@ -214,16 +214,86 @@ def run(
     train_batch: int = 1,
     dry_run: bool = False,
     out: str | Path | None = None,
+    pairs: int = 3,
+    only: str | None = None,
 ) -> dict[str, float]:
     """Measure and print every SD2-size table of one run; write them to `out` (Markdown) when given.
 
     Every call at SD2 size is timed once after the cost split has run its shapes (a second call of tens of
-    seconds changes nothing but the run time); ensemble settings are composed from the measured calls.
+    seconds changes nothing but the run time); ensemble settings are composed from measured calls. The
+    predictors are timed against their bare calls in `pairs` interleaved pairs (see predictor_ratios).
+    only="ratio" runs the predictor-vs-bare-calls section alone (a few minutes instead of the whole run).
     """
+    if only not in (None, "ratio"):
+        raise ValueError(f"only must be None or 'ratio'; got {only!r}")
     if dry_run:
-        resolution, pose_crop, train_resolution, threads = 64, (48, 64), 32, 1
+        resolution, pose_crop, train_resolution, threads, pairs = 64, (48, 64), 32, 1, 2
     with pinned_threads(threads):
-        return _run(resolution, threads, pose_crop, train_resolution, train_batch, dry_run, out)
+        if only == "ratio":
+            return _run_ratio(resolution, threads, pairs, dry_run, out)
+        return _run(resolution, threads, pose_crop, train_resolution, train_batch, dry_run, out, pairs)
+
+
+def _test_images(resolution: int) -> torch.Tensor:
+    """One random image [1, 3, R, R] in [0, 1] (cost does not depend on content)."""
+    return torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+
+
+def predictor_ratios(
+    parts: SD2Parts, images: torch.Tensor, resolution: int, pairs: int
+) -> dict[str, PairedTimes]:
+    """LotusPredictor D and G (1 step) against their bare calls, timed in interleaved pairs.
+
+    The bare call is VAE encode -> UNet -> VAE decode on the prepared [-1, 1] pixels (and, for G, a prepared
+    noise latent): what a call cannot avoid. The predictor gets the [0, 1] image and does everything else
+    (input decoding, scaling, padding, noise, post-processing). Each predictor call is paired with a bare
+    call back to back, the order alternating (A B, B A, ...), so both members of a pair see nearly the same
+    load on a shared machine; the ratios are per pair (median) and of each side's fastest call (min-based).
+    One bare Lotus-G call runs first so that no timed call pays for new shapes (it runs every shape of both
+    modes but the 4-channel conv_in's).
+    """
+    from zoo.inference.lotus import LotusPredictor
+
+    backbone_d, backbone_g = parts.backbone(parts.unet_d), parts.backbone(parts.unet_g)
+    pixels = images * 2 - 1
+    with torch.no_grad():
+        latents = backbone_d.encode(pixels)  # [1, 4, R/8, R/8]
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+
+    @torch.no_grad()
+    def bare_d() -> torch.Tensor:
+        return backbone_d.decode(backbone_d.unet_forward(backbone_d.encode(pixels)))
+
+    @torch.no_grad()
+    def bare_g() -> torch.Tensor:
+        return backbone_g.decode(backbone_g.unet_forward(torch.cat([backbone_g.encode(pixels), noise], 1)))
+
+    lotus_d, lotus_g = LotusPredictor(backbone_d, "d", "depth"), LotusPredictor(backbone_g, "g", "depth")
+    call = {"processing_resolution": resolution, "output_type": "pt"}
+    bare_g()  # warm-up: the shapes the predictors run
+    return {
+        "d": interleaved_pairs(lambda: lotus_d(images, **call), bare_d, pairs),
+        "g": interleaved_pairs(
+            lambda: lotus_g(images, generator=torch.Generator().manual_seed(0), **call), bare_g, pairs
+        ),
+    }
+
+
+def _run_ratio(
+    resolution: int, threads: int, pairs: int, dry_run: bool, out: str | Path | None
+) -> dict[str, float]:
+    """The predictor-vs-bare-calls section alone."""
+    started = time.perf_counter()
+    load_before = _load_average()
+    parts = build_sd2(dry_run)
+    ratios = predictor_ratios(parts, _test_images(resolution), resolution, pairs)
+    wall = time.perf_counter() - started
+    text = (
+        f"{_header(resolution, threads)}; run {wall / 60:.1f} min; {_load_note(load_before)}\n\n"
+        + _ratio_section(ratios)
+    )
+    _emit(text, out)
+    return _ratio_results(ratios)
 
 
 def _run(
@@ -234,11 +304,13 @@ def _run(
     train_batch: int,
     dry_run: bool,
     out: str | Path | None,
+    pairs: int,
 ) -> dict[str, float]:
     from zoo.benchmarks.lotus import training_step_peak_kib
     from zoo.inference.lotus import LotusPredictor
 
     started = time.perf_counter()
+    load_before = _load_average()
     # First, while this process holds no model: each step runs in a fresh process with its own SD2 UNet.
     memory = {
         flag: training_step_peak_kib(
@@ -247,12 +319,10 @@ def _run(
         for flag in (False, True)
     }
     parts = build_sd2(dry_run)
-    backbone_d, backbone_g = parts.backbone(parts.unet_d), parts.backbone(parts.unet_g)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(1, 3, resolution, resolution, generator=generator)  # [1, 3, R, R] in [0, 1]
+    backbone_d = parts.backbone(parts.unet_d)
+    images = _test_images(resolution)  # [1, 3, R, R] in [0, 1]
     pixels = images * 2 - 1
     latents = backbone_d.encode(pixels)  # [1, 4, R/8, R/8]
-    noise = torch.randn(latents.shape, generator=generator)
 
     def once(fn: Callable[[], object]) -> float:
         """One timed call; its shapes have run before."""
@@ -265,15 +335,12 @@ def _run(
             "UNet (4 channels, Lotus-D)": best_of(lambda: backbone_d.unet_forward(latents), 1),
             "VAE decode": best_of(lambda: backbone_d.decode(latents), 1),
         }
-        unet_g = once(lambda: backbone_g.unet_forward(torch.cat([latents, noise], 1)))
         taesd_encode = best_of(lambda: parts.taesd.encode(pixels), 1)
         taesd_decode = best_of(lambda: parts.taesd.decode(latents), 1)
-    bare_d = sum(split.values())
-    bare_g = split["VAE encode"] + unet_g + split["VAE decode"]
-    lotus_d, lotus_g = LotusPredictor(backbone_d, "d", "depth"), LotusPredictor(backbone_g, "g", "depth")
+    ratios = predictor_ratios(parts, images, resolution, pairs)
+    predictor_d = min(ratios["d"].a)  # the least disturbed predictor call: the unit of the tables below
+    lotus_d = LotusPredictor(backbone_d, "d", "depth")
     call = {"processing_resolution": resolution, "output_type": "pt"}
-    predictor_d = once(lambda: lotus_d(images, **call))
-    predictor_g = once(lambda: lotus_g(images, generator=torch.Generator().manual_seed(0), **call))
     fast = {}
     for mode in ("tiny-decode", "tiny"):
         backbone_d.use_tiny_autoencoder(parts.taesd, mode)
@@ -318,11 +385,8 @@ def _run(
         train_resolution,
         train_batch,
         split,
-        unet_g,
-        bare_d,
-        bare_g,
+        ratios,
         predictor_d,
-        predictor_g,
         taesd_encode,
         taesd_decode,
         fast,
@@ -330,8 +394,84 @@ def _run(
         pose_seconds,
         memory,
         time.perf_counter() - started,
+        load_before,
     )
     return _report(parts, measured, out)
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _load_note(before: float | None) -> str:
+    """The load averages at the start and the end of a run: how shared the machine was."""
+    after = _load_average()
+    if before is None or after is None:
+        return "load average unknown"
+    return f"1-min load average {before:.1f} at the start, {after:.1f} at the end ({os.cpu_count()} CPUs)"
+
+
+def _ratio_section(ratios: dict[str, PairedTimes]) -> str:
+    """The predictor-vs-bare-calls table of interleaved pairs."""
+    names = {
+        "d": ("LotusPredictor D", "VAE encode + UNet + VAE decode"),
+        "g": ("LotusPredictor G (1 step)", "VAE encode + UNet (8 channels) + VAE decode"),
+    }
+    rows = []
+    for key, paired in ratios.items():
+        predictor, bare = names[key]
+        pair_ratios = paired.pair_ratios
+        rows.append(
+            [
+                f"{predictor} / bare {bare}",
+                str(len(pair_ratios)),
+                f"{min(paired.a):.2f} ({max(paired.a):.2f})",
+                f"{min(paired.b):.2f} ({max(paired.b):.2f})",
+                f"{paired.median_ratio:.3f}x",
+                f"{paired.min_ratio:.3f}x",
+                f"{min(pair_ratios):.3f}-{max(pair_ratios):.3f}",
+            ]
+        )
+    every = [seconds for paired in ratios.values() for seconds in paired.a + paired.b]
+    return (
+        "Lotus predictors vs their bare calls (goal <= 1.05x), interleaved pairs (A B, B A, ...)\n\n"
+        + _table(
+            [
+                "predictor / bare calls",
+                "pairs",
+                "predictor min (max) s",
+                "bare min (max) s",
+                "median of pair ratios",
+                "min-based ratio",
+                "pair ratios",
+            ],
+            rows,
+        )
+        + f"\nSingle calls in this section took {min(every):.2f}-{max(every):.2f} s: the spread is the "
+        "machine's load, which both members of a pair share.\n"
+    )
+
+
+def _ratio_results(ratios: dict[str, PairedTimes]) -> dict[str, float]:
+    results = {}
+    for key, paired in ratios.items():
+        results[f"predictor_{key}_s"] = min(paired.a)
+        results[f"bare_{key}_s"] = min(paired.b)
+        results[f"predictor_{key}_ratio"] = paired.median_ratio
+        results[f"predictor_{key}_ratio_min"] = paired.min_ratio
+    return results
+
+
+def _emit(text: str, out: str | Path | None) -> None:
+    """Print the tables and write them to `out` when given."""
+    print(text)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
 
 
 @dataclass
@@ -344,11 +484,8 @@ class SD2Measurements:
     train_resolution: int
     train_batch: int
     split: dict[str, float]  # VAE encode, UNet, VAE decode
-    unet_g: float  # the 8-channel UNet call
-    bare_d: float
-    bare_g: float
-    predictor_d: float
-    predictor_g: float
+    ratios: dict[str, PairedTimes]  # per mode (d, g): predictor (a) and bare calls (b), interleaved
+    predictor_d: float  # the fastest LotusPredictor D call of the pairs
     taesd_encode: float
     taesd_decode: float
     fast: dict[str, float]  # LotusPredictor D per tiny mode
@@ -356,6 +493,7 @@ class SD2Measurements:
     pose_seconds: dict[bool, float]  # per flip test
     memory: dict[bool, int]  # peak RSS growth KiB per gradient checkpointing
     wall: float
+    load_before: float | None  # 1-min load average at the start
 
 
 def _ensembling_seconds(pipeline: Any, task: str, resolution: int, ensemble: int) -> float:
@@ -407,14 +545,7 @@ def _report(parts: SD2Parts, m: SD2Measurements, out: str | Path | None) -> dict
         m.train_resolution,
         m.train_batch,
     )
-    split, unet_g, bare_d, bare_g, predictor_d, predictor_g = (
-        m.split,
-        m.unet_g,
-        m.bare_d,
-        m.bare_g,
-        m.predictor_d,
-        m.predictor_g,
-    )
+    split, ratios, predictor_d = m.split, m.ratios, m.predictor_d
     taesd_encode, taesd_decode, fast, marigold, pose_seconds, memory, wall = (
         m.taesd_encode,
         m.taesd_decode,
@@ -425,7 +556,8 @@ def _report(parts: SD2Parts, m: SD2Measurements, out: str | Path | None) -> dict
         m.wall,
     )
     lotus_call = predictor_d
-    sections = [f"{_header(resolution, threads)}; run {wall / 60:.1f} min\n"]
+    bare_d = sum(split.values())
+    sections = [f"{_header(resolution, threads)}; run {wall / 60:.1f} min; {_load_note(m.load_before)}\n"]
     split_rows = [
         [name, f"{seconds:.2f}", f"{100 * seconds / bare_d:.0f}%"] for name, seconds in split.items()
     ]
@@ -435,19 +567,8 @@ def _report(parts: SD2Parts, m: SD2Measurements, out: str | Path | None) -> dict
     sections.append(
         "Cost split of one Lotus-D call (bare calls)\n\n" + _table(["part", "seconds", "share"], split_rows)
     )
-    sections.append(
-        "Lotus predictors vs their bare calls (goal <= 1.05x)\n\n"
-        + _table(
-            ["method", "seconds", "ratio to bare calls"],
-            [
-                ["bare Lotus-D: VAE encode + UNet + VAE decode", f"{bare_d:.2f}", "1.00x"],
-                ["LotusPredictor D", f"{predictor_d:.2f}", f"{predictor_d / bare_d:.3f}x"],
-                ["bare Lotus-G: VAE encode + UNet (8 channels) + VAE decode", f"{bare_g:.2f}", "1.00x"],
-                ["LotusPredictor G (1 step)", f"{predictor_g:.2f}", f"{predictor_g / bare_g:.3f}x"],
-            ],
-        )
-    )
-    rows = [["LotusPredictor D (1 UNet call)", f"{lotus_call:.2f}", "1.0x", "measured"]]
+    sections.append(_ratio_section(ratios))
+    rows = [["LotusPredictor D (1 UNet call, fastest of the pairs)", f"{lotus_call:.2f}", "1.0x", "measured"]]
     results: dict[str, float] = {}
     for task in ("depth", "normals"):
         for name, (steps, ensemble) in MARIGOLD_SETTINGS.items():
@@ -525,21 +646,11 @@ def _report(parts: SD2Parts, m: SD2Measurements, out: str | Path | None) -> dict
         + "\nThe growth includes the UNet's fp32 gradients "
         f"({sum(p.numel() for p in parts.unet_d.parameters()) * 4 / 2**30:.2f} GiB).\n"
     )
-    text = "\n".join(sections)
-    print(text)
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+    _emit("\n".join(sections), out)
     results.update({f"split_{name}": seconds for name, seconds in split.items()})
+    results.update(_ratio_results(ratios))
     results.update(
         {
-            "unet_g_s": unet_g,
-            "bare_d_s": bare_d,
-            "bare_g_s": bare_g,
-            "predictor_d_s": predictor_d,
-            "predictor_g_s": predictor_g,
-            "predictor_d_ratio": predictor_d / bare_d,
-            "predictor_g_ratio": predictor_g / bare_g,
             "taesd_encode_s": taesd_encode,
             "taesd_decode_s": taesd_decode,
             "tiny_decode_s": fast["tiny-decode"],
@@ -559,6 +670,7 @@ __all__ = [
     "build_sd2",
     "load_config",
     "marigold_pipelines",
+    "predictor_ratios",
     "run",
     "sd2_backbone",
     "sdpose_predictor",
