@@ -326,3 +326,56 @@ def test_predictor_decodes_batch_by_batch_and_keeps_dotted_stems(tmp_path, monke
     written = predictor.save(out.prediction[0], tmp_path / "frame.0001")
     assert sorted(path.name for path in written) == ["frame.0001.npy", "frame.0001.png", "frame.0001_vis.png"]
     assert all(path.is_file() for path in written)
+
+
+def test_lotus_g_inference_steps_default_one_and_ddim_on_x0(tiny_backbone):
+    """1 step is the official single call; N steps are DDIM (eta 0) on x0 predictions, written out by hand."""
+    predictor = LotusPredictor(tiny_backbone, "g", "depth")
+    image = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(1, 4, 3, 4, generator=torch.Generator().manual_seed(4))
+    call = {"processing_resolution": 0, "output_type": "pt"}
+    default = predictor(image, latents=noise, **call)
+    one = predictor(image, latents=noise, num_inference_steps=1, **call)
+    torch.testing.assert_close(one.prediction, default.prediction, rtol=0, atol=0)
+
+    backbone, alphas = tiny_backbone, tiny_backbone.scheduler.alphas_cumprod
+    with torch.no_grad():
+        image_latents = backbone.encode_images(image)
+        sample = noise
+        timesteps = [999, 749, 499, 249]  # trailing: 1000 steps / 4, the first at the training timestep
+        for index, t in enumerate(timesteps):
+            x0 = backbone.unet_forward(torch.cat([image_latents, sample], 1), t, "annotation")
+            if index + 1 < len(timesteps):
+                eps = (sample - alphas[t].sqrt() * x0) / (1 - alphas[t]).sqrt()
+                following = alphas[timesteps[index + 1]]
+                sample = following.sqrt() * x0 + (1 - following).sqrt() * eps
+    four = predictor(image, latents=noise, num_inference_steps=4, **call)
+    torch.testing.assert_close(four.latent, x0, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(four.latent, one.latent)
+
+
+def test_lotus_inference_steps_are_checked(tiny_backbone):
+    image = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="1 for Lotus-D"):
+        LotusPredictor(tiny_backbone, "d", "depth")(image, num_inference_steps=2)
+    with pytest.raises(ValueError, match=">= 1 for Lotus-G"):
+        LotusPredictor(tiny_backbone, "g", "depth")(image, num_inference_steps=0)
+
+
+def test_lotus_g_steps_recipe_measures_and_merges_into_the_records(tmp_path):
+    """The recipe behind the shipped tiny Lotus-G's steps metrics, on an untrained export and one batch."""
+    from zoo.models.lotus import LotusModule
+    from zoo.recipes import lotus_g_steps
+    from zoo.utils.files import atomic_write_json, read_json_file
+
+    folder = tmp_path / "lotus_g"
+    LotusModule(mode="g").eval().export_pretrained(str(folder))
+    atomic_write_json(folder / "metrics.json", {"abs_rel": 0.5})
+    atomic_write_json(folder / "recipe.json", {"command": "train"})
+    record = lotus_g_steps.measure(folder, steps=(1, 2), limit_test_batches=1)
+    assert set(record["steps"]) == {"1", "2"} and record["steps"]["1"] != record["steps"]["2"]
+    assert record["random_unet"]["abs_rel"] > 0 and "baseline_margin" in record
+    lotus_g_steps.write(folder, record)
+    metrics = read_json_file(folder / "metrics.json")
+    assert metrics["abs_rel"] == 0.5 and metrics["delta1_steps2"] == record["steps"]["2"]["delta1"]
+    assert read_json_file(folder / "recipe.json")["inference_steps"]["command"] == lotus_g_steps.COMMAND

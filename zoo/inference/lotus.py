@@ -16,7 +16,7 @@ from tqdm import tqdm
 from zoo.backbones import StableDiffusionBackbone
 from zoo.data.images import ImageInput, load_rgb
 from zoo.models import MODEL_CONFIG_FILE
-from zoo.models.lotus.model import Lotus
+from zoo.models.lotus.model import Lotus, check_inference_steps
 from zoo.utils.files import atomic_open
 from zoo.visualize import colorize_depth, colorize_normals
 
@@ -35,7 +35,8 @@ class LotusOutput:
 
 
 class LotusPredictor:
-    """Lotus-G/D inference: one VAE encode, one UNet call at t=999 and one VAE decode per image.
+    """Lotus-G/D inference: one VAE encode, one UNet call at t=999 and one VAE decode per image
+    (Lotus-G: one UNet call per `num_inference_steps`, 1 by default).
 
     Default mode is deterministic (posterior mode, replicate padding to x8, Marigold post-processing, bilinear
     resize back). `lotus_compat=True` reproduces the official pipeline exactly: a posterior *sample* from the
@@ -132,8 +133,15 @@ class LotusPredictor:
         latents: torch.Tensor | None = None,
         output_type: Literal["np", "pt"] = "np",
         show_progress_bar: bool = False,
+        num_inference_steps: int = 1,
     ) -> LotusOutput:
-        """Predict depth/disparity or normals for one image or a batch (paths, PIL, numpy, tensors)."""
+        """Predict depth/disparity or normals for one image or a batch (paths, PIL, numpy, tensors).
+
+        `num_inference_steps` (Lotus-G only): 1 by default, the official single step from noise at t=999;
+        more runs DDIM on the x0 predictions (Lotus.predict_latents), one UNet call per step. Lotus-D is a
+        single regression call and takes 1.
+        """
+        check_inference_steps(self.model.mode, num_inference_steps)
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt'; got {output_type!r}")
         if processing_resolution is None:
@@ -166,6 +174,7 @@ class LotusPredictor:
                     generator,
                     chunk_latents,
                     compat=self.lotus_compat,
+                    num_inference_steps=num_inference_steps,
                 )
                 predictions.extend(prediction.cpu())
                 out_latents.extend(latent.cpu())

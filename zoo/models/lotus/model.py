@@ -7,10 +7,12 @@ reconstruction through the task switcher ("detail preserver").
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from torch import nn
 
@@ -68,19 +70,33 @@ class Lotus(nn.Module):
         image_latents: torch.Tensor,
         latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        num_inference_steps: int = 1,
     ) -> torch.Tensor:
-        """One UNet call at t=999 with the annotation code: x0 latents [B, 4, h, w].
+        """x0 latents [B, 4, h, w]: one UNet call at t=999 with the annotation code (the official Lotus).
 
         For G, `latents` is the starting noise (drawn with `generator` when not given); D ignores both.
+        G with `num_inference_steps` > 1 runs deterministic DDIM (eta 0) on the x0 predictions over trailing
+        timesteps (999, then evenly down: 999, 499 for 2; 999, 749, 499, 249 for 4), re-noising each x0
+        towards the next timestep with the noise it implies; Lotus is trained at t=999 only, so the later
+        steps ask the model about inputs it was not trained on (their accuracy is measured, not assumed).
+        D is a single regression call.
         """
-        noise = None
-        if self.mode == "g":
-            noise = latents
-            if noise is None:
-                noise = torch.randn(image_latents.shape, generator=generator, device=image_latents.device)
-            noise = noise.to(image_latents)
-        sample = self.unet_input(image_latents, noise)
-        return self.backbone.unet_forward(sample, FINAL_TIMESTEP, task="annotation")
+        check_inference_steps(self.mode, num_inference_steps)
+        if self.mode == "d":
+            return self.backbone.unet_forward(image_latents, FINAL_TIMESTEP, task="annotation")
+        noise = latents
+        if noise is None:
+            noise = torch.randn(image_latents.shape, generator=generator, device=image_latents.device)
+        sample = noise.to(image_latents)
+        scheduler = lotus_g_scheduler(self.backbone.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
+        x0 = sample
+        for index, timestep in enumerate(scheduler.timesteps):
+            sample_in = self.unet_input(image_latents, sample)  # [B, 8, h, w]
+            x0 = self.backbone.unet_forward(sample_in, int(timestep), "annotation")
+            if index + 1 < num_inference_steps:
+                sample = scheduler.step(x0, timestep, sample).prev_sample
+        return x0
 
     @torch.no_grad()
     def predict(
@@ -91,6 +107,7 @@ class Lotus(nn.Module):
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         compat: bool = False,
+        num_inference_steps: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [0, 1] [B, 3, H, W] -> (prediction [B, C, H', W'], x0 latents [B, 4, h, w]) on the
         device.
@@ -100,6 +117,7 @@ class Lotus(nn.Module):
         (posterior sample from the global RNG, no padding, per-channel clamp then mean, nearest resize back);
         the default is deterministic
         (posterior mode, replicate padding to x8, Marigold post-processing and bilinear resize back).
+        `num_inference_steps` (G only, default 1 as the official Lotus-G): see predict_latents.
         """
         height, width = images.shape[-2:]
         size = processing_size(height, width, resolution)
@@ -107,7 +125,7 @@ class Lotus(nn.Module):
         if size != (height, width):
             pixels = F.interpolate(pixels, size, mode="bilinear", antialias=True, align_corners=False)
         image_latents = self.backbone.encode_images(pixels, sample=compat, pad=not compat)  # [B, 4, h, w]
-        x0 = self.predict_latents(image_latents, latents=latents, generator=generator)
+        x0 = self.predict_latents(image_latents, latents, generator, num_inference_steps)
         decoded = self.backbone.decode(x0, size=None if compat else size)  # [B, 3, h*8 | H', w*8 | W']
         prediction = decode_prediction(decoded, self.task, compat=compat)  # [B, C, ., .]
         if match_input and prediction.shape[-2:] != (height, width):
@@ -151,6 +169,28 @@ class Lotus(nn.Module):
             total = total + reconstruction_weight * reconstruction
         losses["loss"] = total
         return losses
+
+
+def check_inference_steps(mode: Mode, num_inference_steps: int) -> None:
+    """Lotus-G takes any number of steps >= 1; Lotus-D is one regression call."""
+    if num_inference_steps < 1 or (mode == "d" and num_inference_steps != 1):
+        raise ValueError(
+            f"num_inference_steps must be >= 1 for Lotus-G and 1 for Lotus-D; got {num_inference_steps} "
+            f"for Lotus-{mode.upper()}"
+        )
+
+
+def lotus_g_scheduler(config: Mapping[str, Any]) -> DDIMScheduler:
+    """DDIM over the backbone's noise schedule on x0 predictions, trailing timesteps (the first is t=999)."""
+    return DDIMScheduler.from_config(
+        dict(config),
+        prediction_type="sample",
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        steps_offset=0,
+        clip_sample=False,
+        thresholding=False,
+    )
 
 
 def processing_size(height: int, width: int, resolution: int) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from zoo.models.lotus.model import (
     Lotus,
     LotusTask,
     Mode,
+    check_inference_steps,
     constant_normal_baseline,
     encode_target_distribution,
     latent_valid_mask,
@@ -37,6 +38,7 @@ class LotusModule(FamilyModule):
 
     `backbone` is a diffusers folder or hub id (stabilityai/stable-diffusion-2-base for the official recipe,
     checkpoints/tiny/backbone for the embedded default). Gradient clipping (1.0) is a Trainer option.
+    `num_inference_steps` sets Lotus-G's evaluation steps (default 1, the official single step; D takes 1).
     """
 
     family = "lotus"
@@ -58,10 +60,12 @@ class LotusModule(FamilyModule):
         lotus_compat: bool = False,
         cache_latents: bool = False,
         lr_schedule: str = "constant",
+        num_inference_steps: int = 1,
     ):
         super().__init__(ema_decay, log_images_every_n_val)
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; got {lr_schedule!r}")
+        check_inference_steps(mode, num_inference_steps)
         self.save_hyperparameters()
         sd = StableDiffusionBackbone.from_pretrained(
             backbone, with_task_switcher=True, unet_in_channels=8 if mode == "g" else None
@@ -137,8 +141,10 @@ class LotusModule(FamilyModule):
     ) -> torch.Tensor:
         """Images in [0, 1] [B, 3, H, W] -> depth/disparity in [0, 1] [B, 1, H, W] or unit normals
         [B, 3, H, W]."""
-        compat = self.hparams.lotus_compat
-        return self.model.predict(images, processing_resolution, True, generator, compat=compat)[0]
+        compat, steps = self.hparams.lotus_compat, self.hparams.num_inference_steps
+        return self.model.predict(
+            images, processing_resolution, True, generator, compat=compat, num_inference_steps=steps
+        )[0]
 
     def make_evaluators(self, stage: str) -> dict[str, Evaluator]:
         """Depth: per-image Marigold metrics with the best-constant baseline; normals: pooled DSINE metrics.
