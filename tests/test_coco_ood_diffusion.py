@@ -263,3 +263,14 @@ def test_two_worker_processes_give_the_same_bytes(
     # Each spawned worker unpickles the styles without a pipeline and loads its own.
     build(*coco2, tmp_path / "workers", NAMES, seed=0, workers=2, progress=False)
     assert tree(tmp_path / "workers") == tree(reference)
+
+
+def test_prompt_following_check_reads_the_colour_shift() -> None:
+    from zoo.data.synthetic.captions import COLOURS
+    from zoo.recipes.tiny_ood_styles import shifted_colour
+
+    grey = np.full((16, 16, 3), 128, np.uint8)
+    for colour, albedo in COLOURS.items():
+        tinted = (0.7 * grey + 0.3 * 255 * np.asarray(albedo)).astype(np.uint8)
+        assert shifted_colour(grey, tinted) == colour
+        assert shifted_colour(tinted, grey) != colour  # moving away from a colour is not following it
