@@ -1,7 +1,7 @@
 """COCO-OOD's diffusion styles on the tiny backbone: does restyling follow the prompt? A picture and a rate.
 
     OMP_NUM_THREADS=1 python -m zoo.recipes.tiny_ood_styles --out outputs/tiny_ood_styles \
-        [--sheet docs/tiny_coco_ood_styles.png]
+        [--sheet docs/tiny_coco_ood_styles.jpg]
 
 The tiny prior knows only the words of its captions (five colours, spheres, boxes, figures), so the prompts
 here name colours ("a red sphere", ...) instead of COCO-OOD's painting styles. A restyled image follows its
@@ -116,7 +116,7 @@ def run(coco_dir: Path, out: Path, sheet: Path | None, seed: int = 0) -> dict[st
     atomic_write_json(out / "results.json", results)
     if sheet is not None:
         shown = [picture for key, row in rows.items() if key.startswith("trained") for picture in row]
-        Image.fromarray(image_grid(shown, columns=1 + len(PROMPTS))).save(sheet)
+        Image.fromarray(image_grid(shown, columns=1 + len(PROMPTS))).save(sheet, quality=85)
     return results
 
 
