@@ -46,6 +46,14 @@ def test_autoencoder_accuracy_dry_run(tmp_path: Path) -> None:
     text = out.read_text()
     for row in ("| lotus_depth_d | depth AbsRel |", "| lotus_normal_d |", "| sdpose_body | pose AP |"):
         assert row in text, row
+    # A subset keeps its rows only; an unknown name is refused with the known ones.
+    subset = ["--models", "sdpose_body"]
+    benchmark.main(
+        ["autoencoder", "--dry-run", "--taesd", str(tmp_path / "taesd"), "--out", str(out), *subset]
+    )
+    assert "| sdpose_body | pose AP |" in out.read_text() and "lotus_depth_d" not in out.read_text()
+    with pytest.raises(ValueError, match="choose from"):
+        benchmark.main(["autoencoder", "--dry-run", "--models", "lotus_depth_x"])
 
 
 def test_sd2_scale_dry_run_prints_every_table(tmp_path: Path) -> None:

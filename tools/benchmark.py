@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write the tables here (gpu: outputs/benchmark_gpu.md)")
     parser.add_argument("--taesd", default=None,
                         help="autoencoder: AutoencoderTiny folder (checkpoints/tiny/taesd)")
+    parser.add_argument("--models", default=None,
+                        help="autoencoder: comma-separated tiny models (default all), e.g. lotus_depth_g")
     parser.add_argument("--coco-ann", default=str(REALDATA / "coco" / "test_coco.json"))
     parser.add_argument("--coco-images", default=str(REALDATA / "coco"))
     args = parser.parse_args(argv)
@@ -82,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.which in ("autoencoder", "all"):
         from zoo.benchmarks import autoencoder
 
-        autoencoder.run(args.taesd or autoencoder.TINY_TAESD, dry_run=args.dry_run, out=args.out)
+        models = args.models.split(",") if args.models else None
+        taesd = args.taesd or autoencoder.TINY_TAESD
+        autoencoder.run(taesd, dry_run=args.dry_run, out=args.out, models=models)
     if args.which in ("diffpose", "all"):
         from zoo.benchmarks import diffpose
 

@@ -46,12 +46,24 @@ def _test_metrics(name: str, taesd: str | Path, mode: str, dry_run: bool) -> dic
 
 
 def run(
-    taesd: str | Path = TINY_TAESD, dry_run: bool = False, out: str | Path | None = None
+    taesd: str | Path = TINY_TAESD,
+    dry_run: bool = False,
+    out: str | Path | None = None,
+    models: list[str] | None = None,
 ) -> dict[str, float]:
-    """Print (and write to `out`) each tiny model's accuracy per autoencoder route; return the numbers."""
+    """Print (and write to `out`) each tiny model's accuracy per autoencoder route; return the numbers.
+
+    `models` keeps a subset of TINY_MODELS (by folder name, e.g. ["lotus_depth_g"]), in the table's order.
+    """
+    known = [spec[0] for spec in TINY_MODELS]
+    unknown = sorted(set(models or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown tiny models {unknown}; choose from {known}")
     results: dict[str, float] = {}
     rows = []
     for name, label, key, lower_is_better, decodes in TINY_MODELS:
+        if models and name not in models:
+            continue
         values = {}
         for mode in VAE_MODES:
             if mode == "tiny-decode" and not decodes:
