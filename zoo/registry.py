@@ -78,6 +78,9 @@ class ModelEntry:
     results_source: str = "measured here"
     # For models trained here: the metrics of `<checkpoint>/metrics.json` shown as MEASURED_DATASET results.
     measured_metrics: tuple[str, ...] = ()
+    # Measured comparisons shown in the table: label -> a JSON file under the checkpoint folder holding
+    # {"metrics": {...}, "source": "..."}, the same recipe and steps from another start (e.g. a random UNet).
+    comparisons: dict[str, str] = field(default_factory=dict)
     # How shipped weights are rebuilt: "train_tiny" (tools/train_tiny.py, `make tiny-models`), "tiny-backbone"
     # (`make tiny-backbone`), or "none" (an entry without weights of its own, e.g. feature settings).
     rebuild: str = "train_tiny"
@@ -99,6 +102,18 @@ class ModelEntry:
         values = json.loads(path.read_text()) if path.is_file() else {}
         measured = {name: round(float(values[name]), 4) for name in self.measured_metrics if name in values}
         return {**self.results, MEASURED_DATASET: measured} if measured else dict(self.results)
+
+    def comparison_results(self) -> dict[str, dict[str, float]]:
+        """label -> the `measured_metrics` of each comparison file (read on call; a missing file is an error).
+        """
+        results = {}
+        for label, name in self.comparisons.items():
+            path = REPO_ROOT / self.checkpoint / name
+            if not path.is_file():
+                raise FileNotFoundError(f"model {self.name!r}: comparison {label!r} needs {path}")
+            values = json.loads(path.read_text())["metrics"]
+            results[label] = {m: round(float(values[m]), 4) for m in self.measured_metrics if m in values}
+        return results
 
 
 def _build(cls: type, record: dict[str, Any], where: str) -> Any:
@@ -239,8 +254,8 @@ def load(name_or_path: str | os.PathLike, allow_download: bool = False, **kwargs
 def model_zoo_markdown() -> str:
     """The README's model-zoo table, generated from the registry."""
     lines = [
-        "| model | family | task | checkpoint | results | source of numbers |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | family | task | checkpoint | results | source of numbers | compared with (same recipe) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in available_models():
         entry = get_entry(name)
@@ -249,8 +264,12 @@ def model_zoo_markdown() -> str:
             f"{dataset}: " + ", ".join(f"{metric} {value:.4g}" for metric, value in sorted(metrics.items()))
             for dataset, metrics in sorted(shown.items())
         )
+        compared = "; ".join(
+            f"{label}: " + ", ".join(f"{metric} {value:.4g}" for metric, value in sorted(metrics.items()))
+            for label, metrics in entry.comparison_results().items()
+        )
         lines.append(
             f"| `{name}` | {entry.family} | {entry.task} | `{entry.checkpoint}` | {results or '—'} | "
-            f"{entry.results_source if shown else '—'} |"
+            f"{entry.results_source if shown else '—'} | {compared or '—'} |"
         )
     return "\n".join(lines) + "\n"
