@@ -81,6 +81,24 @@ def test_shipped_models_carry_the_numbers_measured_for_them():
             assert metrics[metric] == pytest.approx(value, abs=1e-4), f"{entry.name}: {metric}"
 
 
+def test_comparisons_carry_their_source_and_every_measured_metric():
+    compared = [get_entry(n) for n in zoo.available_models() if get_entry(n).comparisons]
+    for entry in compared:
+        for label, name in entry.comparisons.items():
+            record = json.loads((REPO_ROOT / entry.checkpoint / name).read_text())
+            assert record["source"], f"{entry.name}: comparison {label!r} says nothing of where it comes from"
+            assert set(entry.measured_metrics) <= set(record["metrics"]), f"{entry.name}: {label}"
+        assert entry.comparison_results().keys() == entry.comparisons.keys()
+
+
+def test_a_missing_comparison_file_is_an_error():
+    from dataclasses import replace
+
+    entry = replace(get_entry("tiny-lotus-depth-d"), comparisons={"elsewhere": "no_such_file.json"})
+    with pytest.raises(FileNotFoundError, match="no_such_file.json"):
+        entry.comparison_results()
+
+
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(KeyError, match="lotus-depth-d"):
         zoo.load("no-such-model")
