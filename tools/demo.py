@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo.cli import metrics_markdown  # noqa: E402
-from zoo.registry import REPO_ROOT, get_entry, get_family, tiny_models  # noqa: E402
+from zoo.registry import MEASURED_DATASET, REPO_ROOT, get_entry, get_family, tiny_models  # noqa: E402
 from zoo.utils.files import atomic_open, atomic_write_text, sha256_file  # noqa: E402
 from zoo.visualize import image_grid  # noqa: E402
 
@@ -182,6 +182,23 @@ def coco_ood_demo(out: Path) -> Path:
     return write_contact_sheet(out / "coco_ood_contact_sheet.png", out / "coco_ood", REALDATA / "coco")
 
 
+def comparison_table() -> str:
+    """Markdown: each shipped model's measured metrics next to its registered comparisons (random UNet)."""
+    rows = []
+    for entry in tiny_models(rebuild=None):
+        measured = entry.all_results().get(MEASURED_DATASET, {})
+        for label, metrics in entry.comparison_results().items():
+            rows += [
+                f"| {entry.name} | {metric} | {measured[metric]:.4g} | {label}: {value:.4g} |"
+                for metric, value in sorted(metrics.items())
+                if metric in measured
+            ]
+    if not rows:
+        return ""
+    header = ["| model | metric | shipped (from the prior) | same recipe and steps |", "|" + " --- |" * 4]
+    return "\n".join([*header, *rows]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the demo."""
     parser = argparse.ArgumentParser(
@@ -206,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"\n## {name} on {args.figures} held-out synthetic figure images (GT boxes, flip test)\n",
                 metrics_markdown(metrics),
             ]
+    comparisons = comparison_table()
+    if comparisons:
+        report += ["\n## What the prior is worth (held-out, as measured by each recipe)\n", comparisons]
     for entry in tiny_models(rebuild="tiny-backbone"):
         if get_family(entry.family).output_kind == "image":
             report += [f"\n{entry.name} samples from held-out captions: {t2i_demo(entry.name, out)}\n"]
