@@ -120,6 +120,8 @@ FAMILIES = (
         "datamodule": "zoo.data.posetrack_datamodule:PoseTrackDataModule",
         "predictor": "zoo.inference.video_pose:VideoPosePredictor",
         "output_kind": "video_keypoints",
+        # Annotates videos, not images: tools/annotate.py builds its VideoAnnotator (PoseTrack JSON).
+        "annotator_adapter": "zoo.inference.annotate.video:VideoPoseAdapter",
         "smoke_overrides": _VIDEO_POSE_SMOKE,
     },
 )
@@ -197,6 +199,7 @@ MODELS = (
         "checkpoint": "checkpoints/tiny/lotus_depth_d",
         "description": "Lotus-D disparity on the tiny backbone, 64x64 synthetic scenes",
         "measured_metrics": _DEPTH_METRICS,
+        "comparisons": {"from a random UNet": "random_unet_metrics.json"},
     },
     {
         "name": "tiny-lotus-normal-d",
