@@ -42,13 +42,19 @@ def random_unet_backbone(folder: Path, seed: int = RANDOM_UNET_SEED) -> Path:
 
 
 def run(config: str, steps: int, out: Path, extra: list[str] | None = None) -> dict[str, Any]:
-    """Train `config` for `steps` from the trained and from a random UNet; test both; write results.json."""
+    """Train `config` for `steps` from the trained and from a random UNet; test both; write results.json.
+
+    `extra`: further LightningCLI overrides for both runs (e.g. `--model.init_args.lr 1e-4`).
+    """
+    extra = list(extra or [])
     out.mkdir(parents=True, exist_ok=True)
     starts = {"trained prior": BACKBONE, "random UNet": random_unet_backbone(out / "random_unet_backbone")}
     results: dict[str, Any] = {
         "config": config,
         "steps": steps,
-        "command": f"python -m zoo.recipes.prior_worth {config} --steps {steps} --out {out.as_posix()}",
+        "command": " ".join(
+            ["python -m zoo.recipes.prior_worth", config, f"--steps {steps} --out {out.as_posix()}", *extra]
+        ),
         "threads": torch.get_num_threads(),
         "random_unet_seed": RANDOM_UNET_SEED,
     }
@@ -61,7 +67,7 @@ def run(config: str, steps: int, out: Path, extra: list[str] | None = None) -> d
             str(steps),
             "--trainer.enable_progress_bar",
             "false",
-            *(extra or []),
+            *extra,
         ]
         record = train_evaluate_export(config, out / start.replace(" ", "_"), overrides)
         results[start] = {"metrics": record["metrics"], "seconds": round(time.time() - started, 1)}
