@@ -14,7 +14,7 @@ import benchmark  # noqa: E402
 
 
 # diffpose: its dry run (half a minute) is tests/test_diffpose.py::test_video_folder_and_benchmark_dry_run.
-@pytest.mark.parametrize("mode", ["lotus", "pose", "cocood", "mustafar"])
+@pytest.mark.parametrize("mode", ["lotus", "pose", "cocood", "mustafar", "memory"])
 def test_tiny_benchmark_modes_dry_run(mode: str, realdata: Path, capsys: pytest.CaptureFixture) -> None:
     benchmark.main(
         [

@@ -201,3 +201,62 @@ def test_shipped_tiny_model_finds_held_out_figures(tmp_path: Path):
     image = cv2.cvtColor(cv2.imread(str(image_dir / gt["images"][0]["file_name"])), cv2.COLOR_BGR2RGB)
     drawn = draw_skeleton(image, out.keypoints[0], out.scores[0], out.metainfo)
     assert drawn.shape == image.shape and (drawn != image).any()
+
+
+def test_inputs_are_decoded_as_their_crops_run(
+    planted: PosePredictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Memory follows batch_size: 24 mixed-size files with 0-3 persons each at batch size 4 are decoded one at
+    a time, each crop batch runs as soon as it is full, and the batches are those of pooling every crop first.
+    """
+    import weakref
+
+    from zoo.inference import pose
+
+    rng = np.random.default_rng(0)
+    paths, boxes = [], []
+    for index in range(24):
+        width, height = 40 + 16 * (index % 5), 32 + 8 * (index % 3)
+        path = tmp_path / f"{index:02d}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        paths.append(path)
+        boxes.append(np.array([[1, 1, width - 2, height - 3]] * (index % 4), dtype=np.float64).reshape(-1, 4))
+    alive, events = {"now": 0, "peak": 0}, []
+    original_load, original_predict = pose.load_rgb_uint8, PosePredictor._predict_crops
+
+    def released() -> None:
+        alive["now"] -= 1
+
+    def counting_load(image, name=None) -> np.ndarray:
+        array = original_load(image, name)
+        alive["now"] += 1
+        alive["peak"] = max(alive["peak"], alive["now"])
+        weakref.finalize(array, released)
+        events.append("decode")
+        return array
+
+    def counting_predict(self, crops, *args):
+        events.append(len(crops))
+        return original_predict(self, crops, *args)
+
+    monkeypatch.setattr(pose, "load_rgb_uint8", counting_load)
+    monkeypatch.setattr(PosePredictor, "_predict_crops", counting_predict)
+    out = planted(paths, boxes=boxes, batch_size=4)
+    # Each image is decoded, then a batch runs as soon as its crops make 4: never all decodes first.
+    expected, pooled = [], 0
+    for image_boxes in boxes:
+        expected.append("decode")
+        for _ in image_boxes:
+            pooled += 1
+            if pooled == 4:
+                expected.append(4)
+                pooled = 0
+    assert events == expected + ([pooled] if pooled else [])
+    assert alive["peak"] <= 1  # one decoded image at a time, never 24 (nor more than batch_size)
+    for keypoints, image_boxes in zip(out.keypoints, boxes, strict=True):
+        assert keypoints.shape == (len(image_boxes), 17, 2)
+        if len(image_boxes):
+            _assert_planted(keypoints, image_boxes)
+    with pytest.raises(ValueError, match="one \\[N, 4\\] array per image"):
+        planted(paths, boxes=boxes[:-1])
+    assert events.count("decode") == 24  # the boxes were refused before any image was decoded

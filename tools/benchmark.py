@@ -11,6 +11,7 @@
     python tools/benchmark.py autoencoder        # tiny models' accuracy: full VAE vs tiny decode vs tiny both
     python tools/benchmark.py diffpose           # DiffPose video persons/s vs steps x ensemble; feature reuse
     python tools/benchmark.py mustafar           # Mustafar SD encoder images/s at s = 0 and s = 4; tokens
+    python tools/benchmark.py memory             # pose predictor peak memory, 8 vs 64 mixed-size images
     python tools/benchmark.py gpu                # the prepared CUDA run (make benchmark-gpu), table to --out
     python tools/benchmark.py all
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    modes = ["lotus", "pose", "cocood", "autoencoder", "diffpose", "mustafar", "gpu", "all"]
+    modes = ["lotus", "pose", "cocood", "autoencoder", "diffpose", "mustafar", "memory", "gpu", "all"]
     parser.add_argument("which", choices=modes)
     parser.add_argument("--scale", choices=["tiny", "sd2"], default="tiny",
                         help="tiny: the committed tiny backbone; sd2: SD2-base architectures, random weights")
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
         from zoo.benchmarks import mustafar
 
         mustafar.run(threads=threads, dry_run=args.dry_run)
+    if args.which in ("memory", "all"):
+        from zoo.benchmarks import memory
+
+        memory.run(threads=threads, dry_run=args.dry_run)
     if args.which == "gpu":
         from zoo.benchmarks import gpu
 

@@ -238,6 +238,9 @@ def load(name_or_path: str | os.PathLike, allow_download: bool = False, **kwargs
     folder = Path(name)
     marker = folder / MODEL_CONFIG_FILE
     if folder.is_dir() and marker.is_file():
+        from zoo.backbones import check_model_folder
+
+        check_model_folder(folder)  # malformed or absurd configs are named before any family code runs
         try:
             family = json.loads(marker.read_text())["family"]
         except (ValueError, KeyError, TypeError) as error:

@@ -2,9 +2,11 @@
 
 from zoo.backbones.stable_diffusion import (
     FINAL_TIMESTEP,
+    ConfigSizeError,
     CorruptWeightsError,
     MissingWeightsError,
     StableDiffusionBackbone,
+    check_model_folder,
     replicate_pad,
     widen_conv_in,
 )
@@ -13,10 +15,12 @@ from zoo.backbones.task_switcher import task_code, task_codes
 
 __all__ = [
     "FINAL_TIMESTEP",
+    "ConfigSizeError",
     "CorruptWeightsError",
     "FeatureTaps",
     "MissingWeightsError",
     "StableDiffusionBackbone",
+    "check_model_folder",
     "replicate_pad",
     "tapped",
     "task_code",

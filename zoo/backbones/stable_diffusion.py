@@ -20,6 +20,7 @@ from torch import nn
 
 from zoo.backbones.taps import FeatureTaps
 from zoo.backbones.task_switcher import TASK_CODE_DIM, Task, task_codes
+from zoo.utils.files import JSONFileError, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,120 @@ class MissingWeightsError(FileNotFoundError):
     """Backbone weights are not available locally; the message says what to download and where."""
 
 
-class CorruptWeightsError(OSError):
+class CorruptWeightsError(OSError, ValueError):
     """A weights or config file is present but unreadable (truncated, corrupt, malformed); the message names
-    it."""
+    it. A ValueError too, so that the tools report it like any other bad input instead of a traceback."""
+
+
+class ConfigSizeError(CorruptWeightsError):
+    """A model config asks for sizes no real model has; raised before anything is allocated, naming the file
+    and the field."""
+
+
+# The largest value of a config field that real models reach, with room to spare; above it a config is refused
+# before any layer is built (a width of 10^6 or a vocabulary of 10^9 would try to allocate terabytes).
+# (pattern on the field name, limit, what the field is)
+_SIZE_LIMITS = (
+    (
+        re.compile(
+            r"(vocab_size|max_position_embeddings|num_embeddings|num_class_embeds|n_positions|n_ctx|"
+            r"num_train_timesteps)$"
+        ),
+        1 << 21,
+        "table length",
+    ),
+    (
+        re.compile(r"(channels|hidden_size|intermediate_size|_dim|^dim|^width|n_embd|d_model|norm_num_groups)$"),
+        1 << 17,
+        "width",
+    ),
+    (
+        re.compile(r"(layers|layers_per_block|heads|n_layer|n_head|num_blocks|num_frames|num_keypoints|ensemble)$"),
+        1 << 10,
+        "count",
+    ),
+    (
+        re.compile(r"(sample_size|image_size|input_size|heatmap_size|patch_size|^patch)$"),
+        65_535,
+        "size in pixels",
+    ),
+)
+# A coarse bound on the weights one config level describes (widest width squared times its layers, or a table
+# times the width): above 10^12 values (4 TB in float32) a config is refused even if each field is plausible.
+_MAX_ELEMENTS = 10**12
+# The files of a model folder whose sizes are checked: the family record, the pipeline index and every
+# component's config (unet/, vae/, text_encoder/, llm/, clip/, scheduler/).
+_CONFIG_FILES = ("zoo_model.json", "model_index.json", "*/config.json", "*/scheduler_config.json")
+
+
+def check_config_sizes(config: Any, source: str, where: str = "") -> None:
+    """Refuse a parsed config whose size fields are absurd or not sizes: ConfigSizeError naming `source` and
+    the field (`llm.hidden_size`, `block_out_channels[0]`)."""
+    if isinstance(config, list):
+        for index, item in enumerate(config):
+            if isinstance(item, (dict, list)):
+                check_config_sizes(item, source, f"{where}[{index}]")
+        return
+    if not isinstance(config, dict):
+        return
+    widest, layers, table = 0.0, 0.0, 0.0
+    for key, value in config.items():
+        field = f"{where}.{key}" if where else str(key)
+        rule = next((rule for rule in _SIZE_LIMITS if rule[0].search(str(key))), None)
+        scalars = isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value)
+        if isinstance(value, dict) or (isinstance(value, list) and (rule is None or not scalars)):
+            check_config_sizes(value, source, field)
+            continue
+        if rule is None or value is None:
+            continue
+        _, limit, kind = rule
+        for index, number in enumerate(value if isinstance(value, list) else [value]):
+            name = f"{field}[{index}]" if isinstance(value, list) else field
+            if number is None:
+                continue
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ConfigSizeError(f"{source}: {name} must be a number (a {kind}); got {number!r}")
+            if not (0 <= number <= limit):  # NaN fails this too
+                raise ConfigSizeError(
+                    f"{source}: {name} = {number!r} is not a plausible {kind} (expected 0 .. {limit}); "
+                    "refusing to build the model (a corrupt or hand-edited config?)"
+                )
+            if kind == "width":
+                widest = max(widest, float(number))
+            elif kind == "count" and str(key).endswith(("layers", "layers_per_block", "n_layer")):
+                layers += float(number)
+            elif kind == "table length" and not str(key).endswith("timesteps"):
+                table = max(table, float(number))
+    elements = max(widest * widest * max(layers, 1.0), table * widest)
+    if elements > _MAX_ELEMENTS:
+        raise ConfigSizeError(
+            f"{source}: {where or 'the config'} describes about {elements:.2g} weights (widest width "
+            f"{widest:g}, {layers:g} layers, tables of {table:g}); refusing to build more than "
+            f"{_MAX_ELEMENTS:.0e}"
+        )
+
+
+def check_model_folder(source: str | os.PathLike) -> None:
+    """Validate the config files of a local model folder before anything is built from them.
+
+    zoo_model.json, model_index.json and each component's config.json / scheduler_config.json must be strict
+    JSON objects (CorruptWeightsError naming the file otherwise) with plausible sizes (ConfigSizeError naming
+    the file and the field). Hub ids and missing folders are left to the loaders.
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        return
+    for pattern in _CONFIG_FILES:
+        for path in sorted(folder.glob(pattern)):
+            try:
+                config = read_json_file(path, "model config")
+            except JSONFileError as error:
+                raise CorruptWeightsError(f"{error}; re-download or re-export the model") from None
+            if not isinstance(config, dict):
+                raise CorruptWeightsError(
+                    f"{path}: a model config is a JSON object; got {type(config).__name__}"
+                )
+            check_config_sizes(config, str(path))
 
 
 # diffusers' wording for a weights or config file that exists but cannot be parsed
@@ -208,8 +320,11 @@ class StableDiffusionBackbone(nn.Module):
         common = {"local_files_only": local_files_only}
         if torch_dtype is not None:
             common["torch_dtype"] = torch_dtype
+        vae_source = _vae_source(source)
+        for folder in dict.fromkeys((source, vae_source)):
+            check_model_folder(folder)  # malformed or absurd configs fail here, before any layer is built
         try:
-            vae = AutoencoderKL.from_pretrained(**_where(_vae_source(source), "vae"), **common)
+            vae = AutoencoderKL.from_pretrained(**_where(vae_source, "vae"), **common)
             unet_config = UNet2DConditionModel.load_config(
                 **_where(source, "unet"), local_files_only=local_files_only
             )

@@ -47,6 +47,11 @@ def _open_regular(path: Path) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
+def open_regular_file(path: str | os.PathLike) -> IO[bytes]:
+    """Open a file for binary reading only if it is a regular file (ImageLoadError naming it otherwise)."""
+    return _open_regular(Path(path))
+
+
 def read_image_file(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Open a regular image file fully (EXIF orientation applied, first frame) or raise ImageLoadError naming
     it.
@@ -162,4 +167,14 @@ def load_rgb(image: ImageInput, name: str | None = None, max_pixels: int | None 
 
 def load_rgb_uint8(image: ImageInput, name: str | None = None) -> np.ndarray:
     """Load any supported image input as uint8 RGB, shape [H, W, 3]."""
-    return np.round(load_rgb(image, name) * 255.0).astype(np.uint8)
+    label = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image_file(image)
+    array = pil_to_array(image) if isinstance(image, Image.Image) else image
+    if isinstance(array, np.ndarray) and array.dtype == np.uint8 and array.ndim >= 2 and min(array.shape[:2]):
+        # 8-bit input as is (what the float round trip returns, exactly), without its two float32 copies at
+        # 4x the image's size: the peak memory of decoding a large photo. Always a fresh, writable array.
+        rgb = to_rgb_hwc(array, label)
+        fresh = rgb.base is not None or rgb is image or not rgb.flags.writeable
+        return np.array(rgb, order="C") if fresh or not rgb.flags.c_contiguous else rgb
+    return np.round(load_rgb(array, label) * 255.0).astype(np.uint8)

@@ -15,7 +15,7 @@ one augmentation draw covers the whole clip, so all frames of an item share the 
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +30,15 @@ from zoo.data.images import load_rgb_uint8
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
 from zoo.data.transforms import BBOX_PADDING, TopDownAugmentation, TopDownTransform, bbox_xywh_to_xyxy
 from zoo.data.video import FRAME_SUFFIXES, VideoFrames, open_video
+from zoo.utils.files import read_json_file as read_strict_json
 from zoo.utils.files import safe_join
 
 NUM_KEYPOINTS = 17
 DEFAULT_OFFSETS = (-1, 0, 1)
 # DCPose / FAMI-Pose keep person detections of at least this score on PoseTrack val.
 DETECTION_SCORE_THR = 0.2
+# No frame is wider or taller than this (the JPEG limit); a record claiming more is an error.
+MAX_FRAME_SIDE = 65_535
 
 
 @dataclass(frozen=True)
@@ -83,30 +86,56 @@ class PoseTrackAnnotations:
 
 
 def read_json_file(path: str | os.PathLike, what: str) -> Any:
-    """Parse a JSON file, naming it in the error when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    """Parse a JSON file strictly (zoo.utils.files.read_json_file): FileNotFoundError when it is missing,
+    ValueError naming the file for anything else (not a regular file, malformed, NaN, nested too deeply)."""
+    return read_strict_json(path, what)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # `true` is no id or count
+
+
+def _int(record: dict, key: str, where: str, default: Any = ...) -> Any:
+    """An integer field (ids, counts, sizes); ValueError naming the record and the field otherwise."""
+    if key not in record or (record[key] is None and default is not ...):
+        if default is ...:
+            raise ValueError(f"{where} has no {key!r}")
+        return default
+    value = record[key]
+    if not _is_int(value):
+        raise ValueError(f"{where}: {key!r} must be an integer; got {value!r}")
+    return value
+
+
+def _numbers(values: Any, where: str, length: int | None = None) -> np.ndarray:
+    """A list of finite JSON numbers as float64; ValueError naming the field otherwise."""
+    if not isinstance(values, list):
+        raise ValueError(f"{where} must be a list of numbers; got {type(values).__name__}")
+    if length is not None and len(values) != length:
+        raise ValueError(f"{where} has {len(values)} values; expected {length}")
+    for index, value in enumerate(values):
+        # "367" is not a coordinate and `true` not a number, though numpy would convert both.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}[{index}] must be a number; got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}[{index}] is {value}; numbers here must be finite")
+    return np.asarray(values, dtype=np.float64)
 
 
 def _ignore_regions(path: Path, image: dict) -> tuple[np.ndarray, ...]:
     xs, ys = image.get("ignore_regions_x") or [], image.get("ignore_regions_y") or []
+    where = f"{path}: image {image.get('id')}"
+    if not isinstance(xs, list) or not isinstance(ys, list):
+        raise ValueError(f"{where}: ignore_regions_x and ignore_regions_y must be lists of polygons")
     if len(xs) != len(ys):
-        raise ValueError(
-            f"{path}: image {image.get('id')} has {len(xs)} ignore_regions_x but {len(ys)} ignore_regions_y"
-        )
+        raise ValueError(f"{where} has {len(xs)} ignore_regions_x but {len(ys)} ignore_regions_y")
     regions = []
     for index, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        x = _numbers(x, f"{where} ignore_regions_x[{index}]")
+        y = _numbers(y, f"{where} ignore_regions_y[{index}]")
         if len(x) != len(y):
-            raise ValueError(
-                f"{path}: image {image.get('id')} ignore region {index} has {len(x)} x and {len(y)} y values"
-            )
-        regions.append(np.stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)], axis=-1))
+            raise ValueError(f"{where} ignore region {index} has {len(x)} x and {len(y)} y values")
+        regions.append(np.stack([x, y], axis=-1))
     return tuple(regions)
 
 
@@ -132,31 +161,36 @@ def _check_categories(path: Path, categories: list[dict]) -> None:
 
 
 def parse_posetrack_person(path: Path, ann: dict) -> PoseTrackPerson:
-    """Validate one annotation record (17 x 3 keypoints, a head box where keypoints are labelled)."""
+    """Validate one annotation record (17 x 3 finite keypoint values, a 4-value box, a head box where
+    keypoints are labelled, integer ids); ValueError naming the file, the annotation and the field otherwise.
+    """
+    if not isinstance(ann, dict):
+        raise ValueError(f"{path}: an annotation record must be a JSON object; got {ann!r:.80}")
     record = f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')})"
     raw = ann.get("keypoints")
     if raw is None:  # PoseTrack21 box-only persons
         raw = [0.0] * (3 * NUM_KEYPOINTS)
-    if len(raw) != 3 * NUM_KEYPOINTS:
+    if isinstance(raw, list) and len(raw) != 3 * NUM_KEYPOINTS:
         raise ValueError(
             f"{record} has {len(raw)} keypoint values; expected {3 * NUM_KEYPOINTS} ({NUM_KEYPOINTS} x, y, v)"
         )
-    keypoints = np.asarray(raw, dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
+    keypoints = _numbers(raw, f"{record} keypoints", 3 * NUM_KEYPOINTS).reshape(NUM_KEYPOINTS, 3)
     head = ann.get("bbox_head")
     if head is None and np.count_nonzero(keypoints[:, 2] > 0):
         # poseval divides every keypoint distance by this box's size: without it the person cannot be scored.
         raise ValueError(f"{record} has labelled keypoints but no 'bbox_head'")
-    if head is not None and len(head) != 4:
+    if isinstance(head, list) and len(head) != 4:
         raise ValueError(f"{record} has a bbox_head of {len(head)} values; expected 4 (x, y, w, h)")
-    if "bbox" not in ann or len(ann["bbox"]) != 4:
+    if not isinstance(ann.get("bbox"), list) or len(ann["bbox"]) != 4:
         raise ValueError(f"{record} has no 4-value 'bbox' (x, y, w, h)")
+    person_id = _int(ann, "person_id", record, None)
     return PoseTrackPerson(
-        annotation_id=int(ann["id"]),
-        image_id=int(ann["image_id"]),
-        track_id=int(ann.get("track_id", -1)),
-        person_id=None if ann.get("person_id") is None else int(ann["person_id"]),
-        bbox=np.asarray(ann["bbox"], dtype=np.float64),
-        bbox_head=None if head is None else np.asarray(head, dtype=np.float64),
+        annotation_id=_int(ann, "id", record),
+        image_id=_int(ann, "image_id", record),
+        track_id=_int(ann, "track_id", record, -1),
+        person_id=person_id,
+        bbox=_numbers(ann["bbox"], f"{record} bbox", 4),
+        bbox_head=None if head is None else _numbers(head, f"{record} bbox_head", 4),
         keypoints=keypoints,
     )
 
@@ -167,38 +201,55 @@ def read_posetrack_annotations(path: str | os.PathLike) -> PoseTrackAnnotations:
     data = read_json_file(path, "PoseTrack annotation file")
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{path}: not a PoseTrack18/21 file (no 'images' list)")
-    _check_categories(path, data.get("categories", []))
+    categories = data.get("categories", [])
+    if not isinstance(categories, list) or not all(isinstance(c, dict) for c in categories):
+        raise ValueError(f"{path}: 'categories' must be a list of category objects")
+    _check_categories(path, categories)
+    if not isinstance(data["images"], list):
+        raise ValueError(f"{path}: 'images' must be a list of frame records")
     images = []
-    for image in data["images"]:
-        if "id" not in image or "file_name" not in image:
-            raise ValueError(f"{path}: image record {image} lacks 'id' or 'file_name'")
-        file_name = str(image["file_name"])
+    for index, image in enumerate(data["images"]):
+        where = f"{path}: images[{index}]"
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise ValueError(f"{where} lacks 'id' or 'file_name'")
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise ValueError(f"{where}: 'file_name' must be a non-empty string; got {image['file_name']!r}")
+        sizes = {key: _int(image, key, where, None) for key in ("nframes", "width", "height")}
+        for key, value in sizes.items():
+            if value is not None and not 0 < value <= MAX_FRAME_SIDE * (1 if key != "nframes" else 100):
+                raise ValueError(f"{where}: {key!r} = {value} is not a plausible frame {key}")
+        file_name = image["file_name"]
         images.append(
             PoseTrackImage(
-                image_id=int(image["id"]),
+                image_id=_int(image, "id", where),
                 file_name=file_name,
                 video=Path(file_name).parent.name,
                 frame_index=_frame_index(path, image),
-                num_frames=None if image.get("nframes") is None else int(image["nframes"]),
+                num_frames=sizes["nframes"],
                 is_labeled=bool(image.get("is_labeled", True)),
-                width=None if image.get("width") is None else int(image["width"]),
-                height=None if image.get("height") is None else int(image["height"]),
+                width=sizes["width"],
+                height=sizes["height"],
                 ignore_regions=_ignore_regions(path, image),
                 source=path,
             )
         )
-    known = {image.image_id for image in images}
+    known: dict[int, int] = {}
+    for index, image in enumerate(images):
+        if known.setdefault(image.image_id, index) != index:
+            first = known[image.image_id]
+            raise ValueError(f"{path}: images[{index}] repeats image id {image.image_id} of images[{first}]")
     persons: dict[int, list[PoseTrackPerson]] = {image.image_id: [] for image in images}
-    for ann in data.get("annotations", []):
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise ValueError(f"{path}: 'annotations' must be a list of person records")
+    for ann in annotations:
         person = parse_posetrack_person(path, ann)
         if person.image_id not in known:
             raise ValueError(
                 f"{path}: annotation {person.annotation_id} refers to unknown image {person.image_id}"
             )
         persons[person.image_id].append(person)
-    return PoseTrackAnnotations(
-        path=path, images=images, persons=persons, categories=data.get("categories", [])
-    )
+    return PoseTrackAnnotations(path=path, images=images, persons=persons, categories=categories)
 
 
 def posetrack_annotation_files(path: str | os.PathLike) -> list[Path]:
@@ -284,13 +335,20 @@ def _detection_instances(
     images = {image.image_id: image for ann_file in files for image in ann_file.images}
     instances = []
     person_index = 0  # counts every person detection so ids stay stable across thresholds (as mmpose)
-    for det in detections:
-        if int(det.get("category_id", 1)) != 1:
+    for position, det in enumerate(detections):
+        where = f"{bbox_file}: detection [{position}]"
+        if not isinstance(det, dict):
+            raise ValueError(f"{where} must be a JSON object")
+        if _int(det, "category_id", where, 1) != 1:
             continue
         index, person_index = person_index, person_index + 1
-        if float(det["score"]) < score_thr:
+        score = _numbers([det.get("score")] if "score" in det else None, f"{where} score")[0]
+        bbox = _numbers(det.get("bbox"), f"{where} bbox")
+        if len(bbox) < 4 or bbox[2] < 0 or bbox[3] < 0:
+            raise ValueError(f"{where}: bbox must be (x, y, w, h) with w, h >= 0; got {det['bbox']}")
+        if score < score_thr:
             continue
-        image = images.get(int(det["image_id"]))
+        image = images.get(_int(det, "image_id", where))
         if image is None:
             raise ValueError(
                 f"{bbox_file}: detection {index} refers to image {det['image_id']}, unknown to the "
@@ -301,8 +359,8 @@ def _detection_instances(
         instances.append(
             ClipInstance(
                 image=image,
-                bbox=bbox_xywh_to_xyxy(np.asarray(det["bbox"][:4], dtype=np.float64)).astype(np.float32),
-                bbox_score=float(det["score"]),
+                bbox=bbox_xywh_to_xyxy(bbox[:4]).astype(np.float32),
+                bbox_score=float(score),
                 keypoints=np.zeros((NUM_KEYPOINTS, 2), dtype=np.float32),
                 keypoints_visible=np.ones(NUM_KEYPOINTS, dtype=np.float32),
                 track_id=-1,
@@ -362,10 +420,12 @@ class PoseTrackClipDataset(Dataset):
             if bbox_file is None
             else _detection_instances(bbox_file, self.annotations, bbox_score_thr, labelled_only)
         )
-        for instance in self.instances:
-            safe_join(
-                self.image_root, instance.image.file_name
-            )  # refuse escaping names before any item loads
+        for instance in self.instances:  # refuse escaping names before any item loads
+            try:
+                safe_join(self.image_root, instance.image.file_name)
+            except ValueError as error:
+                image = instance.image
+                raise ValueError(f"{image.source}: image {image.image_id}: {error}") from None
         self.transform = TopDownTransform(
             input_size,
             padding=padding,

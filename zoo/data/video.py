@@ -5,8 +5,12 @@ Both sources index frames from 0 and return RGB uint8 arrays [H, W, 3]; errors n
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -20,6 +24,40 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 
 class VideoDecodeError(ValueError):
     """A video file could not be opened or a frame of it could not be decoded; the message names both."""
+
+
+@contextlib.contextmanager
+def opencv_path(path: str | os.PathLike) -> Iterator[str]:
+    """A name of `path` that OpenCV's video I/O can take, for reading or writing.
+
+    OpenCV converts a path to UTF-8 and crashes the whole process (a segmentation fault, seen with 4.x) on a
+    name that is not valid UTF-8 (`os.fsdecode` gives such names surrogate escapes): those are passed as an
+    ASCII-named symlink to the absolute path in a private temporary folder, which opens (or creates) the same
+    file.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory(prefix="zoo_opencv_") as folder:
+            link = Path(folder) / ("video" + "".join(c for c in Path(text).suffix if c.isascii()))
+            os.symlink(os.path.abspath(text), link)
+            yield str(link)
+    else:
+        yield text
+
+
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse a missing path or one that is not a regular file (a FIFO would block the decoder forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise VideoDecodeError(f"{path}: cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
+        raise VideoDecodeError(f"{path}: not a regular file (a {kind}); only regular files are read")
 
 
 class VideoFrames(ABC):
@@ -41,6 +79,26 @@ class VideoFrames(ABC):
         return int(index)
 
 
+def _frame_order(folder: Path, files: list[Path]) -> list[Path]:
+    """Frame files in video order: by number when every name is a number (PoseTrack's 000000.jpg, or 9.jpg
+    before 10.jpg), else by name. Numbered frames must be consecutive: a gap or two files of one number would
+    pair the wrong frames as neighbours, so it is an error naming the missing frame."""
+    if not all(p.stem.isdigit() for p in files):
+        return sorted(files)
+    numbered = sorted(files, key=lambda p: (int(p.stem), p.name))
+    for before, after in zip(numbered, numbered[1:], strict=False):
+        step = int(after.stem) - int(before.stem)
+        if step == 0:
+            raise VideoDecodeError(f"{folder}: frames {before.name} and {after.name} have the same number")
+        if step > 1:
+            missing = f"{int(before.stem) + 1:0{len(before.stem)}d}"
+            raise VideoDecodeError(
+                f"{folder}: frame {missing} is missing (the numbered frames go from {before.name} to "
+                f"{after.name}); a video needs every frame"
+            )
+    return numbered
+
+
 class FolderFrames(VideoFrames):
     """Frames stored as image files in one folder, in sorted file-name order (PoseTrack: 000000.jpg, ...)."""
 
@@ -48,9 +106,15 @@ class FolderFrames(VideoFrames):
         self.path = Path(folder)
         if not self.path.is_dir():
             raise FileNotFoundError(f"frame folder {self.path} does not exist")
-        self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
-        if not self.files:
+        # Hidden files (".000001.jpg", macOS "._000001.jpg") are no frames.
+        files = [
+            p
+            for p in self.path.iterdir()
+            if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")
+        ]
+        if not files:
             raise FileNotFoundError(f"frame folder {self.path} holds no {'/'.join(FRAME_SUFFIXES)} frames")
+        self.files = _frame_order(self.path, files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -64,9 +128,9 @@ class Mp4Frames(VideoFrames):
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"video file {self.path} does not exist")
-        capture = cv2.VideoCapture(str(self.path))
+        check_regular_file(self.path, "video file")
+        with opencv_path(self.path) as name:
+            capture = cv2.VideoCapture(name)  # opens the file: the name may go afterwards
         if not capture.isOpened():
             raise VideoDecodeError(
                 f"{self.path}: OpenCV cannot open this video (not a video file or no codec)"
@@ -123,4 +187,12 @@ def open_video(path: str | os.PathLike) -> VideoFrames:
     raise ValueError(f"{path}: not a frame folder or a video file ({'/'.join(VIDEO_SUFFIXES)})")
 
 
-__all__ = ["FolderFrames", "Mp4Frames", "VideoDecodeError", "VideoFrames", "open_video"]
+__all__ = [
+    "FolderFrames",
+    "Mp4Frames",
+    "VideoDecodeError",
+    "VideoFrames",
+    "check_regular_file",
+    "open_video",
+    "opencv_path",
+]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from zoo.data.datamodule import ZooDataModule
 from zoo.data.images import load_rgb
-from zoo.utils.files import safe_join
+from zoo.utils.files import JSONFileError, read_json_file, safe_join
 
 FORMATS = ("llava", "lcs", "gqa", "mmvp", "multiple_choice")
 IMAGE_PLACEHOLDER = "<image>"
@@ -51,12 +51,13 @@ class VQAFormatError(ValueError):
 
 
 def _load_json(path: str | os.PathLike) -> Any:
+    # Strict: regular files only (a FIFO never blocks), NaN/Infinity and too-deep nesting refused by name.
     try:
-        return json.loads(Path(path).read_text())
+        return read_json_file(path, "VQA file")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except ValueError as error:
-        raise VQAFormatError(f"{path}: not valid JSON ({error})") from None
+    except JSONFileError as error:
+        raise VQAFormatError(str(error)) from None
 
 
 def _image(root: str | os.PathLike, name: Any, where: str) -> Path:
@@ -100,7 +101,10 @@ def read_llava_instruct(path: str | os.PathLike, image_root: str | os.PathLike) 
         turns = record.get("conversations")
         if not isinstance(turns, list) or len(turns) < 2:
             raise VQAFormatError(f"{where}: 'conversations' must list human/gpt turns")
-        first = turns[0].get("value", "") if isinstance(turns[0], dict) else ""
+        for index, turn in enumerate(turns):
+            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+                raise VQAFormatError(f"{where}: conversations[{index}] needs a text 'value'")
+        first = turns[0]["value"]
         if IMAGE_PLACEHOLDER not in first:
             raise VQAFormatError(f"{where}: the first human turn has no {IMAGE_PLACEHOLDER!r} placeholder")
         for turn in range(0, len(turns) - 1, 2):
@@ -110,7 +114,7 @@ def read_llava_instruct(path: str | os.PathLike, image_root: str | os.PathLike) 
                 gpt.get("from"),
             ) != ("human", "gpt"):
                 raise VQAFormatError(f"{where}: turns {turn} and {turn + 1} are not a human/gpt pair")
-            question = _text(str(human.get("value", "")).replace(IMAGE_PLACEHOLDER, ""), where, "question")
+            question = _text(human["value"].replace(IMAGE_PLACEHOLDER, ""), where, "question")
             out.append(VQARecord(image, question, (_text(gpt.get("value"), where, "answer"),), where))
     return out
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.backbones import StableDiffusionBackbone
-from zoo.backbones.stable_diffusion import resolve_source
+from zoo.backbones.stable_diffusion import check_model_folder, resolve_source
 from zoo.data.images import ImageInput, load_rgb
 from zoo.models import MODEL_CONFIG_FILE
 from zoo.models.mustafar.build import load_exported
@@ -63,6 +63,7 @@ class MustafarPredictor:
     ) -> MustafarPredictor | SDFeaturePredictor:
         """An exported Mustafar folder; `features_only=True` (or an SD folder) gives an SDFeaturePredictor."""
         folder = Path(resolve_source(str(source)))
+        check_model_folder(folder)  # malformed or absurd configs (llm/, clip/ too) are named before building
         marker = folder / MODEL_CONFIG_FILE
         if (
             features_only

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.backbones import check_model_folder
 from zoo.codecs import decode_udp_batched, decode_udp_official
 from zoo.data.coco_files import read_detections
-from zoo.data.images import ImageLoadError, load_rgb_uint8
+from zoo.data.images import ImageLoadError, load_rgb_uint8, open_regular_file
 from zoo.data.metainfo import PoseMetainfo, load_metainfo
 from zoo.data.transforms import (
     BBOX_PADDING,
@@ -101,11 +102,46 @@ def read_image_opencv(path: str | os.PathLike) -> np.ndarray:
     RGB."""
     import cv2
 
-    data = np.fromfile(str(path), dtype=np.uint8)
+    # Through the image reader's regular-file check: np.fromfile on a FIFO named .jpg would block forever.
+    with open_regular_file(path) as handle:
+        data = np.frombuffer(handle.read(), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ImageLoadError(f"{path}: OpenCV cannot decode this file (empty, corrupt or not an image)")
     return np.ascontiguousarray(image[..., ::-1])
+
+
+def caller_boxes(
+    boxes: Sequence[Any], box_scores: Sequence[Any] | None, count: int, unit: str = "image"
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The caller's boxes as [N, 4] float32 xyxy and scores [N] per image, checked against `count` images."""
+    if len(boxes) != count:
+        raise ValueError(f"boxes must hold one [N, 4] array per {unit}: {len(boxes)} for {count} {unit}s")
+    out = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
+    for index, b in enumerate(out):
+        if not np.isfinite(b).all() or (b[:, 2:] <= b[:, :2]).any():
+            raise ValueError(
+                f"{unit} {index}: boxes must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
+            )
+    if box_scores is None:
+        return out, [np.ones(len(b), dtype=np.float32) for b in out]
+    scores = [np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
+    if [len(s) for s in scores] != [len(b) for b in out]:
+        raise ValueError("box_scores must hold one score per box")
+    return out, scores
+
+
+def source_boxes(
+    image: np.ndarray, box_source: str, pixel_centres: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Person boxes [N, 4] xyxy and scores [N] of one image from `box_source` (see `person_boxes`)."""
+    if box_source == "whole_image":
+        last = 1 if pixel_centres else 0
+        whole = np.array([[0, 0, image.shape[1] - last, image.shape[0] - last]], dtype=np.float32)
+        return whole, np.ones(1, dtype=np.float32)
+    if box_source == "hog":
+        return hog_person_boxes(image)
+    raise ValueError(f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}")
 
 
 def person_boxes(
@@ -122,32 +158,13 @@ def person_boxes(
     0 .. W); "hog" is OpenCV's people detector. `unit` names an image in errors ("image" or "frame").
     """
     if boxes is not None:
-        if len(boxes) != len(images):
-            raise ValueError(
-                f"boxes must hold one [N, 4] array per {unit}: {len(boxes)} for {len(images)} {unit}s"
-            )
-        out = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
-        for index, b in enumerate(out):
-            if not np.isfinite(b).all() or (b[:, 2:] <= b[:, :2]).any():
-                raise ValueError(
-                    f"{unit} {index}: boxes must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
-                )
-        if box_scores is None:
-            return out, [np.ones(len(b), dtype=np.float32) for b in out]
-        scores = [np.asarray(s, dtype=np.float32).reshape(-1) for s in box_scores]
-        if [len(s) for s in scores] != [len(b) for b in out]:
-            raise ValueError("box_scores must hold one score per box")
-        return out, scores
-    if box_source == "whole_image":
-        last = 1 if pixel_centres else 0
-        whole = [
-            np.array([[0, 0, im.shape[1] - last, im.shape[0] - last]], dtype=np.float32) for im in images
-        ]
-        return whole, [np.ones(1, dtype=np.float32) for _ in images]
-    if box_source == "hog":
-        pairs = [hog_person_boxes(im) for im in images]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-    raise ValueError(f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}")
+        return caller_boxes(boxes, box_scores, len(images), unit)
+    if box_source not in BOX_SOURCES:
+        raise ValueError(
+            f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}"
+        )
+    pairs = [source_boxes(image, box_source, pixel_centres) for image in images]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _local_folder(source: str | os.PathLike) -> Path:
@@ -176,7 +193,8 @@ class PosePredictor:
     """SDPose top-down predictor: `PosePredictor.from_pretrained(folder)(images, boxes=...)` -> PoseOutput.
 
     Crops of all persons of all images in a call are pooled and run `batch_size` at a time, so one backbone
-    call serves persons from several images.
+    call serves persons from several images. Inputs are decoded one at a time as the crops are taken, so
+    memory follows `batch_size`, not the number of inputs.
 
     The default mode is deterministic and exact in its own terms: PIL decoding (EXIF orientation applied),
     box, centre, scale and warp matrix in float64, the VAE posterior mode, one batched call for crops and
@@ -236,6 +254,7 @@ class PosePredictor:
         (pose never decodes).
         """
         folder = _local_folder(folder)
+        check_model_folder(folder)  # malformed or absurd configs are named before anything is built
         if (folder / MODEL_CONFIG_FILE).is_file():
             model, config = load_sdpose(folder)
         else:
@@ -252,18 +271,6 @@ class PosePredictor:
             model.backbone.configure(autocast_dtype=dtype)
         model.backbone.use_tiny_autoencoder(tiny_autoencoder, vae)
         return cls(model, config, device, sdpose_compat, crop_mode)
-
-    # ------------------------------------------------------------------ boxes
-    def _boxes(
-        self,
-        images: list[np.ndarray],
-        boxes: Sequence[Any] | None,
-        box_scores: Sequence[Any] | None,
-        box_source: str,
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        # Affine crops use the UDP pixel-centre extent 0 .. W-1 (as GT boxes are clipped); stretch the demo's
-        # full image 0 .. W.
-        return person_boxes(images, boxes, box_scores, box_source, pixel_centres=self.crop_mode == "affine")
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
@@ -287,35 +294,70 @@ class PosePredictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        single = not isinstance(images, (list, tuple))
-        arrays = [self._load(image) for image in ([images] if single else images)]  # [H, W, 3] each
-        person_boxes, person_scores = self._boxes(arrays, boxes, box_scores, box_source)
-        counts = [len(b) for b in person_boxes]
-        crops, frames = [], []
-        for image, image_boxes in zip(arrays, person_boxes, strict=True):
+        inputs = [images] if not isinstance(images, (list, tuple)) else list(images)
+        # Boxes are checked before anything is decoded; without them each image's come from `box_source`.
+        given = None if boxes is None else caller_boxes(boxes, box_scores, len(inputs))
+        if given is None and box_source not in BOX_SOURCES:
+            raise ValueError(
+                f"box_source must be one of {BOX_SOURCES} when no boxes are given; got {box_source!r}"
+            )
+        # Affine crops use the UDP pixel-centre extent 0 .. W-1 (as GT boxes are clipped); stretch the demo's
+        # full image 0 .. W.
+        pixel_centres = self.crop_mode == "affine"
+        # Streamed: each input is decoded, boxed and cropped in turn and dropped before the next, and the
+        # crops run as soon as `batch_size` of them are pooled, so memory follows batch_size (one decoded
+        # image and at most batch_size crops), not the number of inputs. The crop batches are the same as
+        # pooling every crop of the call first (persons of several images share a backbone call).
+        person_boxes_, person_scores = [], []
+        crops: list[np.ndarray] = []
+        frames: list[np.ndarray] = []
+        points: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+
+        def run_pooled() -> None:
+            heatmap_points, crop_scores = self._predict_crops(
+                np.stack(crops), flip_test, batch_size, generator
+            )
+            points.append(self._to_image(heatmap_points, np.stack(frames)))
+            scores.append(crop_scores)
+            crops.clear()
+            frames.clear()
+
+        for index, item in enumerate(inputs):
+            image = self._load(item, index)  # [H, W, 3]
+            image_boxes, image_scores = (
+                (given[0][index], given[1][index])
+                if given is not None
+                else source_boxes(image, box_source, pixel_centres)
+            )
+            person_boxes_.append(image_boxes)
+            person_scores.append(image_scores)
             for box in image_boxes:
                 crop, frame = self._crop(image, box)
                 crops.append(crop)
                 frames.append(frame)
-        keypoints = np.zeros((0, self.metainfo.num_keypoints, 2), dtype=np.float32)
-        scores = np.zeros((0, self.metainfo.num_keypoints), dtype=np.float32)
+                if len(crops) == batch_size:
+                    run_pooled()
+            del image
         if crops:
-            heatmap_points, scores = self._predict_crops(np.stack(crops), flip_test, batch_size, generator)
-            keypoints = self._to_image(heatmap_points, np.stack(frames))
-        splits = np.cumsum(counts)[:-1]
+            run_pooled()
+        num_keypoints = self.metainfo.num_keypoints
+        keypoints = np.concatenate([np.zeros((0, num_keypoints, 2), dtype=np.float32), *points])
+        confidence = np.concatenate([np.zeros((0, num_keypoints), dtype=np.float32), *scores])
+        splits = np.cumsum([len(b) for b in person_boxes_])[:-1]
         return PoseOutput(
             keypoints=np.split(keypoints, splits),
-            scores=np.split(scores, splits),
-            boxes=person_boxes,
+            scores=np.split(confidence.astype(np.float32), splits),
+            boxes=person_boxes_,
             box_scores=person_scores,
             metainfo=self.metainfo,
         )
 
-    def _load(self, image: Any) -> np.ndarray:
+    def _load(self, image: Any, index: int = 0) -> np.ndarray:
         """One input -> RGB uint8 [H, W, 3]; files through OpenCV for the official evaluation path."""
         if self.sdpose_compat and self.crop_mode == "affine" and isinstance(image, (str, os.PathLike)):
             return read_image_opencv(image)
-        return load_rgb_uint8(image)
+        return load_rgb_uint8(image, None if isinstance(image, (str, os.PathLike)) else f"image {index}")
 
     def _crop(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One person crop uint8 [h, w, 3] and what maps it back: affine [2, 3], centre + scale [4] or region

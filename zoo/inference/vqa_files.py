@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from zoo.utils.files import atomic_write_json, safe_join
+from zoo.utils.files import (
+    OutputLocationError,
+    atomic_write_json,
+    check_output_location,
+    read_json_file,
+    safe_join,
+)
 
 
 def read_questions(path: str | os.PathLike) -> list[dict[str, str]]:
     """A JSON list of {"image": path under the image root, "question": text}; errors name the record."""
     try:
-        records = json.loads(Path(path).read_text())
+        records = read_json_file(path, "question file")  # strict: no FIFO, NaN or too-deep nesting
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: cannot read the question file ({error})") from None
     if not isinstance(records, list):
@@ -24,6 +29,25 @@ def read_questions(path: str | os.PathLike) -> list[dict[str, str]]:
         if not isinstance(record.get("question"), str) or not record["question"].strip():
             raise ValueError(f"{path}: record {index}: empty question")
     return records
+
+
+def _read_answers(out: Path) -> dict[tuple[str, str], str]:
+    """The answers an earlier run wrote to `out`; a file that is not such a list is refused, not replaced."""
+    try:
+        data = read_json_file(out, "answer file")
+    except FileNotFoundError:
+        return {}
+    except ValueError as error:
+        raise ValueError(f"{error}; move it away or choose another output (it is not replaced)") from None
+    if not isinstance(data, list) or not all(
+        isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("image", "question", "answer"))
+        for r in data
+    ):
+        raise ValueError(
+            f"{out}: exists but is not an answer file of this tool (a list of image/question/answer "
+            "records); move it away or choose another output (it is not replaced)"
+        )
+    return {(r["image"], r["question"]): r["answer"] for r in data}
 
 
 def answer_question_file(
@@ -37,12 +61,23 @@ def answer_question_file(
     """Answer every record, writing `out` (the records with "answer") atomically after each batch.
 
     Resumable: records already answered in `out` (same image and question) are kept and not asked again, so a
-    killed run restarted with the same command ends with the same file.
+    killed run restarted with the same command ends with the same file. Everything is checked before the
+    first question is asked: the records, every image name (no escape from the root), that `out` is not the
+    question file or an image and that an existing `out` is an answer file.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     records = read_questions(questions)
-    done: dict[tuple[str, str], str] = {}
-    if Path(out).is_file():
-        done = {(r["image"], r["question"]): r["answer"] for r in json.loads(Path(out).read_text())}
+    check_output_location(out, {"question file": questions, "image root": image_root}, [image_root])
+    paths = []
+    for index, record in enumerate(records):
+        try:
+            paths.append(safe_join(image_root, record["image"]))
+        except ValueError as error:
+            raise ValueError(f"{questions}: record {index}: {error}") from None
+    if Path(out).resolve() in paths:
+        raise OutputLocationError(f"{out}: the output would replace an image that a question asks about")
+    done = _read_answers(Path(out))
     results = [
         dict(r, answer=done[(r["image"], r["question"])]) if (r["image"], r["question"]) in done else None
         for r in records
@@ -50,9 +85,8 @@ def answer_question_file(
     todo = [i for i, result in enumerate(results) if result is None]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        paths = [safe_join(image_root, records[i]["image"]) for i in chunk]
         answers = predictor(
-            paths,
+            [paths[i] for i in chunk],
             [records[i]["question"] for i in chunk],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,

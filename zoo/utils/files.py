@@ -8,7 +8,9 @@ The rules every tool follows, all enforced here:
 - an input's outputs are named by `output_stem` plus a kind suffix, and a plan of outputs is checked for
   collisions (`check_unique_outputs`) before anything is written;
 - a tool removes or replaces only what it wrote: its own records and its own temp files
-  (`remove_stale_temporaries` only touches temp names of targets the caller is about to write).
+  (`remove_stale_temporaries` only touches temp names of targets the caller is about to write);
+- a JSON input is read by `read_json_file`: regular files only (a FIFO never blocks), strict JSON (NaN and
+  Infinity refused with where they are), nesting too deep for the parser an error, all naming the file.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 import os
 import posixpath
 import re
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -43,6 +46,14 @@ class OutputWriteError(OSError):
 
 class NonFiniteJSONError(ValueError):
     """A value to be written as JSON is NaN or infinite; the message names where it is."""
+
+
+class JSONFileError(ValueError):
+    """A JSON input is not a regular file, not UTF-8, not strict JSON or nested too deeply; names the file."""
+
+
+class JSONFileNotFoundError(JSONFileError, FileNotFoundError):
+    """A JSON input file does not exist."""
 
 
 def _umask() -> int:
@@ -158,6 +169,54 @@ def dump_json(obj: Any, name: str = "JSON") -> str:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as canonical JSON atomically (NonFiniteJSONError naming the file for NaN or infinity)."""
     atomic_write_text(path, dump_json(obj, str(path)))
+
+
+def read_json_file(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Parse a JSON input file strictly; JSONFileError naming the file (and the field of a NaN) otherwise.
+
+    Only a regular file is opened (a FIFO or device named like a JSON file would block or never end). NaN and
+    Infinity, which Python's parser accepts but JSON does not, are refused with their location
+    (`[3]['bbox'][1]`); so is nesting deeper than the parser can follow.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise JSONFileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise JSONFileError(f"{path}: cannot be opened ({error.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
+        raise JSONFileError(f"{path}: not a regular file (a {kind}); expected a {what}")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+    constants: list[str] = []
+
+    def non_finite(name: str) -> float:
+        constants.append(name)
+        return float(name.replace("Infinity", "inf"))
+
+    try:
+        parsed = json.loads(data.decode("utf-8-sig"), parse_constant=non_finite)
+    except UnicodeDecodeError as error:
+        raise JSONFileError(f"{path}: not UTF-8 text ({error})") from None
+    except json.JSONDecodeError as error:
+        raise JSONFileError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise JSONFileError(f"{path}: JSON nested too deeply to read (no {what} is so deep)") from None
+    if constants:
+        try:
+            where = _non_finite(parsed)
+        except RecursionError:
+            where = None
+        raise JSONFileError(
+            f"{path}: {where or 'a value'} is {constants[0]}, which is not a JSON number (NaN and Infinity "
+            "are not valid JSON)"
+        )
+    return parsed
 
 
 def sha256_bytes(data: bytes) -> str:

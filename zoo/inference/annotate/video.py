@@ -9,10 +9,14 @@ Layout of an output folder, one subfolder per video (`<name>`: the frame folder'
                                    tools/eval_posetrack.py and poseval read
     <name>/overlay/NNNNNN.png      skeleton overlays; <name>/overlay.mp4 the same frames as a video
     <name>/controlnet/NNNNNN.png|.json   ControlNet OpenPose conditioning per frame, on request
-    <name>/done.json               written last with the settings: a rerun skips a video whose record matches
+    <name>/done.json               written last with the settings, the source's identity (size and mtime of
+                                   the video file or of every frame) and the files written: a rerun skips a
+                                   video whose record matches and redoes one whose source changed, removing
+                                   the files of the earlier run that the new one did not write again
 
 Every file is written atomically (a temporary file renamed into place), so a killed run leaves complete files
-only and a rerun with the same settings redoes exactly the unfinished videos.
+only and a rerun with the same settings redoes exactly the unfinished videos. Before anything is written, two
+videos with one output name and an output folder that overlaps a video are refused.
 """
 
 from __future__ import annotations
@@ -29,10 +33,18 @@ import cv2
 import numpy as np
 
 from zoo.data.synthetic.moving_figures import posetrack_category
-from zoo.data.video import VideoDecodeError
+from zoo.data.video import VideoDecodeError, opencv_path
 from zoo.export.controlnet import ImagePoses, encode_png, export_image, write_controlnet_pose
 from zoo.inference.video_pose import VideoPoseOutput, VideoPosePredictor, load_frames
-from zoo.utils.files import atomic_write_bytes, atomic_write_json, move_into_place
+from zoo.utils.files import (
+    OutputLocationError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_location,
+    check_unique_outputs,
+    move_into_place,
+    safe_join,
+)
 from zoo.visualize import draw_skeleton
 
 DONE_FILE = "done.json"
@@ -86,18 +98,35 @@ def posetrack_file(name: str, output: VideoPoseOutput, frames: Sequence[np.ndarr
     return {"images": images, "annotations": annotations, "categories": [posetrack_category()]}
 
 
+def video_name(video: str | os.PathLike) -> str:
+    """The output folder name of a video: a video file's stem, a frame folder's name."""
+    path = Path(video)
+    return path.stem if path.is_file() else path.name
+
+
+def source_identity(video: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a video's content for resume: size and mtime of the file, or of every frame file."""
+    path = Path(video)
+    if path.is_dir():
+        frames = sorted((entry.name, entry.stat()) for entry in os.scandir(path) if entry.is_file())
+        return {"frames": [[os.fsencode(name).hex(), st.st_size, st.st_mtime_ns] for name, st in frames]}
+    info = path.stat()
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
 def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
     """Encode RGB frames [H, W, 3] as an mp4 (OpenCV mp4v) atomically."""
     height, width = frames[0].shape[:2]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
     try:
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            raise VideoDecodeError(f"{path}: OpenCV cannot write mp4 (no mp4v encoder)")
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        writer.release()
+        with opencv_path(tmp) as name:  # a folder name that is not UTF-8 would crash OpenCV
+            writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            if not writer.isOpened():
+                raise VideoDecodeError(f"{path}: OpenCV cannot write mp4 (no mp4v encoder)")
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            writer.release()
         move_into_place(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -137,21 +166,38 @@ class VideoAnnotator:
             "input_size": self.predictor.input_size,
         }
 
-    def _is_done(self, folder: Path) -> bool:
+    def _record(self, folder: Path) -> dict[str, Any] | None:
+        """The done record of an output folder, or None when there is none or it is unreadable."""
         record = folder / DONE_FILE
-        if not (self.resume and record.is_file()):
+        if not record.is_file():
+            return None
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _is_done(self, folder: Path, video: str | os.PathLike | None = None) -> bool:
+        record = self._record(folder) if self.resume else None
+        if record is None or record.get("settings") != json.loads(json.dumps(self.settings())):
             return False
         try:
-            return json.loads(record.read_text()).get("settings") == json.loads(json.dumps(self.settings()))
-        except ValueError:
+            return video is None or record.get("source") == source_identity(video)
+        except OSError:
             return False
 
     def annotate(self, video: str | os.PathLike) -> Path:
         """Annotate one video (frame folder or video file); returns its output folder."""
-        name = Path(video).stem if Path(video).is_file() else Path(video).name
+        name = video_name(video)
         folder = self.out_dir / name
+        try:  # taken before the frames are read: a change while reading makes the next run redo the video
+            source = source_identity(video)
+        except OSError:
+            source = None  # missing or unreadable: load_frames names the problem
+        previous = (self._record(folder) or {}).get("files", [])
         frames = load_frames(video)
         output = self.predictor(frames, **self.options)
+        written = ["posetrack.json"]
         atomic_write_json(folder / "posetrack.json", posetrack_file(name, output, frames))
         overlays = []
         for t, frame in enumerate(frames):
@@ -160,6 +206,7 @@ class VideoAnnotator:
                 overlays.append(picture)
                 if self.overlay:
                     atomic_write_bytes(folder / "overlay" / f"{t:06d}.png", encode_png(picture))
+                    written.append(f"overlay/{t:06d}.png")
             if self.controlnet:
                 coco = [
                     np.concatenate([k, s[:, None]], axis=1)
@@ -168,18 +215,43 @@ class VideoAnnotator:
                 for person in coco:
                     person[list(_NOT_COCO), 2] = 0.0  # no COCO eyes / ears in PoseTrack's slots
                 poses = ImagePoses(t, f"{t:06d}", frame.shape[1], frame.shape[0], coco)
-                write_controlnet_pose(folder / "controlnet", export_image(poses))
+                paths = write_controlnet_pose(folder / "controlnet", export_image(poses))
+                written += [path.relative_to(folder).as_posix() for path in paths]
         if self.overlay_mp4 and overlays:
             write_mp4(folder / "overlay.mp4", overlays, self.fps)
-        atomic_write_json(folder / DONE_FILE, {"settings": self.settings(), "frames": len(frames)})
+            written.append("overlay.mp4")
+        record = {"settings": self.settings(), "frames": len(frames), "source": source, "files": written}
+        atomic_write_json(folder / DONE_FILE, record)
+        # Files the earlier run of this video wrote (its record lists them) and this one did not: stale now.
+        for stale in sorted(set(previous) - set(written)) if isinstance(previous, list) else []:
+            try:
+                path = safe_join(folder, stale, "output folder")
+            except ValueError:  # not a name this annotator writes: never touched
+                continue
+            if path.is_file() and path.name != DONE_FILE:
+                path.unlink()
         return folder
+
+    def check_plan(self, videos: Sequence[str | os.PathLike]) -> None:
+        """Refuse, before anything is written, two videos with one output folder and outputs that overlap a
+        video (the output folder of a frame folder given as its own parent, or inside it)."""
+        names = [video_name(video) for video in videos]
+        check_unique_outputs((str(video), [name]) for video, name in zip(videos, names, strict=True))
+        for video, name in zip(videos, names, strict=True):
+            try:
+                safe_join(self.out_dir, name, "output folder")
+            except ValueError as error:
+                raise OutputLocationError(f"video {str(video)!r}: {error}") from None
+            check_output_location(self.out_dir / name, {"video": video}, what="output folder")
 
     def run(self, videos: Sequence[str | os.PathLike]) -> VideoAnnotationSummary:
         """Annotate every video; one that cannot be read is listed in failures.json and the run goes on."""
+        videos = list(videos)
+        self.check_plan(videos)
         summary = VideoAnnotationSummary()
         for video in videos:
-            name = Path(video).stem if Path(video).is_file() else Path(video).name
-            if self._is_done(self.out_dir / name):
+            name = video_name(video)
+            if self._is_done(self.out_dir / name, video):
                 summary.skipped.append(name)
                 continue
             try:
@@ -190,3 +262,4 @@ class VideoAnnotator:
             summary.done.append(name)
         atomic_write_json(self.out_dir / FAILURES_FILE, summary.failures)
         return summary
+
