@@ -98,6 +98,23 @@ def test_interleaved_pairs_alternate_the_order_and_pair_the_ratios(monkeypatch: 
         timing.interleaved_pairs(lambda: None, lambda: None, 0)
 
 
+def test_inside_timer_counts_the_wrapped_calls_and_restores_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from zoo.benchmarks import timing
+
+    model = torch.nn.Linear(2, 2)
+    clock = iter([1.0, 3.5])  # one wrapped call, from 1.0 s to 3.5 s
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    with timing.InsideTimer([(model, "forward")]) as inside:
+        model(torch.zeros(1, 2))
+        assert "forward" in vars(model)
+    assert inside.seconds == 2.5 and "forward" not in vars(model)
+    model(torch.zeros(1, 2))  # unwrapped again: a consulted clock would raise StopIteration
+
+
 def test_sd2_configs_are_the_published_sd2_base_architectures() -> None:
     from zoo.benchmarks.sd2 import load_config
 

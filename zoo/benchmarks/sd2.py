@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from zoo.backbones import StableDiffusionBackbone, widen_conv_in
 from zoo.backbones.autoencoder_tiny import CONFIG_DIR, taesd_from_config
 from zoo.backbones.stable_diffusion import encode_prompts
 from zoo.backbones.task_switcher import TASK_CODE_DIM
-from zoo.benchmarks.timing import PairedTimes, best_of, interleaved_pairs
+from zoo.benchmarks.timing import InsideTimer, PairedTimes, best_of, interleaved_pairs
 from zoo.utils.threads import pinned_threads
 
 if TYPE_CHECKING:
@@ -239,9 +240,27 @@ def _test_images(resolution: int) -> torch.Tensor:
     return torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
 
 
+@dataclass
+class PredictorTimes:
+    """A predictor timed against its bare calls, and what each of its calls spent inside the VAE and UNet."""
+
+    paired: PairedTimes  # predictor calls (a) and bare calls (b), interleaved
+    model_seconds: list[float]  # per predictor call: seconds inside VAE encode/decode and the UNet forward
+
+    @property
+    def in_call_ratios(self) -> list[float]:
+        """Each predictor call over its own time inside the model calls: its overhead, free of load drift."""
+        return [call / inside for call, inside in zip(self.paired.a, self.model_seconds, strict=True)]
+
+    @property
+    def own_seconds(self) -> list[float]:
+        """Each predictor call's time outside the model calls (inputs, padding, noise, post-processing)."""
+        return [call - inside for call, inside in zip(self.paired.a, self.model_seconds, strict=True)]
+
+
 def predictor_ratios(
     parts: SD2Parts, images: torch.Tensor, resolution: int, pairs: int
-) -> dict[str, PairedTimes]:
+) -> dict[str, PredictorTimes]:
     """LotusPredictor D and G (1 step) against their bare calls, timed in interleaved pairs.
 
     The bare call is VAE encode -> UNet -> VAE decode on the prepared [-1, 1] pixels (and, for G, a prepared
@@ -249,8 +268,9 @@ def predictor_ratios(
     (input decoding, scaling, padding, noise, post-processing). Each predictor call is paired with a bare
     call back to back, the order alternating (A B, B A, ...), so both members of a pair see nearly the same
     load on a shared machine; the ratios are per pair (median) and of each side's fastest call (min-based).
-    One bare Lotus-G call runs first so that no timed call pays for new shapes (it runs every shape of both
-    modes but the 4-channel conv_in's).
+    Each predictor call also records its time inside the VAE and UNet calls, so its own overhead is measured
+    within the call (in-call ratio). One bare Lotus-G call runs first so that no timed call pays for new
+    shapes (it runs every shape of both modes but the 4-channel conv_in's).
     """
     from zoo.inference.lotus import LotusPredictor
 
@@ -270,13 +290,30 @@ def predictor_ratios(
 
     lotus_d, lotus_g = LotusPredictor(backbone_d, "d", "depth"), LotusPredictor(backbone_g, "g", "depth")
     call = {"processing_resolution": resolution, "output_type": "pt"}
-    bare_g()  # warm-up: the shapes the predictors run
-    return {
-        "d": interleaved_pairs(lambda: lotus_d(images, **call), bare_d, pairs),
-        "g": interleaved_pairs(
-            lambda: lotus_g(images, generator=torch.Generator().manual_seed(0), **call), bare_g, pairs
-        ),
+    inside = InsideTimer(
+        [(parts.vae, "encode"), (parts.vae, "decode"), (parts.unet_d, "forward"), (parts.unet_g, "forward")]
+    )
+    model_seconds: dict[str, list[float]] = {"d": [], "g": []}
+
+    def recorded(key: str, predictor: Callable[[], object]) -> Callable[[], None]:
+        def run_predictor() -> None:
+            before = inside.seconds
+            predictor()
+            model_seconds[key].append(inside.seconds - before)
+
+        return run_predictor
+
+    predictors = {
+        "d": (lambda: lotus_d(images, **call), bare_d),
+        "g": (lambda: lotus_g(images, generator=torch.Generator().manual_seed(0), **call), bare_g),
     }
+    with inside:
+        bare_g()  # warm-up: the shapes the predictors run
+        paired = {
+            key: interleaved_pairs(recorded(key, predictor), bare, pairs)
+            for key, (predictor, bare) in predictors.items()
+        }
+    return {key: PredictorTimes(paired[key], model_seconds[key]) for key in predictors}
 
 
 def _run_ratio(
@@ -338,7 +375,7 @@ def _run(
         taesd_encode = best_of(lambda: parts.taesd.encode(pixels), 1)
         taesd_decode = best_of(lambda: parts.taesd.decode(latents), 1)
     ratios = predictor_ratios(parts, images, resolution, pairs)
-    predictor_d = min(ratios["d"].a)  # the least disturbed predictor call: the unit of the tables below
+    predictor_d = min(ratios["d"].paired.a)  # the least disturbed predictor call: the tables' unit
     lotus_d = LotusPredictor(backbone_d, "d", "depth")
     call = {"processing_resolution": resolution, "output_type": "pt"}
     fast = {}
@@ -415,16 +452,16 @@ def _load_note(before: float | None) -> str:
     return f"1-min load average {before:.1f} at the start, {after:.1f} at the end ({os.cpu_count()} CPUs)"
 
 
-def _ratio_section(ratios: dict[str, PairedTimes]) -> str:
-    """The predictor-vs-bare-calls table of interleaved pairs."""
+def _ratio_section(ratios: dict[str, PredictorTimes]) -> str:
+    """The predictor-vs-bare-calls table of interleaved pairs, with each predictor call's in-call overhead."""
     names = {
         "d": ("LotusPredictor D", "VAE encode + UNet + VAE decode"),
         "g": ("LotusPredictor G (1 step)", "VAE encode + UNet (8 channels) + VAE decode"),
     }
     rows = []
-    for key, paired in ratios.items():
+    for key, times in ratios.items():
         predictor, bare = names[key]
-        pair_ratios = paired.pair_ratios
+        paired, pair_ratios = times.paired, times.paired.pair_ratios
         rows.append(
             [
                 f"{predictor} / bare {bare}",
@@ -434,9 +471,11 @@ def _ratio_section(ratios: dict[str, PairedTimes]) -> str:
                 f"{paired.median_ratio:.3f}x",
                 f"{paired.min_ratio:.3f}x",
                 f"{min(pair_ratios):.3f}-{max(pair_ratios):.3f}",
+                f"{statistics.median(times.in_call_ratios):.4f}x ({max(times.in_call_ratios):.4f}x)",
+                f"{1000 * statistics.median(times.own_seconds):.0f}",
             ]
         )
-    every = [seconds for paired in ratios.values() for seconds in paired.a + paired.b]
+    every = [seconds for times in ratios.values() for seconds in times.paired.a + times.paired.b]
     return (
         "Lotus predictors vs their bare calls (goal <= 1.05x), interleaved pairs (A B, B A, ...)\n\n"
         + _table(
@@ -448,21 +487,26 @@ def _ratio_section(ratios: dict[str, PairedTimes]) -> str:
                 "median of pair ratios",
                 "min-based ratio",
                 "pair ratios",
+                "in-call ratio, median (max)",
+                "predictor's own ms, median",
             ],
             rows,
         )
         + f"\nSingle calls in this section took {min(every):.2f}-{max(every):.2f} s: the spread is the "
-        "machine's load, which both members of a pair share.\n"
+        "machine's load, which both members of a pair share. In-call ratio: each predictor call over its own "
+        "time inside the VAE and UNet calls, measured within the call (free of load drift between calls); "
+        "own ms: the call's time outside them.\n"
     )
 
 
-def _ratio_results(ratios: dict[str, PairedTimes]) -> dict[str, float]:
+def _ratio_results(ratios: dict[str, PredictorTimes]) -> dict[str, float]:
     results = {}
-    for key, paired in ratios.items():
-        results[f"predictor_{key}_s"] = min(paired.a)
-        results[f"bare_{key}_s"] = min(paired.b)
-        results[f"predictor_{key}_ratio"] = paired.median_ratio
-        results[f"predictor_{key}_ratio_min"] = paired.min_ratio
+    for key, times in ratios.items():
+        results[f"predictor_{key}_s"] = min(times.paired.a)
+        results[f"bare_{key}_s"] = min(times.paired.b)
+        results[f"predictor_{key}_ratio"] = times.paired.median_ratio
+        results[f"predictor_{key}_ratio_min"] = times.paired.min_ratio
+        results[f"predictor_{key}_ratio_in_call"] = statistics.median(times.in_call_ratios)
     return results
 
 
@@ -484,7 +528,7 @@ class SD2Measurements:
     train_resolution: int
     train_batch: int
     split: dict[str, float]  # VAE encode, UNet, VAE decode
-    ratios: dict[str, PairedTimes]  # per mode (d, g): predictor (a) and bare calls (b), interleaved
+    ratios: dict[str, PredictorTimes]  # per mode (d, g): predictor and bare calls, interleaved
     predictor_d: float  # the fastest LotusPredictor D call of the pairs
     taesd_encode: float
     taesd_decode: float
@@ -670,6 +714,7 @@ __all__ = [
     "build_sd2",
     "load_config",
     "marigold_pipelines",
+    "PredictorTimes",
     "predictor_ratios",
     "run",
     "sd2_backbone",

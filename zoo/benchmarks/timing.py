@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -74,3 +76,45 @@ def interleaved_pairs(
             times_b.append(_timed(b))
             times_a.append(_timed(a))
     return PairedTimes(times_a, times_b)
+
+
+class InsideTimer:
+    """Wall seconds spent inside chosen methods (a model's forward, a VAE's encode) while active.
+
+    What one call spent inside its model calls, measured within that same call: unlike two calls timed one
+    after the other, the load cannot drift between the two numbers. Methods are wrapped on the instance and
+    restored on exit; the wrapped methods must not call one another (their time would count twice).
+    """
+
+    def __init__(self, targets: Sequence[tuple[object, str]]):
+        self.targets = list(targets)
+        self.seconds = 0.0
+        self._saved: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> InsideTimer:
+        for owner, name in self.targets:
+            self._saved.append((owner, name, vars(owner).get(name, _CLASS_ATTRIBUTE)))
+            setattr(owner, name, self._timed(getattr(owner, name)))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for owner, name, previous in reversed(self._saved):
+            if previous is _CLASS_ATTRIBUTE:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, previous)
+        self._saved.clear()
+
+    def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+_CLASS_ATTRIBUTE = object()  # marks a method that lived on the class, not the instance, before wrapping
