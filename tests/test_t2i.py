@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,24 @@ def test_registry_entry_and_export_round_trip(tiny_backbone_dir, tmp_path):
         for p in (predictor, reference)
     ]
     torch.testing.assert_close(images[0], images[1])
+
+
+def test_prior_worth_starts_differ_only_in_the_unet_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from zoo.recipes.prior_worth import BACKBONE, random_unet_backbone
+    from zoo.utils.files import sha256_file
+
+    weights = Path("unet") / "diffusion_pytorch_model.safetensors"
+    folder = random_unet_backbone(tmp_path / "random")
+    shipped = {p.relative_to(BACKBONE) for p in BACKBONE.rglob("*") if p.is_file()}
+    assert shipped == {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+    for name in shipped - {weights, Path("unet") / "config.json"}:
+        assert sha256_file(BACKBONE / name) == sha256_file(folder / name), name
+    configs = [json.loads((root / "unet" / "config.json").read_text()) for root in (BACKBONE, folder)]
+    trained_config, random_config = ({k: v for k, v in c.items() if not k.startswith("_")} for c in configs)
+    assert trained_config == random_config
+    trained, random = load_file(BACKBONE / weights), load_file(folder / weights)
+    assert trained.keys() == random.keys() and not all(torch.equal(trained[k], random[k]) for k in trained)
+    again = load_file(random_unet_backbone(tmp_path / "again") / weights)
+    assert all(torch.equal(random[k], again[k]) for k in random)  # seeded
