@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from zoo.models.mustafar.build import MustafarSpec, build, load_exported
 from zoo.models.mustafar.features import DEFAULT_SITE, SDFeatureExtractor, load_features, save_features
@@ -27,6 +30,7 @@ CLIP = {
     "num_attention_heads": 2,
 }
 SECOND_SITE = "up_blocks.2.attentions.1.transformer_blocks.0.attn2:query"
+SHIPPED_TEST_IMAGES = 128  # the first half of tiny-mustafar's held-out test images
 
 
 @pytest.fixture()
@@ -233,6 +237,21 @@ def test_stage2_export_reloads_and_answers_identically(tiny_backbone_dir, tmp_pa
     answer_question_file(lambda *a, **k: calls.append(a), questions_file, tmp_path, tmp_path / "answers.json")
     assert calls == [] and json.loads((tmp_path / "answers.json").read_text()) == written
 
+    # A stage chained from this export (its spec then names the export's clip/) still carries its own tower.
+    chained = MustafarModule(
+        backbone=str(tiny_backbone_dir),
+        llm=LLM,
+        clip=CLIP,
+        tokenizer=TOKENIZER,
+        fusion="cross_attention",
+        image_size=(64, 64),
+        cross_attention_heads=2,
+        init_from=str(tmp_path / "export"),
+    )
+    chained.export_pretrained(tmp_path / "chained")
+    record = json.loads((tmp_path / "chained" / "zoo_model.json").read_text())
+    assert record["clip"] == "clip" and (tmp_path / "chained" / "clip" / "config.json").is_file()
+
 
 def test_missing_real_parts_say_what_to_download(tmp_path, tiny_backbone_dir):
     from zoo.backbones import MissingWeightsError
@@ -315,3 +334,91 @@ def test_stage2_starts_from_a_lightning_checkpoint_of_stage1(tiny_backbone_dir, 
         m.model(**inputs, pixel_values=_images(1), encoder_prompts=questions).logits for m in (stage1, stage2)
     ]
     torch.testing.assert_close(logits[1], logits[0], atol=0, rtol=0)
+
+
+def test_train_tiny_chains_the_registry_stages(tmp_path, monkeypatch):
+    """tools/train_tiny.py --all trains tiny-mustafar's stage 1, then stage 2 from stage 1's export."""
+    import importlib.util
+    import json
+
+    import zoo.cli
+    from zoo.registry import REPO_ROOT, get_entry
+
+    spec = importlib.util.spec_from_file_location("tool_train_tiny", REPO_ROOT / "tools" / "train_tiny.py")
+    train_tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tiny)
+
+    calls = []
+
+    def fake(config, out, overrides=None):
+        calls.append((config, str(out), list(overrides or [])))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return {"config": config, "train_and_test_seconds": 1.5, "metrics": {"accuracy": len(calls) / 10}}
+
+    monkeypatch.setattr(zoo.cli, "train_evaluate_export", fake)
+    entry = get_entry("tiny-mustafar")
+    assert entry.stages == ("configs/tiny/mustafar_stage1.yaml",) and entry.rebuild == "train_tiny"
+    out = tmp_path / "mustafar"
+    record = zoo.cli.train_stages([*entry.stages, entry.config], out, ["--trainer.max_steps", "2"], tmp_path)
+    stage1 = tmp_path / "mustafar_stage1"
+    assert calls == [
+        ("configs/tiny/mustafar_stage1.yaml", str(stage1), ["--trainer.max_steps", "2"]),
+        (
+            "configs/tiny/mustafar_stage2.yaml",
+            str(out),
+            ["--trainer.max_steps", "2", "--model.init_args.init_from", stage1.as_posix()],
+        ),
+    ]
+    assert record["stages"][0]["config"] == "configs/tiny/mustafar_stage1.yaml"
+    assert record["total_seconds"] == 3.0 and record["metrics"] == {"accuracy": 0.2}
+    assert json.loads((out / "recipe.json").read_text())["command"] == (
+        "python tools/train_tiny.py configs/tiny/mustafar_stage1.yaml configs/tiny/mustafar_stage2.yaml "
+        f"--out {out.as_posix()}"
+    )
+    # The stage-2 config's own init_from is where the chain puts stage 1.
+    recipe = yaml.safe_load(Path("configs/tiny/mustafar_stage2.yaml").read_text())
+    assert recipe["model"]["init_args"]["init_from"] == f"{zoo.cli.STAGE_ROOT}/mustafar_stage1"
+    # One config is the plain single-stage run, as before.
+    calls.clear()
+    train_tiny.main(["configs/tiny/lotus_depth_d.yaml", "--out", str(tmp_path / "lotus")])
+    assert calls == [("configs/tiny/lotus_depth_d.yaml", str(tmp_path / "lotus"), [])]
+
+
+def test_tiny_mustafar_answers_held_out_questions_above_the_majority_baseline():
+    """zoo.load("tiny-mustafar") generates answers end to end, and they beat every answer-only baseline."""
+    import json
+
+    import zoo
+    from zoo.data.vqa import synthetic_records
+    from zoo.evaluation.vqa import normalize_answer
+    from zoo.registry import REPO_ROOT
+
+    folder = REPO_ROOT / "checkpoints/tiny/mustafar"
+    record = json.loads((folder / "zoo_model.json").read_text())
+    # Self-contained but for the base: the LLM, CLIP tower and tokenizer are its own, the backbone referenced.
+    assert all((folder / record[part]).is_dir() for part in ("llm", "clip", "tokenizer")), record
+    assert record["backbone"] == "checkpoints/tiny/backbone"
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 10 * 2**20
+    metrics = json.loads((folder / "metrics.json").read_text())
+    margin = metrics["accuracy"] - metrics["majority_accuracy"]  # on all 256 held-out test images
+    assert margin > 0.02, metrics
+    predictor = zoo.load("tiny-mustafar")
+    pixels, items = synthetic_records(SHIPPED_TEST_IMAGES, "test", (64, 64), None)  # rendered afresh
+    answers = predictor(
+        [pixels[item["image"]] for item in items], [item["question"] for item in items], batch_size=64
+    ).answers
+    assert len(answers) == len(items) and all(isinstance(a, str) for a in answers)
+    truth = [normalize_answer(item["answer"]) for item in items]
+    right = [normalize_answer(a) == t for a, t in zip(answers, truth, strict=True)]
+    accuracy = sum(right) / len(right)
+    # The strongest answer-only baseline on these very questions: each type's most frequent answer here
+    # (at least the training-set majority baseline of metrics.json).
+    by_type: dict[str, dict[str, int]] = {}
+    for item in items:
+        counts = by_type.setdefault(item["question_type"], {})
+        counts[item["answer"]] = counts.get(item["answer"], 0) + 1
+    oracle = sum(max(counts.values()) for counts in by_type.values()) / len(items)
+    assert accuracy - oracle > margin / 2, (accuracy, oracle, margin)
+    # Batched generation answers as one question at a time does.
+    single = [predictor([pixels[items[i]["image"]]], [items[i]["question"]]).answers[0] for i in range(6)]
+    assert single == answers[:6]

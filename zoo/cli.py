@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from zoo.utils.files import atomic_write_json, atomic_write_text
 
+STAGE_ROOT = "outputs/stages"  # where train_stages exports the stages before the last
 DEFAULT_TRAINER: dict[str, Any] = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -98,3 +99,37 @@ def train_evaluate_export(config: str, out: str | Path, overrides: list[str] | N
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "recipe.json", record)
     return record
+
+
+def train_stages(
+    configs: list[str],
+    out: str | Path,
+    overrides: list[str] | None = None,
+    stage_root: str | Path = STAGE_ROOT,
+) -> dict[str, Any]:
+    """Train a chain of configs (LLaVA's stage 1 then stage 2), each starting from the previous export.
+
+    Every config but the last is trained, tested and exported to `<stage_root>/<config stem>`, and the next
+    one gets `--model.init_args.init_from <that folder>` (after `overrides`, which every stage receives); the
+    last one exports to `out`, whose recipe.json then also holds the earlier stages' records (`stages`), the
+    chained command and the total wall time. One config is plain `train_evaluate_export`.
+    """
+    if not configs:
+        raise ValueError("train_stages needs at least one config")
+    records: list[dict[str, Any]] = []
+    previous: Path | None = None
+    for index, config in enumerate(configs):
+        target = Path(out) if index == len(configs) - 1 else Path(stage_root) / Path(config).stem
+        chained = [] if previous is None else ["--model.init_args.init_from", previous.as_posix()]
+        records.append(train_evaluate_export(config, target, [*(overrides or []), *chained]))
+        previous = target
+    if len(records) == 1:
+        return records[0]
+    final = {
+        **records[-1],
+        "command": f"python tools/train_tiny.py {' '.join(configs)} --out {Path(out).as_posix()}",
+        "stages": records[:-1],
+        "total_seconds": round(sum(record["train_and_test_seconds"] for record in records), 1),
+    }
+    atomic_write_json(Path(out) / "recipe.json", final)
+    return final

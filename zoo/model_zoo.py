@@ -202,6 +202,15 @@ MODELS = (
         "comparisons": {"from a random UNet": "random_unet_metrics.json"},
     },
     {
+        "name": "tiny-lotus-depth-g",
+        "family": "lotus",
+        "task": "depth",
+        "config": "configs/tiny/lotus_depth_g.yaml",
+        "checkpoint": "checkpoints/tiny/lotus_depth_g",
+        "description": "Lotus-G disparity on the tiny backbone (1 step from noise), 64x64 synthetic scenes",
+        "measured_metrics": _DEPTH_METRICS,
+    },
+    {
         "name": "tiny-lotus-normal-d",
         "family": "lotus",
         "task": "normals",
@@ -393,5 +402,26 @@ MODELS += (
         # tools/benchmark.py mustafar, batch 8 of 64x64, 1 CPU thread (see its metrics.json).
         "measured_metrics": ("tokens_per_image", "channels", "images_per_s_s0", "images_per_s_s4"),
         "rebuild": "none",
+    },
+    # LLaVA-style stage 1 (captions, unconditional SD features) then stage 2 (synthetic VQA, the question as
+    # the SD prompt, s = 4) by tools/train_tiny.py; exact-match accuracy on 256 held-out images next to the
+    # baseline that answers each question type's majority training answer (see its recipe.json).
+    {
+        "name": "tiny-mustafar",
+        "family": "mustafar",
+        "task": "vqa",
+        "config": "configs/tiny/mustafar_stage2.yaml",
+        "stages": ("configs/tiny/mustafar_stage1.yaml",),
+        "checkpoint": "checkpoints/tiny/mustafar",
+        "description": "Tiny Mustafar LLaVA (tiny backbone SD features x random tiny CLIP, cross-attention "
+        "fusion, tiny Llama), 64x64 synthetic VQA",
+        "measured_metrics": (
+            "accuracy",
+            "majority_accuracy",
+            "accuracy/count",
+            "accuracy/colour",
+            "accuracy/position",
+            "accuracy/pose",
+        ),
     },
 )

@@ -84,6 +84,9 @@ class ModelEntry:
     # How shipped weights are rebuilt: "train_tiny" (tools/train_tiny.py, `make tiny-models`), "tiny-backbone"
     # (`make tiny-backbone`), or "none" (an entry without weights of its own, e.g. feature settings).
     rebuild: str = "train_tiny"
+    # Configs trained before `config`, in order, each starting from the previous export (tools/train_tiny.py
+    # chains them: LLaVA-style stage 1 before stage 2).
+    stages: tuple[str, ...] = ()
 
     @property
     def is_local(self) -> bool:
@@ -142,6 +145,7 @@ def _zoo() -> tuple[dict[str, FamilySpec], dict[str, ModelEntry]]:
     for record in MODELS:
         record = dict(record)
         record["measured_metrics"] = tuple(record.get("measured_metrics", ()))
+        record["stages"] = tuple(record.get("stages", ()))
         entry = _build(ModelEntry, record, f"model {record.get('name')!r}")
         if entry.rebuild not in ("train_tiny", "tiny-backbone", "none"):
             raise ValueError(f"model {entry.name!r}: rebuild must be train_tiny, tiny-backbone or none")

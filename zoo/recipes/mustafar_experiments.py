@@ -1,12 +1,15 @@
 """The tiny Mustafar measurements: encoders, guidance and leakage on held-out synthetic VQA, side by side.
 
     OMP_NUM_THREADS=1 python -m zoo.recipes.mustafar_experiments --out outputs/mustafar_experiments
+    ... --variants "sd s=0" clip --steps 100 --test-images 16   # a subset, shorter
 
-Every variant trains the same tiny LLaVA (random tiny Llama + projectors, frozen encoders) for the same steps
-on the same synthetic VQA pairs from scratch (no stage 1, so the variants differ only in their encoder), then
-answers the held-out test images greedily. Leakage: the SD prompt in training is the ground-truth caption
-(with and without prompt dropout); at test the prompt is the matched caption, a mismatched caption (another
-image's, whose answer to the same question differs: `donor_agreement` counts answers that follow it) or none.
+Every variant trains the same tiny LLaVA (tiny Llama + fresh projectors, frozen encoders) for the same steps
+on the same synthetic VQA pairs, then answers the held-out test images greedily. The Llama is random (default)
+or, with `--llm`, every variant starts from the same pretrained one (LLaVA's set-up: the tiny stage 1's LLM),
+so the variants differ only in their encoder and its projector. Leakage: the SD prompt in training is the
+ground-truth caption (with and without prompt dropout); at test the prompt is the matched caption, a
+mismatched caption (another image's, whose answer to the same question differs: `donor_agreement` counts
+answers that follow it) or none.
 """
 
 from __future__ import annotations
@@ -49,11 +52,25 @@ LEAKAGE = {
     },
 }
 LEAKAGE_EVALS = ("caption", "mismatched_caption", "none")
+# What the default run trains (about 30 minutes on one shared CPU thread): SD alone at s = 0 and 4, CLIP
+# alone, the tiny-mustafar fusion and the two leakage runs ("concat s=0", "cross_attention s=0" on request).
+DEFAULT_VARIANTS = (
+    "sd s=0",
+    "sd s=4",
+    "clip",
+    "cross_attention s=4",
+    "caption-conditioned, no dropout",
+    "caption-conditioned, dropout 0.5",
+)
 
 
-def _model_args(backbone: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def _model_args(
+    backbone: str, overrides: dict[str, Any], lr: float, llm: str | None = None
+) -> dict[str, Any]:
     args = yaml.safe_load(Path(TINY_CONFIG).read_text())["model"]["init_args"]
-    args.update({"backbone": backbone, "init_from": None, "prompt_dropout": 0.0, "lr": 2e-3, **overrides})
+    args.update({"backbone": backbone, "init_from": None, "prompt_dropout": 0.0, "lr": lr, **overrides})
+    if llm is not None:  # a pretrained LLM folder (LLaVA's set-up), with the tokenizer saved beside it
+        args.update({"llm": llm, "tokenizer": str(Path(llm).parent / "tokenizer")})
     return args
 
 
@@ -64,6 +81,16 @@ def _unet_hash(backbone: str) -> str:
     return sha256_file(Path(resolve_source(backbone)) / "unet" / "diffusion_pytorch_model.safetensors")[:16]
 
 
+def _backbone_metrics(backbone: str) -> dict[str, float]:
+    """The backbone's own held-out text-to-image losses (a trained prior, not a random UNet), if recorded."""
+    from zoo.backbones.stable_diffusion import resolve_source
+
+    path = Path(resolve_source(backbone)) / "metrics.json"
+    values = json.loads(path.read_text()) if path.is_file() else {}
+    names = ("heldout_loss", "heldout_loss_empty_prompt", "heldout_loss_random")
+    return {name: values[name] for name in names if name in values}
+
+
 def _test(trainer: pl.Trainer, module: MustafarModule, data: VQADataModule, eval_prompt: str | None) -> dict:
     module.hparams.eval_sd_prompt = eval_prompt
     results = trainer.test(module, datamodule=data, verbose=False)
@@ -71,7 +98,16 @@ def _test(trainer: pl.Trainer, module: MustafarModule, data: VQADataModule, eval
 
 
 def run(
-    out: str, backbone: str, steps: int, train_images: int, test_images: int, seed: int
+    out: str,
+    backbone: str,
+    steps: int,
+    train_images: int,
+    test_images: int,
+    seed: int,
+    cache_dir: str | None = "outputs/cache/vqa",
+    lr: float = 2e-3,
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
+    llm: str | None = None,
 ) -> dict[str, Any]:
     """Train and test every variant; writes results.json and results.md to `out`; returns the results."""
     out_dir = Path(out)
@@ -83,9 +119,10 @@ def run(
         batch_size=32,
         eval_batch_size=64,
         seed=seed,
+        cache_dir=cache_dir,
     )
-    _, train_items = synthetic_records(train_images, "train", (64, 64), data.hparams.cache_dir)
-    _, test_items = synthetic_records(test_images, "test", (64, 64), data.hparams.cache_dir)
+    _, train_items = synthetic_records(train_images, "train", (64, 64), cache_dir)
+    _, test_items = synthetic_records(test_images, "test", (64, 64), cache_dir)
     overall, by_type = majority_answers(train_items)
     right = [
         normalize_answer(item["answer"]) == normalize_answer(by_type.get(item["question_type"], overall))
@@ -93,21 +130,30 @@ def run(
     ]
     results: dict[str, Any] = {
         "steps": steps,
+        "lr": lr,
+        "llm": llm or "random tiny Llama (configs/tiny/mustafar_stage2.yaml)",
+        "seed": seed,
         "train_images": train_images,
         "train_pairs": len(train_items),
         "test_pairs": len(test_items),
         "backbone": backbone,
+        "backbone_metrics": _backbone_metrics(backbone),
         "majority_answer": overall,
         "majority_overall_accuracy": sum(i["answer"] == overall for i in test_items) / len(test_items),
         "majority_per_type_accuracy": sum(right) / len(right),
         "encoders": {},
         "leakage": {},
     }
-    for group, variants in (("encoders", ENCODERS), ("leakage", LEAKAGE)):
-        for name, overrides in variants.items():
+    unknown = sorted(set(variants) - set(ENCODERS) - set(LEAKAGE))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(ENCODERS) + sorted(LEAKAGE)}")
+    for group, table in (("encoders", ENCODERS), ("leakage", LEAKAGE)):
+        for name, overrides in table.items():
+            if name not in variants:
+                continue
             pl.seed_everything(seed)
             started = time.time()
-            module = MustafarModule(**_model_args(backbone, overrides))
+            module = MustafarModule(**_model_args(backbone, overrides, lr, llm))
             trainer = pl.Trainer(
                 accelerator="cpu",
                 devices=1,
@@ -175,13 +221,34 @@ def main() -> None:
     )
     parser.add_argument("--out", default="outputs/mustafar_experiments")
     parser.add_argument("--backbone", default="checkpoints/tiny/backbone")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--train-images", type=int, default=2000)
-    parser.add_argument("--test-images", type=int, default=64)
+    parser.add_argument("--test-images", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--cache-dir", default="outputs/cache/vqa")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="names from ENCODERS and LEAKAGE"
+    )
+    parser.add_argument(
+        "--llm",
+        help="start every variant's LLM from this folder (e.g. outputs/stages/mustafar_stage1/llm, the tiny "
+        "stage 1's), the projectors fresh; default: a random tiny Llama",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    run(args.out, args.backbone, args.steps, args.train_images, args.test_images, args.seed)
+    run(
+        args.out,
+        args.backbone,
+        args.steps,
+        args.train_images,
+        args.test_images,
+        args.seed,
+        args.cache_dir,
+        args.lr,
+        tuple(args.variants),
+        args.llm,
+    )
 
 
 if __name__ == "__main__":

@@ -170,9 +170,11 @@ def export(
     folder: str | Path,
     save_llm: bool,
     extra: dict[str, Any] | None = None,
+    save_clip: bool = False,
 ) -> None:
     """Write an exported folder: encoder.safetensors, tokenizer/, llm/ (trained or random LLMs), clip/ (random
-    towers), zoo_model.json; the SD backbone and unchanged pretrained parts are referenced, not copied."""
+    towers, also when `save_clip` says one came from an earlier export), zoo_model.json; the SD backbone and
+    unchanged pretrained parts are referenced, not copied."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     record = asdict(spec)
@@ -187,7 +189,7 @@ def export(
         causal.model, causal.lm_head = model.model.language_model, model.lm_head
         causal.save_pretrained(folder / "llm", safe_serialization=True)
         record["llm"] = "llm"
-    if isinstance(spec.clip, dict):
+    if (save_clip or isinstance(spec.clip, dict)) and model.model.vision_tower.clip is not None:
         model.model.vision_tower.clip.vision.save_pretrained(folder / "clip", safe_serialization=True)
         record["clip"] = "clip"
     (folder / MODEL_CONFIG_FILE).write_text(

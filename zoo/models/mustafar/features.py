@@ -59,8 +59,8 @@ class SDFeatureExtractor(nn.Module):
     pass
     (the prompt is not even encoded); s != 0 runs the unconditional and the conditional halves in one batched
     UNet call. The unconditional prompt is "" padded like every prompt, so both halves share one text length.
-    Noise: `noise`, else a `generator`, else in eval mode a generator seeded with `noise_seed` (deterministic
-    inference), else (training) the global RNG.
+    Noise: `noise`, else a `generator`, else in eval mode one noise map drawn from `noise_seed` and shared by
+    every image (deterministic, batch-independent inference), else (training) the global RNG.
     Several sites are concatenated on channels, each resized to the token grid of the first site (area
     averaging down, bilinear up). Tokens are in row-major grid order.
     """
@@ -105,6 +105,12 @@ class SDFeatureExtractor(nn.Module):
         # training on a fixed set may key them by content (the VAE is most of a tiny step's cost).
         self.cache_latents = cache_latents
         self._latents: dict[bytes, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> SDFeatureExtractor:
+        """Training mode draws fresh noise per call (global RNG); the frozen backbone itself stays in eval."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
 
     @property
     def feature_dim(self) -> int:
@@ -174,8 +180,10 @@ class SDFeatureExtractor(nn.Module):
         backbone = self.backbone
         latents = self.encode(images)  # [B, 4, h, w], posterior mode
         if noise is None and generator is None and not self.training and self.noise_seed is not None:
-            # Inference is deterministic: the same images give the same features in every call.
-            generator = torch.Generator().manual_seed(self.noise_seed)
+            # Inference is deterministic and batch-independent: one noise map from the seed for every image,
+            # so an image gives the same features in every call, batch and process.
+            seeded = torch.Generator().manual_seed(self.noise_seed)
+            noise = torch.randn((1, *latents.shape[1:]), generator=seeded).expand(latents.shape)
         if noise is None:
             noise = torch.randn(
                 latents.shape, generator=generator, device=generator.device if generator else None

@@ -122,13 +122,50 @@ class MustafarModule(FamilyModule):
         if gradient_checkpointing:
             self.model.model.language_model.gradient_checkpointing_enable()
         self._rng = random.Random(0)
+        self._majority: tuple[str, dict[str, str]] | None = None
+        self._sharded = False  # configure_model applied FSDP2
+        # build() returns the model in eval mode (as from_pretrained) and Lightning keeps the modes it finds:
+        # train mode for the trainable parts (the frozen SD and CLIP towers keep eval mode themselves).
+        self.model.train()
         self.setup_ema()
+
+    def configure_model(self) -> None:
+        """FSDP2 under Lightning's ModelParallelStrategy (unlike FSDPStrategy, it runs on the CPU with gloo).
+
+        Every LlamaDecoderLayer, the token embeddings, the LLM, lm_head and each trainable encoder part become
+        `fully_shard` units over the data-parallel mesh, under one root unit, the LLaVA model (whose group
+        keeps the rest, the frozen SD and CLIP towers included). A no-op without a device mesh (every other
+        strategy) and when already sharded.
+        """
+        mesh = self.device_mesh
+        if mesh is None or self._sharded:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        language = self.model.model.language_model
+        for layer in language.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(language.embed_tokens, mesh=mesh)  # LlavaModel embeds the ids outside the LLM's forward
+        fully_shard(language, mesh=mesh)
+        fully_shard(self.model.lm_head, mesh=mesh)
+        for module in self.encoder.trainable_modules():
+            fully_shard(module, mesh=mesh)
+        # One root for all of them (training and every generate step call the LLaVA model): its own group
+        # holds the rest, the frozen towers included, gathered for each forward.
+        fully_shard(self.model, mesh=mesh)
+        self._sharded = True
 
     def _processor(self) -> MustafarProcessor:
         """A processor for this config's image size and template (image_seq_length follows)."""
         length = self.encoder.num_tokens(tuple(self.spec.image_size))
         self.model.config.image_seq_length = length
         return MustafarProcessor(self.processor.tokenizer, length, TEMPLATES[self.spec.template])
+
+    @property
+    def _random_clip(self) -> bool:
+        """The config builds the CLIP tower from a config (random init), not from a pretrained folder."""
+        return isinstance(self.hparams.clip, dict) and self.encoder.clip is not None
 
     @property
     def encoder(self) -> nn.Module:
@@ -183,6 +220,8 @@ class MustafarModule(FamilyModule):
     ) -> list[str]:
         """Greedy answers of a batch (left-padded prompts, one generate call)."""
         inputs = {k: v.to(self.device) for k, v in self.processor(questions).items()}
+        if self._sharded:  # generate reads the image features outside the root's forward: gather them first
+            self.model.unshard()
         generated = self.model.generate(
             **inputs,
             pixel_values=images.to(self.device),
@@ -191,7 +230,11 @@ class MustafarModule(FamilyModule):
             max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
             do_sample=False,
             pad_token_id=self.processor.tokenizer.pad_token_id,
+            # Sharded weights are gathered by collective calls: every rank runs the same number of steps.
+            synced_gpus=self._sharded and torch.distributed.is_initialized(),
         )
+        if self._sharded:
+            self.model.reshard()
         new = generated[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -210,7 +253,20 @@ class MustafarModule(FamilyModule):
         evaluators: dict[str, Evaluator] = {"vqa": VQAAccuracy()}
         if (self.hparams.eval_sd_prompt or self.hparams.sd_prompt) == "mismatched_caption":
             evaluators["donor"] = VQAAccuracy()
+        self._majority = self._majority_answers() if stage == "test" else None
+        if self._majority is not None:
+            evaluators["majority"] = VQAAccuracy()
         return evaluators
+
+    def _majority_answers(self) -> tuple[str, dict[str, str]] | None:
+        """The training set's most frequent answer overall and per question type, on synthetic VQA data."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        hparams = getattr(datamodule, "hparams", {})
+        if not (hparams.get("source") == "synthetic" and hparams.get("task") == "vqa"):
+            return None
+        from zoo.data.vqa import majority_answers
+
+        return majority_answers(datamodule.dataset("train").items)
 
     def evaluation_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         """Generate answers and score them."""
@@ -221,6 +277,10 @@ class MustafarModule(FamilyModule):
         for name, evaluator in self.evaluators.items():
             if name == "vqa":
                 evaluator.update(ids, predictions, batch["answer"], batch["question_type"])
+            elif name == "majority":  # the baseline that answers each question type's majority answer
+                overall, by_type = self._majority
+                guesses = [by_type.get(kind, overall) for kind in batch["question_type"]]
+                evaluator.update(ids, guesses, batch["answer"], batch["question_type"])
             elif name == "donor":
                 keep = [i for i, donor in enumerate(batch["donor_answer"]) if donor]
                 evaluator.update(
@@ -239,11 +299,14 @@ class MustafarModule(FamilyModule):
                 )
 
     def epoch_metrics(self, results: dict[str, dict[str, float]]) -> dict[str, float]:
-        """VQA metrics unprefixed; the donor evaluator's accuracy as donor_agreement."""
+        """VQA metrics unprefixed; the donor evaluator's accuracy as donor_agreement; on synthetic test data
+        the baseline answering each question type's majority answer as majority_accuracy(/<type>)."""
         metrics: dict[str, float] = {}
         for name, values in results.items():
             if name == "donor":
                 metrics["donor_agreement"] = values["accuracy"]
+            elif name == "majority":
+                metrics.update({f"majority_{k}": v for k, v in values.items() if k.startswith("accuracy")})
             else:
                 metrics.update(values)
         return metrics
@@ -268,14 +331,24 @@ class MustafarModule(FamilyModule):
 
     def export_weights(self, folder: Path) -> None:
         """encoder.safetensors, tokenizer/, llm/ when trained (LoRA merged in), clip/ when random-init."""
+        # A tower the config builds at random travels with every export, also after a stage chain (where the
+        # spec names the earlier stage's copy, not a lasting pretrained folder).
+        save_clip = self._random_clip
         if not self.hparams.lora_rank:
-            export(self.model, self.processor, self.spec, folder, save_llm=self.hparams.train_llm)
+            export(
+                self.model,
+                self.processor,
+                self.spec,
+                folder,
+                save_llm=self.hparams.train_llm,
+                save_clip=save_clip,
+            )
             return
         adapted = self.model.model.language_model
         # Merge a copy: the training model keeps its adapters.
         self.model.model.language_model = copy.deepcopy(adapted).merge_and_unload()
         try:
-            export(self.model, self.processor, self.spec, folder, save_llm=True)
+            export(self.model, self.processor, self.spec, folder, save_llm=True, save_clip=save_clip)
         finally:
             self.model.model.language_model = adapted
 
@@ -286,6 +359,7 @@ class MustafarModule(FamilyModule):
             if (
                 isinstance(record[part], dict)
                 or (part == "llm" and (self.hparams.train_llm or self.hparams.lora_rank))
+                or (part == "clip" and self._random_clip)
                 or part == "tokenizer"
             ):
                 record[part] = part
