@@ -44,7 +44,8 @@ def test_autoencoder_accuracy_dry_run(tmp_path: Path) -> None:
     out = tmp_path / "accuracy.md"
     benchmark.main(["autoencoder", "--dry-run", "--taesd", str(tmp_path / "taesd"), "--out", str(out)])
     text = out.read_text()
-    for row in ("| lotus_depth_d | depth AbsRel |", "| lotus_normal_d |", "| sdpose_body | pose AP |"):
+    rows = ("| lotus_depth_d | depth AbsRel |", "| lotus_depth_g | depth AbsRel |", "| lotus_normal_d |")
+    for row in (*rows, "| sdpose_body | pose AP |"):
         assert row in text, row
     # A subset keeps its rows only; an unknown name is refused with the known ones.
     subset = ["--models", "sdpose_body"]

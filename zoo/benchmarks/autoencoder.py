@@ -16,6 +16,7 @@ TINY_TAESD = REPO_ROOT / "checkpoints" / "tiny" / "taesd"
 # (tiny model, its recipe, the metric that summarises it, lower is better, does the model decode?)
 TINY_MODELS = (
     ("lotus_depth_d", "depth AbsRel", "abs_rel", True, True),
+    ("lotus_depth_g", "depth AbsRel", "abs_rel", True, True),
     ("lotus_normal_d", "normals mean angle (deg)", "mean", True, True),
     ("sdpose_body", "pose AP", "AP", False, False),
 )
