@@ -1,21 +1,33 @@
 #!/usr/bin/env python
-"""Annotate a folder of images or a COCO image list with pose, depth and normal models.
+"""Annotate a folder of images or a COCO image list with pose, depth and normal models, or videos with video
+pose models.
 
     python tools/annotate.py --input photos/ --models tiny-sdpose-body tiny-lotus-depth-d --out annotations/
     python tools/annotate.py --coco-images val.json --image-root val2017/ --models sdpose-body \\
         --boxes det-file person_detections.json --controlnet --out out/
     python tools/annotate.py --input photos/ --models lotus-depth-d --out out/ --devices 4 --strategy ddp
+    python tools/annotate.py --model tiny-diffpose --input clip.mp4 --out out/ --boxes hog --controlnet
 
 Writes per model `<out>/<name>/` (name: the task, or the model name when two models share a task): COCO
 keypoint results.json + annotations.json + skeleton overlays (pose), or <stem>.png/.npy/_vis.png
 (depth, normals); and `<out>/failures.json` listing every input that could not be annotated, with the reason.
 A killed run restarted with the same command continues where it stopped and ends with the same bytes as an
 uninterrupted one.
+
+Which annotator a model gets is its family's `annotator_adapter` in the registry (zoo/model_zoo.py): video
+pose models (DiffPose) name zoo.inference.annotate.video.VideoPoseAdapter, whose inputs are videos. Their
+--input is a video file, a frame folder, or a folder of both (each child one video), and they write
+`<out>/video_pose/<video>/`: posetrack.json (per-video PoseTrack18, what tools/eval_posetrack.py and poseval
+read), overlay/NNNNNN.png + overlay.mp4 (--visualize), controlnet/NNNNNN.png|.json (--controlnet) and
+done.json (written last); `<out>/video_pose/failures.json` lists the videos that could not be read. A rerun
+skips the videos whose done.json matches its settings and redoes the others; every file is written
+atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=Path, help="folder of images (searched recursively)")
+    source.add_argument(
+        "--input",
+        type=Path,
+        help="folder of images (searched recursively); for video models a video file, a frame folder or a "
+        "folder of them",
+    )
     source.add_argument(
         "--coco-images", type=Path, help="COCO JSON whose images[].file_name lists the images"
     )
@@ -54,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--models",
+        "--model",
         nargs="+",
         required=True,
         help="registered model names (see `zoo.available_models()`) or exported model folders",
@@ -102,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         "limit but the decoder's decompression-bomb guard)",
     )
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
+    video = parser.add_argument_group("video models (DiffPose)")
+    video.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
+    video.add_argument(
+        "--ensemble", type=int, help="diffusion initialisations averaged (default: the model's)"
+    )
+    video.add_argument("--fps", type=float, default=10.0, help="frame rate of overlay.mp4 (default 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     scale = parser.add_argument_group(
         "scale-out through Lightning (used when --devices > 1 or --num-nodes > 1)"
@@ -138,10 +162,99 @@ def _output_names(models: Sequence[str], predictors: Sequence[Any]) -> list[str]
     return [task if tasks.count(task) == 1 else name for task, name in zip(tasks, names, strict=True)]
 
 
+def _adapter(model: str) -> Any:
+    """The annotator adapter class the registry names for a model name or exported folder (None: unknown
+    here, zoo.load reports it)."""
+    from zoo.registry import get_entry, get_family
+
+    try:
+        if Path(model, "zoo_model.json").is_file():
+            family = json.loads(Path(model, "zoo_model.json").read_text())["family"]
+        else:
+            family = get_entry(model).family
+        spec = get_family(family)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return spec.resolve("annotator_adapter") if spec.annotator_adapter is not None else None
+
+
+def _annotate_videos(parser: argparse.ArgumentParser, args: argparse.Namespace, adapters: list[Any]) -> int:
+    """Video models: one VideoAnnotator per model (its adapter builds it) over the videos of --input."""
+    if args.input is None:
+        parser.error("video models take --input (a video file, a frame folder or a folder of them)")
+    if args.devices > 1 or args.num_nodes > 1:
+        parser.error("--devices / --num-nodes scale out image annotation only")
+    if args.boxes[0] == "det-file":
+        parser.error("video models take --boxes whole_image or hog")
+    for name in ("steps", "ensemble"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1; got {getattr(args, name)}")
+    if args.fps <= 0:
+        parser.error(f"--fps must be positive; got {args.fps}")
+    from zoo.inference.annotate.video import list_videos
+    from zoo.utils.files import check_output_location
+
+    try:
+        videos = list_videos(args.input)
+        check_output_location(
+            args.out,
+            {"input": args.input},
+            may_contain=[args.input] if args.input.is_dir() else [],
+            what="output folder",
+        )
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    options: dict[str, Any] = {
+        "box_source": "whole_frame" if args.boxes[0] == "whole_image" else "hog",
+        "flip_test": args.flip_test,
+    }
+    options |= {
+        name: getattr(args, name) for name in ("steps", "ensemble") if getattr(args, name) is not None
+    }
+
+    import zoo
+
+    try:
+        predictors = [zoo.load(name, device=args.device) for name in args.models]
+        names = _output_names(args.models, predictors)
+        for name, predictor, adapter in zip(names, predictors, adapters, strict=True):
+            annotator = adapter.annotator(
+                predictor,
+                args.out / name,
+                controlnet=args.controlnet,
+                overlay=args.visualize,
+                overlay_mp4=args.visualize,
+                fps=args.fps,
+                resume=args.resume,
+                **options,
+            )
+            summary = annotator.run(videos)
+            failures = args.out / name / "failures.json"
+            print(
+                f"{name}: annotated {len(summary.done)} of {len(videos)} videos ({len(summary.skipped)} "
+                f"already done, {len(summary.failures)} failed, listed in {failures})"
+            )
+    except (AnnotationError, FileNotFoundError, KeyError, ValueError, OutputWriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the annotation; return 0 when it finished (failures are listed, not fatal), 2 on bad arguments."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The registry's annotator adapter of each model says what it annotates: images (default) or videos.
+    adapters = [_adapter(model) for model in args.models]
+    video = [getattr(adapter, "inputs", "images") == "videos" for adapter in adapters]
+    if any(video):
+        if not all(video):
+            parser.error(
+                "video models ("
+                + ", ".join(m for m, v in zip(args.models, video, strict=True) if v)
+                + ") and image models take different inputs: annotate with them in separate runs"
+            )
+        return _annotate_videos(parser, args, adapters)
     if args.image_root is not None and args.coco_images is None:
         parser.error("--image-root goes with --coco-images")
     boxes = _box_options(parser, args.boxes)

@@ -33,8 +33,9 @@ import cv2
 import numpy as np
 
 from zoo.data.synthetic.moving_figures import posetrack_category
-from zoo.data.video import VideoDecodeError, opencv_path
+from zoo.data.video import FRAME_SUFFIXES, VIDEO_SUFFIXES, VideoDecodeError, opencv_path
 from zoo.export.controlnet import ImagePoses, encode_png, export_image, write_controlnet_pose
+from zoo.inference.annotate.state import AnnotationError
 from zoo.inference.video_pose import VideoPoseOutput, VideoPosePredictor, load_frames
 from zoo.utils.files import (
     OutputLocationError,
@@ -263,3 +264,65 @@ class VideoAnnotator:
         atomic_write_json(self.out_dir / FAILURES_FILE, summary.failures)
         return summary
 
+
+def list_videos(path: str | os.PathLike) -> list[Path]:
+    """The videos under `path`: a video file; a frame folder (it holds frame images: one video); or a folder
+    of video files and frame folders (its direct children, sorted by name). Two videos with one output name
+    (a frame folder `x` next to `x.mp4`) are refused: they would share `<out>/x/`."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"{path}: not a video file ({'/'.join(VIDEO_SUFFIXES)})")
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such video file or folder")
+
+    def frame_folder(folder: Path) -> bool:
+        return any(p.is_file() and p.suffix.lower() in FRAME_SUFFIXES for p in folder.iterdir())
+
+    if frame_folder(path):
+        return [path]
+    videos = sorted(
+        p
+        for p in path.iterdir()
+        if not p.name.startswith(".")
+        and ((p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES) or (p.is_dir() and frame_folder(p)))
+    )
+    if not videos:
+        raise ValueError(f"{path}: holds no video files ({'/'.join(VIDEO_SUFFIXES)}) or frame folders")
+    names: dict[str, Path] = {}
+    for video in videos:
+        name = video.stem if video.is_file() else video.name
+        if name in names:
+            raise ValueError(f"{names[name]} and {video} would share the output folder {name!r}")
+        names[name] = video
+    return videos
+
+
+class VideoPoseAdapter:
+    """The registry's annotator adapter of video pose families (`annotator_adapter` in zoo/model_zoo.py).
+
+    Image adapters (zoo.inference.annotate.adapters) run inside the image Annotator; this one says that its
+    family annotates videos (`inputs`) and builds the VideoAnnotator (`annotator`), which is how
+    tools/annotate.py picks the annotator for a model. The image Annotator refuses it with that advice.
+    """
+
+    inputs = "videos"
+    kind = "video_pose"
+
+    def __init__(self, key: str, predictor: Any, out_dir: Path, options: Any) -> None:
+        """Called by the image Annotator only: refused, a video model has no per-image outputs."""
+        raise AnnotationError(
+            f"{key!r} ({type(predictor).__name__}) annotates videos, not images: use "
+            "zoo.inference.annotate.video.VideoAnnotator or `tools/annotate.py --input VIDEO_OR_FOLDER`"
+        )
+
+    @classmethod
+    def task_of(cls, predictor: Any) -> str:
+        """The default output folder name: "video_pose"."""
+        return cls.kind
+
+    @classmethod
+    def annotator(cls, predictor: Any, out_dir: str | os.PathLike, **options: Any) -> VideoAnnotator:
+        """The VideoAnnotator writing `predictor`'s outputs to `out_dir` (options: VideoAnnotator's)."""
+        return VideoAnnotator(predictor, out_dir, **options)
