@@ -1,5 +1,4 @@
-"""tools/annotate.py on videos: the registry's adapter picks the VideoAnnotator; outputs, resume, bad input.
-"""
+"""tools/annotate.py on videos: the registry adapter picks the VideoAnnotator; outputs, resume, bad input."""
 
 from __future__ import annotations
 
@@ -108,7 +107,7 @@ def test_cli_annotates_a_folder_of_videos_and_resumes(
     assert jump.stat().st_mtime_ns == stamps[jump]
 
     # Other settings are another result: the videos are redone.
-    assert annotate.main([*argv[:-len(FAST)], "--steps", "2", "--ensemble", "1", "--no-progress"]) == 0
+    assert annotate.main([*argv[: -len(FAST)], "--steps", "2", "--ensemble", "1", "--no-progress"]) == 0
     assert "annotated 2 of 2 videos (0 already done" in capsys.readouterr().out
 
 

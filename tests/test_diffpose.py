@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import zoo
 from zoo.backbones import StableDiffusionBackbone
@@ -18,7 +19,7 @@ from zoo.data.synthetic.moving_figures import render_moving_video, write_posetra
 from zoo.inference.video_pose import VideoPosePredictor, greedy_iou_tracks, greedy_oks_tracks
 from zoo.models.diffpose.model import DiffPose
 from zoo.models.diffpose.module import DiffPoseModule
-from zoo.registry import get_entry
+from zoo.registry import REPO_ROOT, get_entry
 
 SIZE = (48, 64)  # (w, h): latent 6x8, tokens 3x4, heatmaps 12x16
 
@@ -158,8 +159,11 @@ def test_tiny_registry_model_reuses_features_with_identical_output(video: tuple)
     recomputed = predictor(frames, boxes=boxes, steps=2, ensemble=2, seed=3, reuse_features=False)
     persons = sum(len(b) for b in boxes)
     assert recomputed.backbone_crops == 3 * persons and reused.backbone_crops < recomputed.backbone_crops
+    # Same output up to float noise from the batch composition; the ear slots (3, 4) are never annotated in
+    # PoseTrack, so their heatmaps are untrained and flat and their argmax moves with that noise.
+    annotated = [k for k in range(17) if k not in (3, 4)]
     for a, b in zip(reused.keypoints, recomputed.keypoints, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-2)
+        np.testing.assert_allclose(a[:, annotated], b[:, annotated], atol=1e-2)
     for a, b in zip(reused.scores, recomputed.scores, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     again = predictor(frames, boxes=boxes, steps=2, ensemble=2, seed=3)
@@ -207,3 +211,81 @@ def test_video_annotator_writes_posetrack_json_overlays_controlnet_and_resumes(
     stamp = (folder / "posetrack.json").stat().st_mtime_ns
     assert annotator.run([tmp_path / "clip.mp4"]).skipped == ["clip"]
     assert (folder / "posetrack.json").stat().st_mtime_ns == stamp
+
+
+def test_single_frame_training_clips_are_the_one_frame_path() -> None:
+    module = DiffPoseModule(input_size=SIZE, width=16, strl_layers=1, heads=4, single_frame_prob=1.0)
+    frames = torch.rand(2, 3, 3, SIZE[1], SIZE[0], generator=torch.Generator().manual_seed(2))
+    batch = {
+        "frames": frames,
+        "keypoints": torch.rand(2, 17, 2) * torch.tensor(SIZE),
+        "keypoints_visible": torch.ones(2, 17),
+    }
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    torch.manual_seed(0)
+    single = module.training_step(batch, 0)
+    torch.manual_seed(0)
+    key_only = module.training_step({**batch, "frames": frames[:, 1:2].expand(-1, 3, -1, -1, -1)}, 0)
+    torch.testing.assert_close(single, key_only)
+    module.hparams.single_frame_prob = 0.0
+    torch.manual_seed(0)
+    assert not torch.equal(module.training_step(batch, 0), single)  # the neighbours count again
+
+
+def heldout_map(root: Path, videos: int, render: dict, **call) -> dict[str, float]:
+    """PoseTrack mAP of the shipped tiny model on the first `videos` held-out test videos of its recipe (GT
+    boxes and track ids, each clip cropped with its key frame's box as the datamodule does): with its
+    neighbours (T3) and given only the key frame (T1)."""
+    from zoo.data.datamodule import TEST_SEED
+    from zoo.evaluation.posetrack import evaluate_posetrack_folders
+
+    ann = write_posetrack_videos(root / "data", videos, TEST_SEED, "test", 12, 128, 128, **render)
+    predictor = zoo.load("tiny-diffpose")
+    results = {}
+    for name, temporal in (("T3", True), ("T1", False)):
+        (root / name).mkdir()
+        for gt_file in sorted(ann.glob("*.json")):
+            gt = json.loads(gt_file.read_text())
+            people = {image["id"]: [] for image in gt["images"]}
+            for annotation in gt["annotations"]:
+                people[annotation["image_id"]].append(annotation)
+            per_frame = [people[image["id"]] for image in gt["images"]]
+            boxes = [
+                np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in ps)]).reshape(-1, 4)
+                for ps in per_frame
+            ]
+            out = predictor(
+                [root / "data" / image["file_name"] for image in gt["images"]],
+                boxes=boxes,
+                track_ids=[[a["track_id"] for a in ps] for ps in per_frame],
+                box_window=1,
+                temporal=temporal,
+                **call,
+            )
+            for t, ps in enumerate(per_frame):
+                for person, annotation in enumerate(ps):
+                    annotation["keypoints"] = [float(v) for xy in out.keypoints[t][person] for v in (*xy, 1)]
+                    annotation["scores"] = [float(s) for s in out.scores[t][person]]
+            (root / name / gt_file.name).write_text(json.dumps(gt))
+        results[name] = evaluate_posetrack_folders(ann, root / name).total
+    return results
+
+
+# The shipped model's recorded margins (checkpoints/tiny/diffpose/metrics.json: 30 held-out videos, T3 39.1 vs
+# T1 36.3) and the one re-measured here on the first 6 of those videos (39.8 vs 38.7).
+RECORDED_TEMPORAL_GAIN = 2.5
+HELDOUT_TEMPORAL_GAIN = 0.5
+
+
+def test_shipped_tiny_model_beats_its_one_frame_baseline_and_its_ensemble_helps(tmp_path: Path) -> None:
+    entry = get_entry("tiny-diffpose")
+    metrics = json.loads(Path(entry.checkpoint_path(), "metrics.json").read_text())
+    assert metrics["mAP"] == metrics["mAP_s1_e4"]  # the default sampling is 1 step x ensemble 4
+    assert metrics["mAP"] - metrics["mAP_T1"] >= RECORDED_TEMPORAL_GAIN
+    for steps in (1, 2, 4):  # more ensemble members do not lower mAP
+        assert metrics[f"mAP_s{steps}_e4"] >= metrics[f"mAP_s{steps}_e1"]
+    # Re-measured with the predictor (the same weights given the neighbours or only the key frame): fails when
+    # the temporal path stops helping, e.g. a model trained on clips whose key frame alone suffices.
+    render = yaml.safe_load((REPO_ROOT / entry.config).read_text())["data"]["init_args"]["render"]
+    measured = heldout_map(tmp_path, 6, render, steps=1, ensemble=4)
+    assert measured["T3"] - measured["T1"] >= HELDOUT_TEMPORAL_GAIN, measured

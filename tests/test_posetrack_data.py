@@ -265,3 +265,33 @@ def test_undecodable_clip_frames_name_the_record_and_the_file(tmp_path):
     (folder / f"{VIDEO.name}.mp4").write_bytes(b"\x00" * 64)
     with pytest.raises(VideoDecodeError, match=r"annotation 3000001000000 .*000001_mpiinew_test\.mp4"):
         PoseTrackClipDataset(ann, tmp_path / "root", frame_source="video")[0]
+
+
+def test_large_occluders_hide_body_parts_of_the_key_frame_but_rarely_of_both_neighbours():
+    """The tiny recipe's render options: an occluded key frame alone is ambiguous, a neighbour often clean."""
+    hidden_counts, clean_neighbour = [], []
+    for seed in range(6):
+        video = render_moving_video(seed, 12, 128, 128, occlusion_prob=0.5, occluder_size=0.2)
+        assert len(video.occluders) == 12 and video.occluded == [bool(p) for p in video.occluders]
+        for t in range(1, 11):
+            for track, x1, y1, x2, y2 in video.occluders[t]:
+                person = next((p for p in video.people[t] if p.track_id == track), None)
+                if person is None or video.dropped[t]:
+                    continue
+                xy = person.keypoints[5:, :2]  # the body joints (the patch is centred on one of them)
+                hidden_counts.append(int(((xy >= (x1, y1)) & (xy < (x2, y2))).all(axis=1).sum()))
+                neighbours = [{o[0] for o in video.occluders[t + d]} for d in (-1, 1)]
+                clean_neighbour.append(any(track not in n for n in neighbours))
+    assert len(hidden_counts) >= 40
+    assert np.mean(hidden_counts) >= 2.0  # a body part, not a single joint
+    assert np.mean(clean_neighbour) > 0.6
+    # The generator's default patch (0.12) hides about one joint: too little for context to matter.
+    small = render_moving_video(0, 12, 128, 128, occlusion_prob=1.0)
+    counts = [
+        int(((p.keypoints[5:, :2] >= (x1, y1)) & (p.keypoints[5:, :2] < (x2, y2))).all(axis=1).sum())
+        for t in range(12)
+        for track, x1, y1, x2, y2 in small.occluders[t]
+        for p in small.people[t]
+        if p.track_id == track
+    ]
+    assert counts and np.mean(counts) < np.mean(hidden_counts)

@@ -4,8 +4,10 @@ Each video holds 1..`max_people` of the stick figures of `zoo.data.synthetic.fig
 along a smooth path while its pose blends between random key poses. Three corruptions make a single frame
 ambiguous and its neighbours informative:
 
-- occlusion: with `occlusion_prob` per frame and figure, a background-textured patch covers one of its joints
-  (a passing object); the joint stays annotated, as PoseTrack annotates occluded joints;
+- occlusion: with `occlusion_prob` per frame and figure, a background-coloured square patch (half-side
+  `occluder_size` x the figure's height) centred on one of its joints hides it (a passing object); at 0.2 the
+  patch hides a whole body part (two to four joints); the joints stay annotated, as PoseTrack annotates
+  occluded joints. Draws are independent per frame, so an occluded key frame usually has a clean neighbour;
 - motion blur: with `blur_prob` per frame, the frame is smeared along the figures' mean motion;
 - dropped frames: with `drop_prob` per frame, the capture repeats the previous picture while the people move
   on; such frames are listed but not labelled (`is_labeled` false), so they only ever appear as neighbours.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,8 @@ class MovingVideo:
     dropped: list[bool]  # per frame: the picture repeats the previous one
     occluded: list[bool]  # per frame: some joint is covered by an occluder patch
     blurred: list[bool]  # per frame
+    # per frame: the occluder patches drawn, (track_id, x1, y1, x2, y2) in pixels (x2, y2 exclusive)
+    occluders: list[list[tuple[int, int, int, int, int]]] = field(default_factory=list)
 
 
 def _to_posetrack(points: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -104,6 +108,7 @@ def render_moving_video(
     occlusion_prob: float = 0.35,
     blur_prob: float = 0.25,
     drop_prob: float = 0.1,
+    occluder_size: float = 0.12,
 ) -> MovingVideo:
     """Render one video; the same arguments always give the same pixels and annotations."""
     if num_frames < 1 or width < 32 or height < 32:
@@ -128,10 +133,10 @@ def render_moving_video(
             "mark": _MARK,
         }
         figures.append((size, start, velocity, anchors, colours))
-    frames, people, dropped, occluded, blurred = [], [], [], [], []
+    frames, people, dropped, occluded, blurred, occluders = [], [], [], [], [], []
     for t in range(num_frames):
         canvas = background.copy()
-        frame_people, motion, covered = [], np.zeros(2), False
+        frame_people, motion, covered, patches = [], np.zeros(2), False, []
         for track_id, (size, start, velocity, anchors, colours) in enumerate(figures):
             phase = t / _POSE_PERIOD
             k, frac = int(phase), phase - int(phase)
@@ -144,7 +149,7 @@ def render_moving_video(
             if rng.random() < occlusion_prob:
                 # A background-textured patch over one joint: the picture hides it, the annotation keeps it.
                 joint = points[int(rng.integers(5, 17))]
-                half = int(0.12 * size)
+                half = int(occluder_size * size)
                 x0, y0 = int(joint[0]) - half, int(joint[1]) - half
                 xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + 2 * half, width), min(y0 + 2 * half, height)
                 if xb > xa and yb > ya:
@@ -152,6 +157,7 @@ def render_moving_video(
                         rng, np.array(background[ya:yb, xa:xb].mean(axis=(0, 1))), 10
                     )
                     covered = True
+                    patches.append((track_id, xa, ya, xb, yb))
             motion += velocity
             slots, head, radius = _to_posetrack(points, size)
             inside = (
@@ -191,7 +197,15 @@ def render_moving_video(
         dropped.append(drop)
         occluded.append(covered)
         blurred.append(blur)
-    return MovingVideo(frames=frames, people=people, dropped=dropped, occluded=occluded, blurred=blurred)
+        occluders.append(patches)
+    return MovingVideo(
+        frames=frames,
+        people=people,
+        dropped=dropped,
+        occluded=occluded,
+        blurred=blurred,
+        occluders=occluders,
+    )
 
 
 def posetrack_category() -> dict[str, Any]:

@@ -303,8 +303,8 @@ class DiffPose(nn.Module):
             frame_features = frame_features.expand(-1, self.num_frames, -1, -1, -1)
         return self.strl(frame_features)
 
-    def encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
-        """Clips in [0, 1] [B, T, 3, H, W] -> F_t [B, D, H', W'] (all B*T frames in one backbone call)."""
+    def check_clips(self, clips: torch.Tensor) -> None:
+        """ValueError unless `clips` is [B, T, 3, H, W] of the model's crop size with T frames (or 1)."""
         if clips.ndim != 5 or clips.shape[2] != 3:
             raise ValueError(f"clips must be [B, T, 3, H, W]; got {tuple(clips.shape)}")
         if (clips.shape[-1], clips.shape[-2]) != self.input_size:
@@ -313,9 +313,15 @@ class DiffPose(nn.Module):
             )
         if clips.shape[1] not in (1, self.num_frames):
             raise ValueError(f"clips have {clips.shape[1]} frames; the model takes {self.num_frames} (or 1)")
-        batch, frames = clips.shape[:2]
-        features = self.frame_features(clips.flatten(0, 1))  # [B*T, C, h, w]
-        return self.clip_features(features.unflatten(0, (batch, frames)))
+
+    def clip_frame_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips in [0, 1] [B, T, 3, H, W] -> per-frame UNet features [B, T, C, h, w] (one backbone call)."""
+        self.check_clips(clips)
+        return self.frame_features(clips.flatten(0, 1)).unflatten(0, tuple(clips.shape[:2]))
+
+    def encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips in [0, 1] [B, T, 3, H, W] -> F_t [B, D, H', W'] (all B*T frames in one backbone call)."""
+        return self.clip_features(self.clip_frame_features(clips))
 
     # ------------------------------------------------------------------ diffusion
     def to_diffusion(self, heatmaps: torch.Tensor) -> torch.Tensor:

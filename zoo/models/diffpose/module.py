@@ -35,9 +35,11 @@ class DiffPoseModule(FamilyModule):
     Training: the frames of all clips of a batch through the UNet as one [B*T] batch, STRL, and the heatmap
     diffusion loss (x0 prediction at a uniform random step, MSE with the codec's target weights). AdamW on the
     UNet (`lr`) and the new STRL + decoder (`head_lr`), linear warm-up, step decays at fractions of the run;
-    `lr` 0 freezes the UNet. Validation/test sample with DDIM (`steps`, `ensemble`, optional flip test), map
-    the keypoints back to frame pixels and score PoseTrack mAP against the datamodule's `val_ann_file` /
-    `test_ann_file`. The test split also scores `test_variants`
+    `lr` 0 freezes the UNet. With `single_frame_prob`, that fraction of the training clips is given only its
+    key frame (repeated, as the one-frame path does at inference), so the same weights also serve T = 1 and
+    the test split's one-frame baseline is measured in distribution. Validation/test sample with DDIM
+    (`steps`, `ensemble`, optional flip test), map the keypoints back to frame pixels and score PoseTrack
+    mAP against the datamodule's `val_ann_file` / `test_ann_file`. The test split also scores `test_variants`
     (other steps / ensemble sizes, and the same model given only the key frame) from the same backbone
     features, and logs persons/s of each.
     """
@@ -71,6 +73,7 @@ class DiffPoseModule(FamilyModule):
         warmup_steps: int = 500,
         lr_milestones: tuple[float, ...] = (0.8, 0.95),
         lr_gamma: float = 0.1,
+        single_frame_prob: float = 0.0,
         test_variants: list[dict[str, Any]] | None = None,
         eval_seed: int = 0,
         gradient_checkpointing: bool = False,
@@ -122,7 +125,13 @@ class DiffPoseModule(FamilyModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Heatmap diffusion loss of the key frames, conditioned on each clip's F_t."""
         targets, weights = self.codec.encode_batch(batch["keypoints"], batch["keypoints_visible"])
-        features = self.model.encode_clips(batch["frames"])  # [B, D, H, W]
+        frames = batch["frames"]  # [B, T, 3, H, W]
+        per_frame = self.model.clip_frame_features(frames)  # [B, T, C, h, w]
+        if self.hparams.single_frame_prob > 0 and per_frame.shape[1] > 1:
+            single = torch.rand(per_frame.shape[0], device=per_frame.device) < self.hparams.single_frame_prob
+            key = per_frame[:, self.model.key_index : self.model.key_index + 1].expand_as(per_frame)
+            per_frame = torch.where(single[:, None, None, None, None], key, per_frame)
+        features = self.model.clip_features(per_frame)  # [B, D, H, W]
         loss = self.model.training_loss(
             features, targets, weights, loss_weight=self.hparams.keypoint_loss_weight
         )
