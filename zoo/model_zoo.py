@@ -218,6 +218,7 @@ MODELS = (
         "checkpoint": "checkpoints/tiny/lotus_normal_d",
         "description": "Lotus-D normals on the tiny backbone, 64x64 synthetic scenes",
         "measured_metrics": _NORMAL_METRICS,
+        "comparisons": {"from a random UNet": "random_unet_metrics.json"},
     },
     # Official SDPose checkpoints (teemosliang/*, MIT), loaded from their released layout
     # (zoo.models.sdpose.convert). Numbers: secondary quotes of the paper
