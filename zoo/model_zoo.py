@@ -208,7 +208,15 @@ MODELS = (
         "config": "configs/tiny/lotus_depth_g.yaml",
         "checkpoint": "checkpoints/tiny/lotus_depth_g",
         "description": "Lotus-G disparity on the tiny backbone (1 step from noise), 64x64 synthetic scenes",
-        "measured_metrics": _DEPTH_METRICS,
+        # The default single step (training's test), then 2 and 4 DDIM steps on the same held-out split
+        # (zoo.recipes.lotus_g_steps; its recipe.json: inference_steps, with a random UNet's numbers).
+        "measured_metrics": (
+            *_DEPTH_METRICS,
+            "abs_rel_steps2",
+            "delta1_steps2",
+            "abs_rel_steps4",
+            "delta1_steps4",
+        ),
     },
     {
         "name": "tiny-lotus-normal-d",
