@@ -75,15 +75,68 @@ def run(config: str, steps: int, out: Path, extra: list[str] | None = None) -> d
     return results
 
 
+# The indoor sensor range of NYUv2/ScanNet-style evaluation (metres), no crop: the real frames are indoor.
+INDOOR_RGBD = ("indoor-rgbd", 1e-3, 10.0, None)
+
+
+def real_rgbd_depth(
+    folders: dict[str, str | Path], rgbd_root: str | Path, processing_resolution: int = 64
+) -> dict[str, dict[str, float]]:
+    """label -> depth metrics of each Lotus depth export on the real RGB-D frames (outside training data).
+
+    Predictions are affine-aligned to the sensor depth in disparity space (how Lotus disparity models are
+    scored), over the valid sensor pixels, image by image, averaged over the frames.
+    """
+    from zoo.data.depth_protocols import DepthEvalProtocol
+    from zoo.data.rgbd import RealRGBDDataset
+    from zoo.evaluation.depth import DepthEvaluator
+    from zoo.inference.lotus import LotusPredictor
+
+    frames = RealRGBDDataset(rgbd_root)
+    protocol = DepthEvalProtocol(*INDOOR_RGBD)
+    results = {}
+    for label, folder in folders.items():
+        predictor = LotusPredictor.from_pretrained(str(folder))
+        evaluator = DepthEvaluator()
+        for index in range(len(frames)):
+            frame = frames[index]
+            prediction = predictor(
+                frame["image"][None], processing_resolution=processing_resolution, output_type="pt"
+            ).prediction  # [1, 1, H, W] at the frame's size
+            evaluator.update(
+                prediction, frame["depth"], frame["valid"], protocol, "disparity", sample_ids=[index]
+            )
+        results[label] = {name: float(value) for name, value in evaluator.compute().items()}
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run and print both starts' metrics side by side."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("config", help="a YAML under configs/tiny/")
-    parser.add_argument("--steps", type=int, required=True, help="training steps of both runs")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("config", nargs="?", help="a YAML under configs/tiny/")
+    parser.add_argument("--steps", type=int, help="training steps of both runs")
+    parser.add_argument("--out", help="results folder")
+    parser.add_argument(
+        "--real-rgbd",
+        nargs="+",
+        metavar="LABEL=FOLDER",
+        help="instead of training: score Lotus depth exports on the real RGB-D frames (--rgbd-root)",
+    )
+    parser.add_argument("--rgbd-root", default=str(REPO_ROOT.parent / "shared" / "realdata" / "rgbd"))
     args, extra = parser.parse_known_args(argv)
+    if args.real_rgbd:
+        folders = dict(item.split("=", 1) for item in args.real_rgbd)
+        scores = real_rgbd_depth(folders, args.rgbd_root)
+        if args.out:
+            atomic_write_json(Path(args.out), {"rgbd_root": args.rgbd_root, "results": scores})
+        print("| model | AbsRel | delta1 |\n| --- | --- | --- |")
+        for label, metrics in scores.items():
+            print(f"| {label} | {metrics['abs_rel']:.4f} | {metrics['delta1']:.4f} |")
+        return
+    if not (args.config and args.steps and args.out):
+        parser.error("give CONFIG --steps N --out DIR (or --real-rgbd LABEL=FOLDER ...)")
     if args.steps < 1:
         parser.error(f"--steps must be >= 1; got {args.steps}")
     results = run(args.config, args.steps, Path(args.out), extra)
