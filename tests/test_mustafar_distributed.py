@@ -26,6 +26,8 @@ import pytest
 import torch
 import yaml
 
+from zoo.cli import QUIET_TRAINER
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "checkpoints/tiny/mustafar"
 
@@ -114,12 +116,7 @@ def _run(kind: str, tmp_path: Path, test: bool) -> Path:
         "2",
         "--trainer.strategy",
         _strategy(kind),
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
+        *QUIET_TRAINER,
         "--trainer.default_root_dir",
         str(tmp_path / f"root_{kind}"),
         "--checkpoint.dirpath",

@@ -13,6 +13,15 @@ from lightning.pytorch.cli import LightningCLI
 
 from zoo.utils.files import atomic_write_json, atomic_write_text
 
+# LightningCLI overrides for a run that only computes (tests, measurements): no logger, bar or summary.
+QUIET_TRAINER = (
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+)
 STAGE_ROOT = "outputs/stages"  # where train_stages exports the stages before the last
 DEFAULT_TRAINER: dict[str, Any] = {
     "logger": {

@@ -24,19 +24,14 @@ TINY_MODELS = (
 
 def _test_metrics(name: str, taesd: str | Path, mode: str, dry_run: bool) -> dict[str, float]:
     """Test metrics of the shipped tiny model `name` with the backbone's autoencoder route set to `mode`."""
-    from zoo.cli import ZooCLI
+    from zoo.cli import QUIET_TRAINER, ZooCLI
 
     args = [
         "--config",
         str(REPO_ROOT / "configs" / "tiny" / f"{name}.yaml"),
         "--model.init_args.backbone",
         str(REPO_ROOT / "checkpoints" / "tiny" / name),
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
+        *QUIET_TRAINER,
     ]
     if dry_run:
         args += ["--trainer.limit_test_batches", "1"]

@@ -46,7 +46,7 @@ def heldout_metrics(
     """
     from diffusers import UNet2DConditionModel
 
-    from zoo.cli import ZooCLI
+    from zoo.cli import QUIET_TRAINER, ZooCLI
 
     args = [
         "--config",
@@ -55,12 +55,7 @@ def heldout_metrics(
         str(checkpoint),
         "--model.init_args.num_inference_steps",
         str(steps),
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
+        *QUIET_TRAINER,
     ]
     if limit_test_batches is not None:
         args += ["--trainer.limit_test_batches", str(limit_test_batches)]
