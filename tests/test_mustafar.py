@@ -422,3 +422,27 @@ def test_tiny_mustafar_answers_held_out_questions_above_the_majority_baseline():
     # Batched generation answers as one question at a time does.
     single = [predictor([pixels[items[i]["image"]]], [items[i]["question"]]).answers[0] for i in range(6)]
     assert single == answers[:6]
+
+
+def test_predictors_decode_batch_by_batch(monkeypatch):
+    """Memory follows batch_size: images are decoded per batch, and a bad one is named by its index."""
+    import numpy as np
+
+    import zoo
+    import zoo.inference.mustafar as mustafar
+
+    decoded: list[int] = []
+    real = mustafar._pixels
+
+    def counting(images, size, first=0):
+        decoded.append(len(images))
+        return real(images, size, first)
+
+    monkeypatch.setattr(mustafar, "_pixels", counting)
+    predictor = zoo.load("tiny-mustafar")
+    images = [np.full((40, 48, 3), 0.1 * k, np.float32) for k in range(7)]
+    answers = predictor(images, ["what colour is the box?"] * 7, batch_size=3).answers
+    assert len(answers) == 7 and decoded == [3, 3, 1]
+    with pytest.raises(ValueError, match="image 4"):
+        empty = np.zeros((0, 5, 3), np.float32)
+        predictor([*images[:4], empty], ["how many boxes are there?"] * 5, batch_size=2)

@@ -19,12 +19,17 @@ from zoo.models.mustafar.build import load_exported
 from zoo.models.mustafar.features import DEFAULT_SITE, DEFAULT_TIMESTEP, SDFeatureExtractor, save_features
 
 
-def _pixels(images: Sequence[ImageInput], size: tuple[int, int]) -> torch.Tensor:
-    """Images in [0, 1] resized to `size` (H, W): [N, 3, H, W]."""
+def _image_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:
+    """One input or a sequence of them, as a list (nothing decoded yet)."""
     if isinstance(images, (str, torch.Tensor)) or not isinstance(images, Sequence):
-        images = [images]
+        return [images]
+    return list(images)
+
+
+def _pixels(images: list[ImageInput], size: tuple[int, int], first: int = 0) -> torch.Tensor:
+    """Decode images (numbered from `first` in errors) in [0, 1], resized to `size` (H, W): [N, 3, H, W]."""
     tensors = []
-    for index, image in enumerate(images):
+    for index, image in enumerate(images, start=first):
         rgb = torch.from_numpy(load_rgb(image, f"image {index}")).permute(2, 0, 1)[None]  # [1, 3, h, w]
         if tuple(rgb.shape[-2:]) != tuple(size):
             rgb = F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
@@ -96,11 +101,11 @@ class MustafarPredictor:
         return_tokens: bool = False,
     ) -> MustafarOutput:
         """Answer question i about image i; `return_tokens` adds the encoder's tokens."""
-        pixels = _pixels(images, self.image_size)
+        images = _image_list(images)  # decoded batch by batch below: memory follows batch_size
         questions = [questions] if isinstance(questions, str) else list(questions)
-        if len(questions) != pixels.shape[0]:
+        if len(questions) != len(images):
             raise ValueError(
-                f"{pixels.shape[0]} images but {len(questions)} questions: give one question per image"
+                f"{len(images)} images but {len(questions)} questions: give one question per image"
             )
         for index, question in enumerate(questions):
             if not isinstance(question, str) or not question.strip():
@@ -109,10 +114,8 @@ class MustafarPredictor:
         streams: dict[str, list[torch.Tensor]] = {}
         encoder = self.model.model.vision_tower
         for start in range(0, len(questions), batch_size):
-            chunk, batch = (
-                questions[start : start + batch_size],
-                pixels[start : start + batch_size].to(self.device),
-            )
+            chunk = questions[start : start + batch_size]
+            batch = _pixels(images[start : start + batch_size], self.image_size, start).to(self.device)
             prompts = chunk if self.sd_prompt != "none" else None
             scale = 0.0 if prompts is None else guidance_scale
             inputs = {k: v.to(self.device) for k, v in self.processor(chunk).items()}
@@ -182,17 +185,14 @@ class SDFeaturePredictor:
         seed: int | None = 0,
     ) -> torch.Tensor:
         """Tokens [N, T, C] (T = token grid of the first site, row-major; C = sum of the sites' channels)."""
-        pixels = _pixels(images, self.image_size)
+        images = _image_list(images)  # decoded batch by batch below: memory follows batch_size
         device = self.extractor.backbone.device
         generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
         parts = []
-        for start in range(0, pixels.shape[0], batch_size):
+        for start in range(0, len(images), batch_size):
             chunk = list(prompts[start : start + batch_size]) if prompts is not None else None
-            parts.append(
-                self.extractor(
-                    pixels[start : start + batch_size].to(device), chunk, guidance_scale, generator=generator
-                ).cpu()
-            )
+            pixels = _pixels(images[start : start + batch_size], self.image_size, start).to(device)
+            parts.append(self.extractor(pixels, chunk, guidance_scale, generator=generator).cpu())
         return torch.cat(parts)
 
     def save(self, tokens: torch.Tensor, path: str | Path) -> Path:
