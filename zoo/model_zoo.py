@@ -261,6 +261,7 @@ MODELS = (
         "(96x128 crops)",
         # OKS AP on 200 held-out figure images (seed 2000000), GT boxes, flip test (see its recipe.json).
         "measured_metrics": ("AP", "AP50", "AP75", "AR"),
+        "comparisons": {"from a random UNet": "random_unet_metrics.json"},
     },
     # DiffPose trained here on synthetic moving figures (tools/train_tiny.py configs/tiny/diffpose.yaml).
     # PoseTrack mAP (poseval semantics) on 30 held-out synthetic videos (seed 2000000), GT boxes, no flip
