@@ -169,3 +169,21 @@ def test_prior_worth_starts_differ_only_in_the_unet_weights(tmp_path):
     assert trained.keys() == random.keys() and not all(torch.equal(trained[k], random[k]) for k in trained)
     again = load_file(random_unet_backbone(tmp_path / "again") / weights)
     assert all(torch.equal(random[k], again[k]) for k in random)  # seeded
+
+
+def test_prior_worth_random_start_copies_the_given_prior(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from zoo.recipes.prior_worth import BACKBONE, random_unet_backbone, run
+
+    prior = tmp_path / "longer_prior"
+    shutil.copytree(BACKBONE, prior)
+    embeds = prior / "empty_prompt_embeds.safetensors"
+    save_file({k: v + 1.0 for k, v in load_file(embeds).items()}, embeds)  # differs from the shipped one
+    folder = random_unet_backbone(tmp_path / "random", prior=prior)
+    copied = load_file(folder / "empty_prompt_embeds.safetensors")
+    assert all(torch.equal(copied[k], v) for k, v in load_file(embeds).items())
+    with pytest.raises(FileNotFoundError, match="--prior"):
+        run("configs/tiny/lotus_depth_d.yaml", 1, tmp_path / "out", prior=tmp_path / "missing")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -87,3 +88,16 @@ def test_rebuild_is_bit_for_bit(tiny_backbone_dir, tmp_path):
     record = _record(tiny_backbone_dir)
     rebuilt = build_tiny_backbone(tmp_path / "tiny", TinyRecipe(**record["recipe"]), progress=False)
     assert rebuilt["files"] == record["files"]
+
+
+def test_reused_vae_stage_gives_the_same_bytes_and_refuses_another_recipe(tmp_path):
+    recipe = TinyRecipe(
+        steps=2, batch_size=2, train_scenes=4, heldout_scenes=2, t2i_steps=2, t2i_train_size=64, t2i_heldout=8
+    )
+    full = build_tiny_backbone(tmp_path / "full", recipe, progress=False)
+    reused = build_tiny_backbone(tmp_path / "reused", recipe, progress=False, vae_from=tmp_path / "full")
+    assert reused["files"] == full["files"]
+    assert reused["heldout_quality"] == full["heldout_quality"] and reused["vae_stage_reused"]
+    other = dataclasses.replace(recipe, kl_weight=1e-3)
+    with pytest.raises(ValueError, match="kl_weight"):
+        build_tiny_backbone(tmp_path / "other", other, progress=False, vae_from=tmp_path / "full")

@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="only re-measure the text-to-image quality of an existing folder into its recipe.json",
     )
+    parser.add_argument(
+        "--vae-from",
+        help="reuse the VAE of this built backbone (same VAE-stage recipe: same bytes), not train one",
+    )
     defaults = TinyRecipe()
     for field in fields(TinyRecipe):
         parser.add_argument(
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write_json(path, record)
         atomic_write_json(Path(args.out) / "metrics.json", flat_metrics(record["t2i_quality"]))
     else:
-        record = build_tiny_backbone(args.out, recipe, sheet=sheet)
+        record = build_tiny_backbone(args.out, recipe, sheet=sheet, vae_from=args.vae_from)
     print(describe(record))
     return record
 

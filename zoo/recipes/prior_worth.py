@@ -4,10 +4,11 @@
         --out outputs/prior_worth/lotus_depth_d_600
 
 Both runs train `config` unchanged except for `--trainer.max_steps` (the cosine schedule follows it) and the
-backbone folder: the tiny backbone itself, or a copy whose UNet is re-initialised (PyTorch's default
-initialisation, seeded) and everything else (VAE, text encoder, empty-prompt embedding) the same bytes. So the
-difference between the two results is the UNet's pretraining alone. Writes `<out>/results.json` (both held-out
-test metrics, the command, seconds) and each run's export under `<out>/<start>/`.
+backbone folder: the prior itself (the tiny backbone, or `--prior DIR`, e.g. a longer text-to-image stage
+built with `tools/build_tiny_backbone.py --vae-from`), or a copy whose UNet is re-initialised (PyTorch's
+default initialisation, seeded) and everything else (VAE, text encoder, empty-prompt embedding) the same
+bytes. So the difference between the two results is the UNet's pretraining alone. Writes `<out>/results.json`
+(both held-out test metrics, the command, seconds) and each run's export under `<out>/<start>/`.
 """
 
 from __future__ import annotations
@@ -28,32 +29,44 @@ BACKBONE = REPO_ROOT / "checkpoints" / "tiny" / "backbone"
 RANDOM_UNET_SEED = 0
 
 
-def random_unet_backbone(folder: Path, seed: int = RANDOM_UNET_SEED) -> Path:
-    """A copy of the tiny backbone under `folder` whose UNet is re-initialised from its config with `seed`."""
+def random_unet_backbone(folder: Path, seed: int = RANDOM_UNET_SEED, prior: Path = BACKBONE) -> Path:
+    """A copy of the `prior` backbone under `folder`, its UNet re-initialised from its config with `seed`."""
     from diffusers import UNet2DConditionModel
 
     if folder.exists():
         shutil.rmtree(folder)
-    shutil.copytree(BACKBONE, folder, ignore=shutil.ignore_patterns("unet"))
+    shutil.copytree(prior, folder, ignore=shutil.ignore_patterns("unet"))
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(BACKBONE / "unet"))
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(prior / "unet"))
     unet.save_pretrained(folder / "unet")
     return folder
 
 
-def run(config: str, steps: int, out: Path, extra: list[str] | None = None) -> dict[str, Any]:
-    """Train `config` for `steps` from the trained and from a random UNet; test both; write results.json.
+def run(
+    config: str, steps: int, out: Path, extra: list[str] | None = None, prior: Path = BACKBONE
+) -> dict[str, Any]:
+    """Train `config` for `steps` from the `prior` UNet and from a random one; test both; write results.json.
 
     `extra`: further LightningCLI overrides for both runs (e.g. `--model.init_args.lr 1e-4`).
     """
     extra = list(extra or [])
     out.mkdir(parents=True, exist_ok=True)
-    starts = {"trained prior": BACKBONE, "random UNet": random_unet_backbone(out / "random_unet_backbone")}
+    if not (prior / "unet" / "config.json").is_file():
+        raise FileNotFoundError(f"--prior {prior}: not a backbone folder (no unet/config.json)")
+    random_start = random_unet_backbone(out / "random_unet_backbone", prior=prior)
+    starts = {"trained prior": prior, "random UNet": random_start}
+    prior_option = [] if prior == BACKBONE else [f"--prior {prior.as_posix()}"]
     results: dict[str, Any] = {
         "config": config,
         "steps": steps,
         "command": " ".join(
-            ["python -m zoo.recipes.prior_worth", config, f"--steps {steps} --out {out.as_posix()}", *extra]
+            [
+                "python -m zoo.recipes.prior_worth",
+                config,
+                f"--steps {steps} --out {out.as_posix()}",
+                *prior_option,
+                *extra,
+            ]
         ),
         "threads": torch.get_num_threads(),
         "random_unet_seed": RANDOM_UNET_SEED,
@@ -118,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", nargs="?", help="a YAML under configs/tiny/")
     parser.add_argument("--steps", type=int, help="training steps of both runs")
     parser.add_argument("--out", help="results folder")
+    parser.add_argument("--prior", default=str(BACKBONE), help="the pretrained backbone folder")
     parser.add_argument(
         "--real-rgbd",
         nargs="+",
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give CONFIG --steps N --out DIR (or --real-rgbd LABEL=FOLDER ...)")
     if args.steps < 1:
         parser.error(f"--steps must be >= 1; got {args.steps}")
-    results = run(args.config, args.steps, Path(args.out), extra)
+    results = run(args.config, args.steps, Path(args.out), extra, Path(args.prior))
     trained, random = results["trained prior"]["metrics"], results["random UNet"]["metrics"]
     print("| metric | trained prior | random UNet |\n| --- | --- | --- |")
     for name in sorted(trained):

@@ -10,6 +10,7 @@ bytes, reproducible.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -164,6 +165,57 @@ def build_vae_stage(out: str | Path, recipe: TinyRecipe, progress: bool = True) 
     return {
         "vae_train_seconds": round(time.time() - started, 1),
         "heldout_quality": {k: round(v, 5) for k, v in quality.items()},
+    }
+
+
+# The recipe fields stage 1 depends on: a VAE built with the same values is the same bytes.
+VAE_STAGE_FIELDS = (
+    "seed",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "crop",
+    "train_scenes",
+    "heldout_scenes",
+    "heldout_seed",
+    "kl_weight",
+    "threads",
+)
+
+
+def reuse_vae_stage(built: str | Path, out: str | Path, recipe: TinyRecipe) -> dict:
+    """Stage 1 without its training: `built`'s VAE, every other component at its seeded initialisation.
+
+    The result under `out` is what `build_vae_stage(out, recipe)` writes (the VAE stage is deterministic), so
+    a text-to-image stage can be re-run (a longer one, another config) without the VAE's half hour. Refuses a
+    `built` folder whose recorded VAE-stage recipe differs from `recipe` (naming the field). Returns what
+    `build_vae_stage` returns, read from `built`'s recipe.json.
+    """
+    built = Path(built)
+    record_path = built / "recipe.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path}: no recipe.json, so its VAE stage is unknown")
+    record = json.loads(record_path.read_text())
+    for name in VAE_STAGE_FIELDS:
+        if record["recipe"].get(name) != getattr(recipe, name):
+            raise ValueError(
+                f"{record_path}: VAE-stage field {name!r} is {record['recipe'].get(name)!r}, the recipe says "
+                f"{getattr(recipe, name)!r}; its VAE is not this recipe's"
+            )
+    tokenizer, text_encoder, _, unet = initial_components(recipe.seed)
+    trained_vae = AutoencoderKL.from_pretrained(built / "vae")
+    vae = tiny_vae()
+    vae.load_state_dict(trained_vae.state_dict())
+    vae.register_to_config(scaling_factor=trained_vae.config.scaling_factor)
+    empty = encode_prompts(text_encoder, tokenizer, [""], pad=False)  # [1, 2, 32]
+    StableDiffusionBackbone(vae, unet, empty, tiny_scheduler(), text_encoder, tokenizer).save_pretrained(out)
+    for name in VAE_FILES:
+        if sha256_file(Path(out) / name) != sha256_file(built / name):
+            raise RuntimeError(f"{name}: reusing {built}'s VAE changed its bytes")
+    return {
+        "vae_train_seconds": record["vae_train_seconds"],
+        "heldout_quality": record["heldout_quality"],
+        "vae_stage_reused": True,
     }
 
 
@@ -370,11 +422,16 @@ def file_hashes(out: str | Path) -> dict[str, str]:
 
 
 def build_tiny_backbone(
-    out: str | Path, recipe: TinyRecipe | None = None, progress: bool = True, sheet: str | Path | None = None
+    out: str | Path,
+    recipe: TinyRecipe | None = None,
+    progress: bool = True,
+    sheet: str | Path | None = None,
+    vae_from: str | Path | None = None,
 ) -> dict:
     """Build the tiny backbone from scratch (both stages) under `out`, measure it (contact sheet to `sheet`).
 
-    Returns the record written to recipe.json.
+    `vae_from`: a backbone built with the same VAE-stage recipe whose VAE is reused (`reuse_vae_stage`)
+    instead of trained again; the bytes are the same either way. Returns the record written to recipe.json.
     """
     recipe = recipe or TinyRecipe()
     previous_threads = torch.get_num_threads()
@@ -384,7 +441,11 @@ def build_tiny_backbone(
         record = {
             "recipe": asdict(recipe),
             "torch": torch.__version__,
-            **build_vae_stage(out, recipe, progress),
+            **(
+                reuse_vae_stage(vae_from, out, recipe)
+                if vae_from is not None
+                else build_vae_stage(out, recipe, progress)
+            ),
         }
         t2i_started = time.time()
         module = train_text_to_image(out, recipe)
