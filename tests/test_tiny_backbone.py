@@ -82,12 +82,37 @@ def test_build_writes_a_loadable_folder_with_its_recipe(tmp_path):
     assert "_name_or_path" not in json.loads((tmp_path / "tiny" / "unet" / "config.json").read_text())
 
 
+def _differing_files(rebuilt: dict, record: dict) -> list[str]:
+    return sorted(name for name, digest in record["files"].items() if rebuilt["files"].get(name) != digest)
+
+
 @pytest.mark.slow
+def test_text_to_image_stage_rebuilds_bit_for_bit(tiny_backbone_dir, tmp_path):
+    """Stage 2 from the committed VAE (`--vae-from`) reproduces every committed file (about 20 minutes)."""
+    record = _record(tiny_backbone_dir)
+    rebuilt = build_tiny_backbone(
+        tmp_path / "tiny", TinyRecipe(**record["recipe"]), progress=False, vae_from=tiny_backbone_dir
+    )
+    assert rebuilt["files"] == record["files"], (
+        f"{_differing_files(rebuilt, record)} differ; recorded on {record['platform']}, "
+        f"rebuilt on {rebuilt['platform']}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="the committed VAE (2026-11-25) came from a kernel platform that was not recorded; rebuilds here "
+    "on AVX512 and on AVX2 kernels gave other VAE bytes, hence other files downstream (issue 10)",
+    strict=False,
+)
 def test_rebuild_is_bit_for_bit(tiny_backbone_dir, tmp_path):
     """`make tiny-backbone` reproduces the committed bytes (same recipe, one thread; about an hour)."""
     record = _record(tiny_backbone_dir)
     rebuilt = build_tiny_backbone(tmp_path / "tiny", TinyRecipe(**record["recipe"]), progress=False)
-    assert rebuilt["files"] == record["files"]
+    assert rebuilt["files"] == record["files"], (
+        f"{_differing_files(rebuilt, record)} differ; VAE stage recorded on {record['vae_platform']}, "
+        f"text-to-image stage on {record['platform']}; rebuilt on {rebuilt['platform']}"
+    )
 
 
 def test_reused_vae_stage_gives_the_same_bytes_and_refuses_another_recipe(tmp_path):

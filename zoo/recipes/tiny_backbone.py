@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ def evaluate_vae_roundtrip(backbone: StableDiffusionBackbone, scenes: list) -> d
 def build_vae_stage(out: str | Path, recipe: TinyRecipe, progress: bool = True) -> dict:
     """Stage 1: all components at the recipe seed, the VAE trained and measured; saved under `out`.
 
-    Returns {"vae_train_seconds", "heldout_quality"}. The UNet and text encoder stay random here.
+    Returns {"vae_train_seconds", "heldout_quality", "vae_platform"}. The UNet and text encoder stay random.
     """
     from zoo.data.synthetic.scenes import SyntheticSceneDataset
 
@@ -165,6 +166,7 @@ def build_vae_stage(out: str | Path, recipe: TinyRecipe, progress: bool = True) 
     return {
         "vae_train_seconds": round(time.time() - started, 1),
         "heldout_quality": {k: round(v, 5) for k, v in quality.items()},
+        "vae_platform": kernel_platform(),
     }
 
 
@@ -186,10 +188,11 @@ VAE_STAGE_FIELDS = (
 def reuse_vae_stage(built: str | Path, out: str | Path, recipe: TinyRecipe) -> dict:
     """Stage 1 without its training: `built`'s VAE, every other component at its seeded initialisation.
 
-    The result under `out` is what `build_vae_stage(out, recipe)` writes (the VAE stage is deterministic), so
-    a text-to-image stage can be re-run (a longer one, another config) without the VAE's half hour. Refuses a
-    `built` folder whose recorded VAE-stage recipe differs from `recipe` (naming the field). Returns what
-    `build_vae_stage` returns, read from `built`'s recipe.json.
+    The result under `out` is what `build_vae_stage(out, recipe)` writes on `built`'s kernel platform (the VAE
+    stage is deterministic there; see `kernel_platform`), so a text-to-image stage can be re-run (a longer
+    one, another config) without the VAE's half hour, on any machine. Refuses a `built` folder whose recorded
+    VAE-stage recipe differs from `recipe` (naming the field). Returns what `build_vae_stage` returns, read
+    from `built`'s recipe.json.
     """
     built = Path(built)
     record_path = built / "recipe.json"
@@ -215,6 +218,7 @@ def reuse_vae_stage(built: str | Path, out: str | Path, recipe: TinyRecipe) -> d
     return {
         "vae_train_seconds": record["vae_train_seconds"],
         "heldout_quality": record["heldout_quality"],
+        "vae_platform": record.get("vae_platform", "unrecorded"),
         "vae_stage_reused": True,
     }
 
@@ -414,6 +418,27 @@ def flat_metrics(t2i_quality: dict) -> dict[str, float]:
     return metrics
 
 
+def kernel_platform() -> dict[str, str]:
+    """What a bit-for-bit rebuild must share besides the recipe: libraries and the CPU kernel path.
+
+    One thread fixes the reduction order, but torch and oneDNN pick vectorised kernels by the CPU's
+    instruction set (AVX2, AVX-512, ...), and different kernels round differently: a 60-step VAE stage gave
+    four different files for four kernel settings on one machine. `ATEN_CPU_CAPABILITY` and
+    `ONEDNN_MAX_CPU_ISA` select them.
+    """
+    import diffusers
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "unset"),
+    }
+
+
 def file_hashes(out: str | Path) -> dict[str, str]:
     """sha256 of every file of the folder except the measurement records (recipe.json, metrics.json)."""
     out = Path(out)
@@ -441,6 +466,7 @@ def build_tiny_backbone(
         record = {
             "recipe": asdict(recipe),
             "torch": torch.__version__,
+            "platform": kernel_platform(),
             **(
                 reuse_vae_stage(vae_from, out, recipe)
                 if vae_from is not None
