@@ -50,9 +50,9 @@ def run(
     `extra`: further LightningCLI overrides for both runs (e.g. `--model.init_args.lr 1e-4`).
     """
     extra = list(extra or [])
-    out.mkdir(parents=True, exist_ok=True)
     if not (prior / "unet" / "config.json").is_file():
         raise FileNotFoundError(f"--prior {prior}: not a backbone folder (no unet/config.json)")
+    out.mkdir(parents=True, exist_ok=True)
     random_start = random_unet_backbone(out / "random_unet_backbone", prior=prior)
     starts = {"trained prior": prior, "random UNet": random_start}
     prior_option = [] if prior == BACKBONE else [f"--prior {prior.as_posix()}"]

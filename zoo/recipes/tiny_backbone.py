@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -170,19 +170,25 @@ def build_vae_stage(out: str | Path, recipe: TinyRecipe, progress: bool = True) 
     }
 
 
-# The recipe fields stage 1 depends on: a VAE built with the same values is the same bytes.
-VAE_STAGE_FIELDS = (
-    "seed",
-    "steps",
-    "batch_size",
-    "learning_rate",
-    "crop",
-    "train_scenes",
-    "heldout_scenes",
-    "heldout_seed",
-    "kl_weight",
-    "threads",
-)
+# The recipe fields stage 1 depends on (all but the text-to-image ones): a VAE built with the same values is
+# the same bytes on the same kernel platform.
+VAE_STAGE_FIELDS = tuple(field.name for field in fields(TinyRecipe) if not field.name.startswith("t2i_"))
+
+
+def _save_with_empty_prompt(
+    out: str | Path,
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+) -> None:
+    """Save the components as a backbone folder, with the empty-prompt embedding this text encoder gives."""
+    empty = encode_prompts(text_encoder, tokenizer, [""], pad=False)  # [1, 2, 32]
+    StableDiffusionBackbone(vae, unet, empty, tiny_scheduler(), text_encoder, tokenizer).save_pretrained(out)
+
+
+def _vae_hashes(folder: str | Path) -> dict[str, str]:
+    return {name: sha256_file(Path(folder) / name) for name in VAE_FILES}
 
 
 def reuse_vae_stage(built: str | Path, out: str | Path, recipe: TinyRecipe) -> dict:
@@ -210,11 +216,9 @@ def reuse_vae_stage(built: str | Path, out: str | Path, recipe: TinyRecipe) -> d
     vae = tiny_vae()
     vae.load_state_dict(trained_vae.state_dict())
     vae.register_to_config(scaling_factor=trained_vae.config.scaling_factor)
-    empty = encode_prompts(text_encoder, tokenizer, [""], pad=False)  # [1, 2, 32]
-    StableDiffusionBackbone(vae, unet, empty, tiny_scheduler(), text_encoder, tokenizer).save_pretrained(out)
-    for name in VAE_FILES:
-        if sha256_file(Path(out) / name) != sha256_file(built / name):
-            raise RuntimeError(f"{name}: reusing {built}'s VAE changed its bytes")
+    _save_with_empty_prompt(out, tokenizer, text_encoder, vae, unet)
+    if _vae_hashes(out) != _vae_hashes(built):
+        raise RuntimeError(f"reusing {built}'s VAE changed its bytes: {_vae_hashes(out)}")
     return {
         "vae_train_seconds": record["vae_train_seconds"],
         "heldout_quality": record["heldout_quality"],
@@ -246,17 +250,15 @@ def install_text_to_image(out: str | Path, module: torch.nn.Module) -> None:
     Weights go into freshly built components so that the saved configs carry no load path; the VAE is rebuilt
     the same way and its bytes must not change (the shipped tiny models reference it).
     """
-    out = Path(out)
-    before = {name: sha256_file(out / name) for name in VAE_FILES}
+    before = _vae_hashes(out)
     trained = module.backbone
     tokenizer = tiny_tokenizer()
     text_encoder, vae, unet = tiny_text_encoder(len(tokenizer)).eval(), tiny_vae(), tiny_unet()
     for fresh, weights in ((text_encoder, trained.text_encoder), (vae, trained.vae), (unet, trained.unet)):
         fresh.load_state_dict(weights.state_dict())
     vae.register_to_config(scaling_factor=trained.vae.config.scaling_factor)
-    empty = encode_prompts(text_encoder, tokenizer, [""], pad=False)  # [1, 2, 32]
-    StableDiffusionBackbone(vae, unet, empty, tiny_scheduler(), text_encoder, tokenizer).save_pretrained(out)
-    after = {name: sha256_file(out / name) for name in VAE_FILES}
+    _save_with_empty_prompt(out, tokenizer, text_encoder, vae, unet)
+    after = _vae_hashes(out)
     if after != before:
         raise RuntimeError(f"installing the text-to-image weights changed the VAE files: {before} -> {after}")
 
