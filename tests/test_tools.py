@@ -110,6 +110,24 @@ def test_same_seed_same_weights_and_another_seed_differs(tmp_path):
     assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
+def test_train_evaluate_export_records_the_kernel_platform_and_threads(tmp_path):
+    """A tiny model's recipe.json names what its bytes depend on besides the seed: libraries, kernels."""
+    from zoo.cli import train_evaluate_export
+    from zoo.utils.platform import kernel_platform
+
+    args = [arg for arg in _small(tmp_path, 1, checkpoint_dir=False) if arg not in ("--config", CONFIG)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = train_evaluate_export(CONFIG, tmp_path / "export", args)
+    finally:
+        torch.set_num_threads(previous)
+    written = json.loads((tmp_path / "export" / "recipe.json").read_text())
+    assert written["platform"] == kernel_platform() == record["platform"]
+    assert written["platform"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert written["threads"] == 1 and written["steps"] == 1
+
+
 def test_eval_writes_json_and_markdown(trained, tmp_path):
     tmp, _ = trained
     last = tmp / "run" / "checkpoints" / "last.ckpt"

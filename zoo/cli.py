@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from zoo.utils.files import atomic_write_json, atomic_write_text
+from zoo.utils.platform import kernel_platform
 
 # LightningCLI overrides for a run that only computes (tests, measurements): no logger, bar or summary.
 QUIET_TRAINER = (
@@ -102,6 +103,9 @@ def train_evaluate_export(config: str, out: str | Path, overrides: list[str] | N
         "seed": cli.config.get("seed_everything"),
         "train_and_test_seconds": round(time.time() - started, 1),
         "torch": torch.__version__,
+        # The kernel path and thread count decide the bytes as much as the seed does (zoo.utils.platform).
+        "platform": kernel_platform(),
+        "threads": torch.get_num_threads(),
         "resolved_config": yaml.safe_load(Path(config).read_text()),
         "metrics": metrics,
     }

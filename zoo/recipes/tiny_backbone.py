@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,6 +31,7 @@ from zoo.evaluation.normals import angular_error
 from zoo.models.t2i.evaluation import band_name, caption_following
 from zoo.models.t2i.model import TextToImage
 from zoo.utils.files import atomic_write_json, sha256_file
+from zoo.utils.platform import kernel_platform
 
 T2I_CONFIG = "configs/tiny/backbone_t2i.yaml"
 CONTACT_SHEET = "docs/tiny_sd_samples.png"
@@ -418,27 +418,6 @@ def flat_metrics(t2i_quality: dict) -> dict[str, float]:
             }
         )
     return metrics
-
-
-def kernel_platform() -> dict[str, str]:
-    """What a bit-for-bit rebuild must share besides the recipe: libraries and the CPU kernel path.
-
-    One thread fixes the reduction order, but torch and oneDNN pick vectorised kernels by the CPU's
-    instruction set (AVX2, AVX-512, ...), and different kernels round differently: a 60-step VAE stage gave
-    four different files for four kernel settings on one machine. `ATEN_CPU_CAPABILITY` and
-    `ONEDNN_MAX_CPU_ISA` select them.
-    """
-    import diffusers
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "unset"),
-    }
 
 
 def file_hashes(out: str | Path) -> dict[str, str]:
