@@ -39,7 +39,7 @@ lint:
 
 # Rebuild the tiny backbone under checkpoints/tiny/backbone bit-for-bit (see its recipe.json): the VAE, then
 # the text encoder and UNet as text-to-image (configs/tiny/backbone_t2i.yaml), then its measurements and
-# docs/tiny_sd_samples.png. One thread: the bytes depend on the order of CPU reductions (about an hour).
+# docs/tiny_sd_samples.png. One thread: the bytes depend on the order of CPU reductions (about 80 minutes).
 tiny-backbone: install
 	OMP_NUM_THREADS=1 $(PYTHON) tools/build_tiny_backbone.py --out checkpoints/tiny/backbone
 

@@ -88,7 +88,7 @@ def _differing_files(rebuilt: dict, record: dict) -> list[str]:
 
 @pytest.mark.slow
 def test_text_to_image_stage_rebuilds_bit_for_bit(tiny_backbone_dir, tmp_path):
-    """Stage 2 from the committed VAE (`--vae-from`) reproduces every committed file (about 20 minutes)."""
+    """Stage 2 from the committed VAE (`--vae-from`) reproduces every committed file (about 45 minutes)."""
     record = _record(tiny_backbone_dir)
     rebuilt = build_tiny_backbone(
         tmp_path / "tiny", TinyRecipe(**record["recipe"]), progress=False, vae_from=tiny_backbone_dir
@@ -106,7 +106,7 @@ def test_text_to_image_stage_rebuilds_bit_for_bit(tiny_backbone_dir, tmp_path):
     strict=False,
 )
 def test_rebuild_is_bit_for_bit(tiny_backbone_dir, tmp_path):
-    """`make tiny-backbone` reproduces the committed bytes (same recipe, one thread; about an hour)."""
+    """`make tiny-backbone` reproduces the committed bytes (same recipe, one thread; about 80 minutes)."""
     record = _record(tiny_backbone_dir)
     rebuilt = build_tiny_backbone(tmp_path / "tiny", TinyRecipe(**record["recipe"]), progress=False)
     assert rebuilt["files"] == record["files"], (
