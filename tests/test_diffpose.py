@@ -271,8 +271,8 @@ def heldout_map(root: Path, videos: int, render: dict, **call) -> dict[str, floa
     return results
 
 
-# The shipped model's recorded margins (checkpoints/tiny/diffpose/metrics.json: 30 held-out videos, T3 39.1 vs
-# T1 36.3) and the one re-measured here on the first 6 of those videos (39.8 vs 38.7).
+# The shipped model's recorded margins (checkpoints/tiny/diffpose/metrics.json: 30 held-out videos, T3 36.1 vs
+# T1 33.5) and the one re-measured here on the first 6 of those videos (36.8 vs 35.8).
 RECORDED_TEMPORAL_GAIN = 2.5
 HELDOUT_TEMPORAL_GAIN = 0.5
 
@@ -301,7 +301,7 @@ def test_strip_recipe_draws_the_models_skeletons_on_held_out_frames(tmp_path: Pa
 
     out = diffpose_strip.main(["--out", str(tmp_path / "strip.png")])
     picture = np.asarray(Image.open(out))
-    seed = int(np.random.SeedSequence([TEST_SEED, 0]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([TEST_SEED, diffpose_strip.VIDEO]).generate_state(1)[0])
     render = yaml.safe_load(diffpose_strip.CONFIG.read_text())["data"]["init_args"]["render"]
     video = render_moving_video(seed, max(diffpose_strip.FRAMES) + 2, 256, 256, **render)
     bare = image_grid([video.frames[i] for i in diffpose_strip.FRAMES], columns=len(diffpose_strip.FRAMES))
