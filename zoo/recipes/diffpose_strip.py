@@ -11,15 +11,15 @@ give the same pixels.
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from zoo.data.datamodule import TEST_SEED
-from zoo.data.synthetic.moving_figures import render_moving_video
+from zoo.data.synthetic.moving_figures import MovingVideo, render_moving_video, video_seed
+from zoo.data.transforms import bbox_xywh_to_xyxy
+from zoo.export.controlnet import encode_png
 from zoo.registry import REPO_ROOT
 from zoo.utils.files import atomic_write_bytes
 
@@ -29,18 +29,21 @@ VIDEO = 2  # the first held-out video with two figures
 SIDE = 256
 
 
+def held_out_video(video_index: int = VIDEO, frames: tuple[int, ...] = FRAMES) -> MovingVideo:
+    """Held-out video `video_index` of the tiny model's test split, at SIDE px, long enough for `frames`."""
+    render = yaml.safe_load(CONFIG.read_text())["data"]["init_args"].get("render") or {}
+    return render_moving_video(video_seed(TEST_SEED, video_index), max(frames) + 2, SIDE, SIDE, **render)
+
+
 def render_strip(
     model: str = "tiny-diffpose", video_index: int = VIDEO, frames: tuple[int, ...] = FRAMES
 ) -> np.ndarray:
     """The model's skeletons on `frames` of held-out video `video_index`: uint8 RGB [SIDE, n * SIDE, 3]."""
     import zoo
 
-    render = yaml.safe_load(CONFIG.read_text())["data"]["init_args"].get("render") or {}
-    # The seed of test video `video_index`, as write_posetrack_videos derives it.
-    seed = int(np.random.SeedSequence([TEST_SEED, video_index]).generate_state(1)[0])
-    video = render_moving_video(seed, max(frames) + 2, SIDE, SIDE, **render)
+    video = held_out_video(video_index, frames)
     boxes = [
-        np.array([[x, y, x + w, y + h] for x, y, w, h in (p.bbox for p in people)], np.float32).reshape(-1, 4)
+        bbox_xywh_to_xyxy(np.array([p.bbox for p in people], np.float32).reshape(-1, 4)).astype(np.float32)
         for people in video.people
     ]
     track_ids = [np.array([p.track_id for p in people], np.int64) for people in video.people]
@@ -59,10 +62,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--video", type=int, default=VIDEO, help="index of the held-out video")
     args = parser.parse_args(argv)
     picture = render_strip(args.model, args.video)
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
     out = Path(args.out)
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_write_bytes(out, encode_png(picture))
     print(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
     return out
 

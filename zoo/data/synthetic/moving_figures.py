@@ -226,6 +226,11 @@ def _jpeg_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def video_seed(seed: int, index: int) -> int:
+    """The render seed of video `index` of a split written from `seed`, stable across numpy versions."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 def write_posetrack_videos(
     root: str | os.PathLike,
     num_videos: int,
@@ -239,7 +244,7 @@ def write_posetrack_videos(
     """Write videos as PoseTrack18 does; returns the annotation folder `root/annotations/<split>`.
 
     Frames go to `root/images/<split>/<video>/NNNNNN.jpg`, one JSON per video to the annotation folder.
-    Video i is rendered from the seed sequence (seed, i): the same arguments write identical bytes.
+    Video i is rendered from `video_seed(seed, i)`: the same arguments write identical bytes.
     """
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1; got {num_videos}")
@@ -247,8 +252,7 @@ def write_posetrack_videos(
     ann_dir = root / "annotations" / split
     category = posetrack_category()
     for index in range(num_videos):
-        video_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        video = render_moving_video(video_seed, num_frames, width, height, **render_options)
+        video = render_moving_video(video_seed(seed, index), num_frames, width, height, **render_options)
         name = f"{index + 1:06d}_mpii_{split}"
         images, annotations = [], []
         for t, (frame, people) in enumerate(zip(video.frames, video.people, strict=True)):
