@@ -117,10 +117,16 @@ def test_reconstruction_branch_and_its_switch(backbone):
 def test_loss_decreases_on_a_tiny_overfit(backbone):
     torch.manual_seed(0)
     model = SDPose(backbone, 17).train()
-    images = _crops(4, 3)
+    # Each crop shows a bright square where its heatmaps have their block, so a model that learns has to
+    # localise: one fixed block for every crop is learnt by the head's bias alone (the best constant map,
+    # p * (1 - p) of the target), which is no test of the features.
+    images = _crops(4, 3) * 0.2  # [4, 3, 128, 96]
     targets = torch.zeros(4, 17, 32, 24)
-    targets[:, :, 10:14, 8:12] = 1.0
+    for index, (row, col) in enumerate([(4, 4), (20, 14), (8, 16), (24, 2)]):
+        images[index, :, 4 * row : 4 * row + 16, 4 * col : 4 * col + 16] = 1.0
+        targets[index, :, row : row + 4, col : col + 4] = 1.0
     weights = torch.ones(4, 17)
+    block = targets.mean().item()
     # A pretrained UNet takes a small step, the new head a large one (the recipes' separate learning rates).
     optimizer = torch.optim.AdamW(
         [
@@ -135,9 +141,10 @@ def test_loss_decreases_on_a_tiny_overfit(backbone):
         losses["loss"].backward()
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
-    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
-    assert history[-1]["loss_keypoint"] < history[0]["loss_keypoint"]
-    assert history[-1]["loss_reconstruction"] < history[0]["loss_reconstruction"]
+    # Measured on the shipped tiny backbone: keypoint 0.0208 -> 0.0060, reconstruction 0.088 -> 0.018.
+    assert history[-1]["loss_keypoint"] < 0.5 * history[0]["loss_keypoint"]
+    assert history[-1]["loss_keypoint"] < 0.5 * block * (1 - block)  # well below the best constant map
+    assert history[-1]["loss_reconstruction"] < 0.5 * history[0]["loss_reconstruction"]
 
 
 def test_flip_test_plumbing(backbone):
