@@ -159,11 +159,17 @@ def test_tiny_registry_model_reuses_features_with_identical_output(video: tuple)
     recomputed = predictor(frames, boxes=boxes, steps=2, ensemble=2, seed=3, reuse_features=False)
     persons = sum(len(b) for b in boxes)
     assert recomputed.backbone_crops == 3 * persons and reused.backbone_crops < recomputed.backbone_crops
-    # Same output up to float noise from the batch composition; the ear slots (3, 4) are never annotated in
-    # PoseTrack, so their heatmaps are untrained and flat and their argmax moves with that noise.
-    annotated = [k for k in range(17) if k not in (3, 4)]
-    for a, b in zip(reused.keypoints, recomputed.keypoints, strict=True):
-        np.testing.assert_allclose(a[:, annotated], b[:, annotated], atol=1e-2)
+    # Same output up to float noise from the batch composition (1e-4 on the scores). Keypoints are compared
+    # where the heatmap has a peak: the ear slots (3, 4) are never annotated in PoseTrack, so their maps are
+    # untrained and flat, and on a weak map (maximum under 0.2; the median is 0.39) DARK's near-zero Hessian
+    # turns that noise into 0.01 px (measured: 0.0116 px at score 0.094, 2.3e-4 px at most elsewhere).
+    annotated = np.isin(np.arange(17), (3, 4), invert=True)
+    compared = 0
+    for a, b, score in zip(reused.keypoints, recomputed.keypoints, recomputed.scores, strict=True):
+        peaked = annotated & (score >= 0.2)  # [N, K]
+        np.testing.assert_allclose(a[peaked], b[peaked], atol=1e-3)
+        compared += peaked.sum()
+    assert compared >= 0.6 * persons * 17
     for a, b in zip(reused.scores, recomputed.scores, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     again = predictor(frames, boxes=boxes, steps=2, ensemble=2, seed=3)
