@@ -5,6 +5,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,9 @@ import torch
 from zoo.backbones import StableDiffusionBackbone
 from zoo.data.synthetic import SyntheticSceneDataset
 from zoo.recipes.tiny_backbone import TinyRecipe, build_tiny_backbone, evaluate_vae_roundtrip
+from zoo.registry import REPO_ROOT
 from zoo.utils.files import sha256_file
+from zoo.utils.platform import kernel_environment, kernel_platform, platform_differences
 
 # The VAE the shipped tiny models reference (vae_from): it must never change.
 SHIPPED_VAE_SHA256 = "e751b44e6340b917f1159238564b6b2dc68f1e39e6030b7368618f2199cf471f"
@@ -126,3 +131,55 @@ def test_reused_vae_stage_gives_the_same_bytes_and_refuses_another_recipe(tmp_pa
     other = dataclasses.replace(recipe, kl_weight=1e-3)
     with pytest.raises(ValueError, match="kl_weight"):
         build_tiny_backbone(tmp_path / "other", other, progress=False, vae_from=tmp_path / "full")
+
+
+def test_kernel_environment_selects_the_recorded_kernels():
+    assert kernel_environment({"cpu_capability": "AVX512", "onednn_max_cpu_isa": "unset"}) == {
+        "ATEN_CPU_CAPABILITY": "avx512"  # oneDNN chose by its CPU: nothing to pin
+    }
+    assert kernel_environment({"cpu_capability": "AVX2", "onednn_max_cpu_isa": "AVX2"}) == {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    }
+    here = kernel_platform()
+    assert platform_differences(here, here) == []
+    older = {**here, "torch": "1.0"}
+    assert platform_differences(older, here) == [f"torch: recorded '1.0', here {here['torch']!r}"]
+
+
+def _platform_record(folder: Path, platform: dict) -> Path:
+    folder.mkdir()
+    (folder / "recipe.json").write_text(json.dumps({"platform": platform}))
+    return folder
+
+
+def _build_tool(*args: str) -> subprocess.CompletedProcess:
+    pins = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+    environment = {name: value for name, value in os.environ.items() if name not in pins}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "build_tiny_backbone.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**environment, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_build_tool_restarts_on_the_recorded_kernels(tmp_path):
+    # DEFAULT (no vector extension) runs on every CPU, and differs from what torch picks here by itself.
+    recorded = {**kernel_platform(), "cpu_capability": "DEFAULT"}
+    reference = _platform_record(tmp_path / "reference", recorded)
+    tiny = "--steps 2 --batch-size 2 --train-scenes 4 --heldout-scenes 2 --t2i-steps 2 --t2i-train-size 64"
+    tiny = [*tiny.split(), "--t2i-heldout", "8", "--contact-sheet", ""]
+    result = _build_tool("--out", str(tmp_path / "tiny"), "--kernels-from", str(reference), *tiny)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = _record(tmp_path / "tiny")
+    assert record["platform"] == recorded and record["vae_platform"] == recorded
+
+
+def test_build_tool_refuses_kernels_this_cpu_cannot_run(tmp_path):
+    reference = _platform_record(tmp_path / "reference", {**kernel_platform(), "cpu_capability": "ZVECTOR"})
+    result = _build_tool("--out", str(tmp_path / "tiny"), "--kernels-from", str(reference))
+    assert result.returncode != 0
+    assert "cpu_capability: recorded 'ZVECTOR'" in result.stderr and "--kernels-from ''" in result.stderr
+    assert not (tmp_path / "tiny").exists()  # refused before anything was written

@@ -4,12 +4,19 @@
 `python tools/build_tiny_backbone.py --out checkpoints/tiny/backbone` rebuilds the committed assets bit
 for bit (zoo.recipes.tiny_backbone); the recipe (seeds, steps, data), the measurements and the file
 hashes go to `<out>/recipe.json`. Run it with OMP_NUM_THREADS=1 (the Makefile does).
+
+The bytes depend on the CPU kernels as well (zoo.utils.platform): the tool runs on the kernels recorded in
+`--kernels-from`'s recipe.json (the committed backbone by default), restarting itself with the environment
+that selects them, and refuses to start where this CPU cannot run them. `--kernels-from ''` builds on
+whatever the environment selects (e.g. `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` for a new
+recipe that every x86-64 machine since 2013 can rebuild).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -25,6 +32,43 @@ from zoo.recipes.tiny_backbone import (  # noqa: E402
     measure_text_to_image,
 )
 from zoo.utils.files import atomic_write_json  # noqa: E402
+from zoo.utils.platform import (  # noqa: E402
+    kernel_environment,
+    kernel_platform,
+    platform_differences,
+    recorded_platform,
+)
+
+
+def rebuild_platform(folder: str | Path, reuses_vae: bool) -> dict[str, str]:
+    """The kernel platform a rebuild of `folder` must run on: its text-to-image stage's. That stage ran the
+    VAE stage too unless the VAE was reused (its platform is then recorded apart, where known): warn when
+    a full rebuild cannot match both."""
+    platform = recorded_platform(folder)
+    vae_platform = json.loads((Path(folder) / "recipe.json").read_text()).get("vae_platform")
+    if not reuses_vae and isinstance(vae_platform, dict) and vae_platform != platform:
+        print(
+            f"{folder}: the VAE stage ran on {vae_platform}, the text-to-image stage on {platform}; one "
+            "process cannot rebuild both bit for bit (pass --vae-from)",
+            file=sys.stderr,
+        )
+    return platform
+
+
+def pin_kernels(platform: dict[str, str], argv: list[str]) -> None:
+    """Restart this tool under the environment that selects `platform`'s kernels, unless it has it; refuse,
+    naming the fields, where the process still does not run on them (a CPU without that ISA, other library
+    versions)."""
+    environment = kernel_environment(platform)
+    if any(os.environ.get(name) != value for name, value in environment.items()):
+        # torch is imported already and reads the variables once; the restarted process sees them first.
+        os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **environment})
+    differences = platform_differences(platform, kernel_platform())
+    if differences:
+        raise RuntimeError(
+            "this machine cannot reproduce the recorded bytes (" + "; ".join(differences) + "); pass "
+            "--kernels-from '' to build on its own kernels anyway"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,6 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--vae-from",
         help="reuse the VAE of this built backbone (same VAE-stage recipe: same bytes), not train one",
     )
+    parser.add_argument(
+        "--kernels-from",
+        default="checkpoints/tiny/backbone",
+        help="run on the CPU kernels recorded in this backbone's recipe.json ('' for the environment's own)",
+    )
     defaults = TinyRecipe()
     for field in fields(TinyRecipe):
         parser.add_argument(
@@ -51,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
             default=getattr(defaults, field.name),
         )
     args = parser.parse_args(argv)
+    if args.kernels_from and not args.measure_only:
+        platform = rebuild_platform(args.kernels_from, reuses_vae=args.vae_from is not None)
+        pin_kernels(platform, sys.argv[1:] if argv is None else argv)
     recipe = TinyRecipe(**{field.name: getattr(args, field.name) for field in fields(TinyRecipe)})
     sheet = args.contact_sheet or None
     if args.measure_only:
