@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,30 @@ def test_eval_tool_scores_a_multiple_choice_file(tmp_path, image_root):
     )
     assert set(metrics) == {"test/accuracy", "test/unmatched", "test/count"} and metrics["test/count"] == 1
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+
+
+def test_caption_cache_is_keyed_by_the_generator_source(tmp_path, monkeypatch):
+    import shutil
+
+    import zoo.data.synthetic as synthetic
+    import zoo.data.vqa as vqa
+
+    # The fingerprint follows the generators' source: any edit to one of them gives another key.
+    copy = tmp_path / "generators"
+    shutil.copytree(Path(synthetic.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = synthetic.source_fingerprint(copy)
+    assert before == synthetic.generator_fingerprint()
+    (copy / "captions.py").write_text((copy / "captions.py").read_text() + "\n# edited\n")
+    assert synthetic.source_fingerprint(copy) != before
+    # The cache is read back under its key (planted zeros come back) ...
+    cache = tmp_path / "cache"
+    pixels, items = synthetic_records(3, "test", (32, 32), str(cache))
+    stem = f"captions_test_3_32x32_{synthetic.generator_fingerprint()}"
+    assert sorted(path.name for path in cache.iterdir()) == [f"{stem}.json", f"{stem}.npz"]
+    np.savez_compressed(cache / f"{stem}.npz", images=np.zeros_like(pixels))
+    assert not synthetic_records(3, "test", (32, 32), str(cache))[0].any()
+    # ... and another generator version renders afresh instead of reading it.
+    monkeypatch.setattr(vqa, "generator_fingerprint", lambda: "0ther000")
+    fresh, again = synthetic_records(3, "test", (32, 32), str(cache))
+    assert np.array_equal(fresh, pixels) and again == items
+    assert (cache / "captions_test_3_32x32_0ther000.json").is_file()

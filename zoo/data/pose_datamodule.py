@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from zoo.data.coco_files import keypoint_parts, read_coco
 from zoo.data.datamodule import TEST_SEED, VAL_SEED, EpochSampler, ZooDataModule
+from zoo.data.synthetic import generator_fingerprint
 from zoo.data.synthetic.figures import write_coco_figures
 from zoo.data.topdown import (
     CocoPoseDataset,
@@ -37,7 +38,7 @@ def figure_split(
     cache_dir: str | os.PathLike, split: str, num_images: int, seed: int, size: tuple[int, int]
 ) -> Path:
     """Folder of one cached synthetic figure set, keyed by everything that changes its content."""
-    return Path(cache_dir) / f"{split}_seed{seed}_n{num_images}_{size[0]}x{size[1]}"
+    return Path(cache_dir) / f"{split}_seed{seed}_n{num_images}_{size[0]}x{size[1]}_{generator_fingerprint()}"
 
 
 class PoseDataModule(ZooDataModule):

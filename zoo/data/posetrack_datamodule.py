@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from zoo.data.datamodule import TEST_SEED, VAL_SEED, EpochSampler, ZooDataModule
 from zoo.data.posetrack import DEFAULT_OFFSETS, DETECTION_SCORE_THR, PoseTrackClipDataset
+from zoo.data.synthetic import generator_fingerprint
 from zoo.data.synthetic.moving_figures import write_posetrack_videos
 from zoo.data.transforms import TopDownAugmentation
 
@@ -27,9 +28,9 @@ def video_split(
     render: dict[str, Any],
 ) -> Path:
     """Folder of one cached synthetic video set, keyed by everything that changes its content."""
-    options = "_".join(f"{key}{value}" for key, value in sorted(render.items()))
-    return Path(cache_dir) / f"{split}_seed{seed}_v{videos}_f{frames}_{size[0]}x{size[1]}_{options}".rstrip(
-        "_"
+    options = "".join(f"_{key}{value}" for key, value in sorted(render.items()))
+    return Path(cache_dir) / (
+        f"{split}_seed{seed}_v{videos}_f{frames}_{size[0]}x{size[1]}{options}_{generator_fingerprint()}"
     )
 
 

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from zoo.data.datamodule import ZooDataModule
 from zoo.data.images import load_rgb
-from zoo.utils.files import JSONFileError, read_json_file, safe_join
+from zoo.data.synthetic import generator_fingerprint
+from zoo.utils.files import JSONFileError, atomic_open, atomic_write_text, read_json_file, safe_join
 
 FORMATS = ("llava", "lcs", "gqa", "mmvp", "multiple_choice")
 IMAGE_PLACEHOLDER = "<image>"
@@ -259,13 +260,13 @@ def synthetic_records(
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """uint8 images [N, H, W, 3] of the captioned generator and one dict per (image, question) or caption.
 
-    Rendered once per (split, count, size) and cached as .npz + .json in `cache_dir` (rendering costs more
-    than a tiny training step).
+    Rendered once per (split, count, size, generator source) and cached as .npz + .json in `cache_dir`
+    (written atomically, the .json last; rendering costs more than a tiny training step).
     """
     from zoo.data.synthetic.captions import CaptionDataset
 
     height, width = image_size
-    stem = f"captions_{split}_{images}_{height}x{width}"
+    stem = f"captions_{split}_{images}_{height}x{width}_{generator_fingerprint()}"
     cache = Path(cache_dir) / stem if cache_dir else None
     if cache is not None and cache.with_suffix(".npz").is_file() and cache.with_suffix(".json").is_file():
         pixels = np.load(cache.with_suffix(".npz"))["images"]
@@ -277,8 +278,9 @@ def synthetic_records(
         texts = [{"caption": r.caption, "questions": [list(q) for q in r.questions]} for r in rendered]
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(cache.with_suffix(".npz"), images=pixels)
-            cache.with_suffix(".json").write_text(json.dumps(texts))
+            with atomic_open(cache.with_suffix(".npz")) as handle:
+                np.savez_compressed(handle, images=pixels)
+            atomic_write_text(cache.with_suffix(".json"), json.dumps(texts))  # last: marks the set complete
     if task == "caption":
         return pixels, [
             {
