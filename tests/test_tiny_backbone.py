@@ -149,7 +149,7 @@ def test_kernel_environment_selects_the_recorded_kernels():
 
 def _platform_record(folder: Path, platform: dict) -> Path:
     folder.mkdir()
-    (folder / "recipe.json").write_text(json.dumps({"platform": platform}))
+    (folder / "recipe.json").write_text(json.dumps({"platform": platform, "vae_platform": platform}))
     return folder
 
 

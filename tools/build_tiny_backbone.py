@@ -43,15 +43,16 @@ from zoo.utils.platform import (  # noqa: E402
 def rebuild_platform(folder: str | Path, reuses_vae: bool) -> dict[str, str]:
     """The kernel platform a rebuild of `folder` must run on: its text-to-image stage's. That stage ran the
     VAE stage too unless the VAE was reused (its platform is then recorded apart, where known): warn when
-    a full rebuild cannot match both."""
+    a full rebuild may not match the VAE."""
     platform = recorded_platform(folder)
     vae_platform = json.loads((Path(folder) / "recipe.json").read_text()).get("vae_platform")
-    if not reuses_vae and isinstance(vae_platform, dict) and vae_platform != platform:
-        print(
-            f"{folder}: the VAE stage ran on {vae_platform}, the text-to-image stage on {platform}; one "
-            "process cannot rebuild both bit for bit (pass --vae-from)",
-            file=sys.stderr,
-        )
+    if reuses_vae or vae_platform == platform:
+        return platform
+    if isinstance(vae_platform, dict):
+        problem = f"the VAE stage ran on {vae_platform}, the text-to-image stage on {platform}"
+    else:
+        problem = f"the VAE stage's platform is {vae_platform!r}"
+    print(f"{folder}: {problem}; the VAE may not rebuild bit for bit (--vae-from reuses it)", file=sys.stderr)
     return platform
 
 
