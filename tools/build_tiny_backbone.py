@@ -8,8 +8,9 @@ hashes go to `<out>/recipe.json`. Run it with OMP_NUM_THREADS=1 (the Makefile do
 The bytes depend on the CPU kernels as well (zoo.utils.platform): the tool runs on the kernels recorded in
 `--kernels-from`'s recipe.json (the committed backbone by default), restarting itself with the environment
 that selects them, and refuses to start where this CPU cannot run them. `--kernels-from ''` builds on
-whatever the environment selects (e.g. `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` for a new
-recipe that every x86-64 machine since 2013 can rebuild).
+whatever the environment selects. oneDNN's and MKL's native kernels also depend on the CPU model, not only
+on its instruction set; `--portable-kernels` builds on kernels that do not (oneDNN and NNPACK off, MKL's
+COMPATIBLE branch, ATen's AVX2 kernels; about 3.4x slower), which a rebuild of that record then selects.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from zoo.recipes.tiny_backbone import (  # noqa: E402
 )
 from zoo.utils.files import atomic_write_json  # noqa: E402
 from zoo.utils.platform import (  # noqa: E402
+    PIN_VARIABLES,
+    PORTABLE_PLATFORM,
     kernel_environment,
     kernel_platform,
     platform_differences,
@@ -61,9 +64,11 @@ def pin_kernels(platform: dict[str, str], argv: list[str]) -> None:
     naming the fields, where the process still does not run on them (a CPU without that ISA, other library
     versions)."""
     environment = kernel_environment(platform)
-    if any(os.environ.get(name) != value for name, value in environment.items()):
+    if any(os.environ.get(name) != environment.get(name) for name in PIN_VARIABLES):
         # torch is imported already and reads the variables once; the restarted process sees them first.
-        os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **environment})
+        # A pin the platform does not name is dropped (e.g. MKL_CBWR for a record built without it).
+        inherited = {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
+        os.execve(sys.executable, [sys.executable, __file__, *argv], {**inherited, **environment})
     differences = platform_differences(platform, kernel_platform())
     if differences:
         raise RuntimeError(
@@ -93,6 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
         default="checkpoints/tiny/backbone",
         help="run on the CPU kernels recorded in this backbone's recipe.json ('' for the environment's own)",
     )
+    parser.add_argument(
+        "--portable-kernels",
+        action="store_true",
+        help="build on kernels that round the same on any AVX2 CPU (zoo.utils.platform.PORTABLE_PLATFORM; "
+        "about 3.4x slower), not on --kernels-from's",
+    )
     defaults = TinyRecipe()
     for field in fields(TinyRecipe):
         parser.add_argument(
@@ -101,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
             default=getattr(defaults, field.name),
         )
     args = parser.parse_args(argv)
-    if args.kernels_from and not args.measure_only:
+    if args.portable_kernels and not args.measure_only:
+        pin_kernels(PORTABLE_PLATFORM, sys.argv[1:] if argv is None else argv)
+    elif args.kernels_from and not args.measure_only:
         platform = rebuild_platform(args.kernels_from, reuses_vae=args.vae_from is not None)
         pin_kernels(platform, sys.argv[1:] if argv is None else argv)
     recipe = TinyRecipe(**{field.name: getattr(args, field.name) for field in fields(TinyRecipe)})

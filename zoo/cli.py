@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from zoo.utils.files import atomic_write_json, atomic_write_text
-from zoo.utils.platform import kernel_platform
+from zoo.utils.platform import kernel_platform, select_kernels
 
 # LightningCLI overrides for a run that only computes (tests, measurements): no logger, bar or summary.
 QUIET_TRAINER = (
@@ -38,6 +38,7 @@ class ZooCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        select_kernels()  # ZOO_CPU_KERNELS=portable: CPU-independent bytes (zoo.utils.platform)
         super().__init__(
             LightningModule,
             LightningDataModule,

@@ -31,7 +31,7 @@ from zoo.evaluation.normals import angular_error
 from zoo.models.t2i.evaluation import band_name, caption_following
 from zoo.models.t2i.model import TextToImage
 from zoo.utils.files import atomic_write_json, sha256_file
-from zoo.utils.platform import kernel_platform
+from zoo.utils.platform import kernel_platform, select_kernels
 
 T2I_CONFIG = "configs/tiny/backbone_t2i.yaml"
 CONTACT_SHEET = "docs/tiny_sd_samples.png"
@@ -440,6 +440,7 @@ def build_tiny_backbone(
     instead of trained again; the bytes are the same either way. Returns the record written to recipe.json.
     """
     recipe = recipe or TinyRecipe()
+    select_kernels()  # before the first convolution: the VAE stage's bytes depend on it too
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     try:

@@ -10,23 +10,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The environment variables that select the kernels: read once, when torch (ATen) and oneDNN start.
+# The environment variables that select the kernels: read once, when torch (ATen), oneDNN and MKL start.
 ATEN_VARIABLE = "ATEN_CPU_CAPABILITY"
 ONEDNN_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+MKL_VARIABLE = "MKL_CBWR"
+# The zoo's own switch, read by `select_kernels`: "native" (torch's choice) or "portable".
+KERNELS_VARIABLE = "ZOO_CPU_KERNELS"
+
+# Kernels that round the same on any x86-64 CPU with AVX2 (measured on the VAE stage: about 3.4x slower than
+# native). oneDNN (convolutions) and NNPACK choose their code path and blocking by the CPU model, so they are
+# switched off and convolutions run as im2col + MKL GEMM; MKL's COMPATIBLE branch is the only one Intel
+# documents as reproducible on non-Intel CPUs (MKL_CBWR=AVX2 falls back to the CPU's own branch there); ATen's
+# own kernels are pinned to their AVX2 build.
+PORTABLE_PLATFORM = {"cpu_capability": "AVX2", "kernels": "portable", "mkl_cbwr": "COMPATIBLE"}
+# Every variable `kernel_environment` may set: one that a platform does not name must be absent.
+PIN_VARIABLES = (ATEN_VARIABLE, ONEDNN_VARIABLE, MKL_VARIABLE, KERNELS_VARIABLE)
 
 
 def kernel_platform() -> dict[str, str]:
     """What a bit-for-bit rebuild must share besides the recipe: libraries and the CPU kernel path.
 
-    One thread fixes the reduction order, but torch and oneDNN pick vectorised kernels by the CPU's
+    One thread fixes the reduction order, but torch, oneDNN and MKL pick vectorised kernels by the CPU's
     instruction set (AVX2, AVX-512, ...), and different kernels round differently: a 60-step VAE stage gave
-    four different files for four kernel settings on one machine. `ATEN_CPU_CAPABILITY` and
-    `ONEDNN_MAX_CPU_ISA` select them (see `kernel_environment`).
+    four different files for four kernel settings on one machine. `ATEN_CPU_CAPABILITY`,
+    `ONEDNN_MAX_CPU_ISA` and `MKL_CBWR` select them (see `kernel_environment`); `ZOO_CPU_KERNELS=portable`
+    (`PORTABLE_PLATFORM`) selects kernels that do not depend on the CPU model. The `kernels` and
+    `mkl_cbwr` fields are recorded only when set, so records written before they existed still compare.
     """
     import diffusers
     import transformers
 
-    return {
+    platform = {
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
@@ -34,6 +48,34 @@ def kernel_platform() -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_cpu_isa": os.environ.get(ONEDNN_VARIABLE, "unset"),
     }
+    if os.environ.get(KERNELS_VARIABLE, "native") != "native":
+        platform["kernels"] = os.environ[KERNELS_VARIABLE]
+    if MKL_VARIABLE in os.environ:
+        platform["mkl_cbwr"] = os.environ[MKL_VARIABLE]
+    return platform
+
+
+def select_kernels() -> str:
+    """Apply `ZOO_CPU_KERNELS` to this process and return it ("native" when unset).
+
+    "portable" switches oneDNN and NNPACK off (process-wide, for every later forward and backward) and
+    requires the rest of `PORTABLE_PLATFORM`'s environment, which only takes effect when set before torch
+    starts: a ValueError names the variable otherwise.
+    """
+    kernels = os.environ.get(KERNELS_VARIABLE, "native")
+    if kernels == "native":
+        return kernels
+    if kernels != "portable":
+        raise ValueError(f"{KERNELS_VARIABLE}={kernels!r}: expected 'native' or 'portable'")
+    for name, value in kernel_environment(PORTABLE_PLATFORM).items():
+        if os.environ.get(name) != value:
+            raise ValueError(
+                f"{KERNELS_VARIABLE}=portable needs {name}={value} set before the process starts "
+                f"(it is {os.environ.get(name)!r}); `env $(python -m zoo.utils.platform --portable) COMMAND`"
+            )
+    torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
+    return kernels
 
 
 def kernel_environment(platform: Mapping[str, str]) -> dict[str, str]:
@@ -45,6 +87,10 @@ def kernel_environment(platform: Mapping[str, str]) -> dict[str, str]:
     environment = {ATEN_VARIABLE: platform["cpu_capability"].lower()}
     if platform.get("onednn_max_cpu_isa", "unset") != "unset":
         environment[ONEDNN_VARIABLE] = platform["onednn_max_cpu_isa"]
+    if "mkl_cbwr" in platform:
+        environment[MKL_VARIABLE] = platform["mkl_cbwr"]
+    if "kernels" in platform:
+        environment[KERNELS_VARIABLE] = platform["kernels"]
     return environment
 
 
@@ -69,8 +115,10 @@ def recorded_platform(folder: str | Path) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    # `env $(python -m zoo.utils.platform FOLDER) COMMAND` runs COMMAND on FOLDER's recorded kernels.
+    # `env $(python -m zoo.utils.platform FOLDER) COMMAND` runs COMMAND on FOLDER's recorded kernels,
+    # `env $(python -m zoo.utils.platform --portable) COMMAND` on the portable ones.
     import sys
 
-    environment = kernel_environment(recorded_platform(sys.argv[1]))
+    platform = PORTABLE_PLATFORM if sys.argv[1] == "--portable" else recorded_platform(sys.argv[1])
+    environment = kernel_environment(platform)
     print(" ".join(f"{name}={value}" for name, value in environment.items()))
