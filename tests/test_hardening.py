@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import threading
@@ -116,6 +117,27 @@ def outcome(kind: str, fixed: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- naming
+def test_only_regular_files_are_opened_and_what_else_is_named(tmp_path: Path) -> None:
+    """The one primitive behind the image, JSON and video readers: a FIFO is refused, never waited on."""
+    regular = tmp_path / "a.json"
+    regular.write_bytes(b"[1]")
+    with files.open_regular_file(regular) as handle:
+        assert handle.read() == b"[1]"
+    os.mkfifo(tmp_path / "fifo")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    before = len(os.listdir("/proc/self/fd"))
+    for name, kind in (("fifo", "FIFO"), ("sock", "socket"), (".", "folder")):
+        with pytest.raises(files.NotRegularFileError, match=rf"{name}: not a regular file \(a {kind}\)"):
+            files.open_regular_file(tmp_path / name)
+    assert len(os.listdir("/proc/self/fd")) == before  # the refused descriptors were closed
+    server.close()
+    with pytest.raises(files.NotRegularFileError, match=r"null: not a regular file \(a character device\)"):
+        files.open_regular_file("/dev/null")
+    with pytest.raises(FileNotFoundError):
+        files.open_regular_file(tmp_path / "absent")
+
+
 def test_output_names_are_injective() -> None:
     names = ["frame.0001.jpg", "frame.0002.jpg", "a.jpg", "a_vis.jpg", "x.jpg", "x.png", "d/a.jpg", "d.jpg"]
     kinds = [".png", ".npy", "_vis.png", ".json"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import IO
 
@@ -11,45 +10,29 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from zoo.utils import files
+
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 # Refuse decompression bombs with a clear message instead of PIL's warning; 16k x 16k is far above any use
 # here.
 MAX_PIXELS = 16384 * 16384
-_SPECIAL_KINDS = (
-    (stat.S_ISDIR, "folder"),
-    (stat.S_ISFIFO, "FIFO"),
-    (stat.S_ISSOCK, "socket"),
-    (stat.S_ISCHR, "character device"),
-    (stat.S_ISBLK, "block device"),
-)
 
 
 class ImageLoadError(ValueError):
     """An image could not be read; the message names the file and the reason."""
 
 
-def _open_regular(path: Path) -> IO[bytes]:
-    """Open `path` for reading only if it is a regular file, without blocking on a FIFO or device."""
-    try:
-        # O_NONBLOCK: opening a FIFO nobody writes to would otherwise wait forever; it is refused below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: no such file") from None
-    except OSError as error:
-        raise ImageLoadError(f"{path}: cannot be opened ({error.strerror})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")
-        raise ImageLoadError(f"{path}: not a regular file (a {kind}); only regular files are read")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
-
-
 def open_regular_file(path: str | os.PathLike) -> IO[bytes]:
     """Open a file for binary reading only if it is a regular file (ImageLoadError naming it otherwise)."""
-    return _open_regular(Path(path))
+    try:
+        return files.open_regular_file(path)
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such file") from None
+    except files.NotRegularFileError as error:
+        raise ImageLoadError(f"{error}; only regular files are read") from None
+    except OSError as error:
+        raise ImageLoadError(f"{path}: cannot be opened ({error.strerror})") from None
 
 
 def read_image_file(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
@@ -60,7 +43,7 @@ def read_image_file(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS
     decompression-bomb guard).
     """
     path = Path(path)
-    handle = _open_regular(path)
+    handle = open_regular_file(path)
     try:
         if os.fstat(handle.fileno()).st_size == 0:
             raise ImageLoadError(f"{path}: file is empty (0 bytes)")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 
 from zoo.data.images import load_rgb_uint8
+from zoo.utils.files import NotRegularFileError, check_regular_mode
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -50,14 +50,13 @@ def opencv_path(path: str | os.PathLike) -> Iterator[str]:
 def check_regular_file(path: Path, what: str) -> None:
     """Refuse a missing path or one that is not a regular file (a FIFO would block the decoder forever)."""
     try:
-        mode = os.stat(path).st_mode
+        check_regular_mode(path, os.stat(path).st_mode)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except NotRegularFileError as error:
+        raise VideoDecodeError(f"{error}; only regular files are read") from None
     except OSError as error:
         raise VideoDecodeError(f"{path}: cannot be read ({error.strerror})") from None
-    if not stat.S_ISREG(mode):
-        kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
-        raise VideoDecodeError(f"{path}: not a regular file (a {kind}); only regular files are read")
 
 
 class VideoFrames(ABC):

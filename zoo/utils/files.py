@@ -9,8 +9,9 @@ The rules every tool follows, all enforced here:
   collisions (`check_unique_outputs`) before anything is written;
 - a tool removes or replaces only what it wrote: its own records and its own temp files
   (`remove_stale_temporaries` only touches temp names of targets the caller is about to write);
-- a JSON input is read by `read_json_file`: regular files only (a FIFO never blocks), strict JSON (NaN and
-  Infinity refused with where they are), nesting too deep for the parser an error, all naming the file.
+- an input is opened by `open_regular_file` (or checked by `check_regular_mode`): regular files only, so a
+  FIFO never blocks; a JSON input is read by `read_json_file` on top of it: strict JSON (NaN and Infinity
+  refused with where they are), nesting too deep for the parser an error, all naming the file.
 """
 
 from __future__ import annotations
@@ -171,6 +172,58 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dump_json(obj, str(path)))
 
 
+class NotRegularFileError(OSError):
+    """A path names a folder, FIFO, socket or device where a regular file is expected; `kind` says which."""
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        super().__init__(f"{path}: not a regular file (a {kind})")
+        self.path, self.kind = Path(path), kind
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISDIR, "folder"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def check_regular_mode(path: str | os.PathLike, mode: int) -> None:
+    """NotRegularFileError naming what `path` is, unless `mode` (its st_mode) is a regular file's."""
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "special file")
+        raise NotRegularFileError(path, kind)
+
+
+def open_regular_file(path: str | os.PathLike) -> IO[bytes]:
+    """Open `path` for binary reading only if it is a regular file, without blocking on a FIFO or device.
+
+    Raises FileNotFoundError, NotRegularFileError, or the OSError of the open; callers turn these into their
+    own errors, naming the file.
+    """
+    # O_NONBLOCK: opening a FIFO nobody writes to would otherwise wait forever; it is refused below.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        # A socket cannot be opened at all (ENXIO): say what the path is rather than the errno.
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise error from None
+        check_regular_mode(path, mode)
+        raise
+    try:
+        check_regular_mode(path, os.fstat(fd).st_mode)
+    except NotRegularFileError:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def read_json_file(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Parse a JSON input file strictly; JSONFileError naming the file (and the field of a NaN) otherwise.
 
@@ -180,18 +233,14 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        handle = open_regular_file(path)
     except FileNotFoundError:
         raise JSONFileNotFoundError(f"{what} {path} does not exist") from None
+    except NotRegularFileError as error:
+        raise JSONFileError(f"{error}; expected a {what}") from None
     except OSError as error:
         raise JSONFileError(f"{path}: cannot be opened ({error.strerror})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
-        raise JSONFileError(f"{path}: not a regular file (a {kind}); expected a {what}")
-    os.set_blocking(fd, True)
-    with os.fdopen(fd, "rb") as handle:
+    with handle:
         data = handle.read()
     constants: list[str] = []
 
