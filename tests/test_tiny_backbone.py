@@ -195,14 +195,18 @@ print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.paramete
 """
 
 
+def _unpinned_environment() -> dict[str, str]:
+    """This process's environment without any kernel pin (the tests set their own)."""
+    return {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
+
+
 def _probe_hash(environment: dict[str, str]) -> str:
-    inherited = {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
     result = subprocess.run(
         [sys.executable, "-c", _KERNEL_PROBE],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**inherited, **environment, "OMP_NUM_THREADS": "1"},
+        env={**_unpinned_environment(), **environment, "OMP_NUM_THREADS": "1"},
         cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -225,13 +229,12 @@ def _platform_record(folder: Path, platform: dict) -> Path:
 
 
 def _build_tool(*args: str) -> subprocess.CompletedProcess:
-    environment = {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "tools" / "build_tiny_backbone.py"), *args],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**environment, "OMP_NUM_THREADS": "1"},
+        env={**_unpinned_environment(), "OMP_NUM_THREADS": "1"},
     )
 
 

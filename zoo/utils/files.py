@@ -205,15 +205,9 @@ def open_regular_file(path: str | os.PathLike) -> IO[bytes]:
     # O_NONBLOCK: opening a FIFO nobody writes to would otherwise wait forever; it is refused below.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
     except OSError as error:
-        # A socket cannot be opened at all (ENXIO): say what the path is rather than the errno.
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            raise error from None
-        check_regular_mode(path, mode)
+        if error.errno == errno.ENXIO:  # a socket cannot be opened at all: say what it is, not the errno
+            check_regular_mode(path, os.stat(path).st_mode)
         raise
     try:
         check_regular_mode(path, os.fstat(fd).st_mode)
