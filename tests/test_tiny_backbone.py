@@ -21,6 +21,7 @@ from zoo.utils.files import sha256_file
 from zoo.utils.platform import (
     PIN_VARIABLES,
     PORTABLE_PLATFORM,
+    cpu_model,
     kernel_environment,
     kernel_platform,
     platform_differences,
@@ -172,6 +173,21 @@ def test_portable_kernels_are_selected_only_with_their_whole_environment(monkeyp
     with pytest.raises(ValueError, match="ATEN_CPU_CAPABILITY=avx2"):  # too late to take effect here
         select_kernels()
     assert torch.backends.mkldnn.enabled  # refused before switching anything
+
+
+def test_native_platform_records_the_cpu_model_and_portable_does_not(monkeypatch):
+    for name in PIN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    native = kernel_platform()
+    assert native["cpu_model"] == cpu_model() and cpu_model() != ""
+    if Path("/proc/cpuinfo").is_file():
+        assert "family" in native["cpu_model"]  # read from /proc/cpuinfo, not the masked marketing name
+    monkeypatch.setenv("ZOO_CPU_KERNELS", "portable")
+    assert "cpu_model" not in kernel_platform()  # portable bytes do not depend on it
+    recorded_elsewhere = {**native, "cpu_model": "GenuineIntel family 6 model 143 stepping 8 (Xeon)"}
+    assert platform_differences(recorded_elsewhere, native) == [
+        f"cpu_model: recorded {recorded_elsewhere['cpu_model']!r}, here {native['cpu_model']!r}"
+    ]
 
 
 # A few AdamW steps of a small conv/GroupNorm/linear net on one thread: the hash of its weights.

@@ -35,7 +35,8 @@ def kernel_platform() -> dict[str, str]:
     four different files for four kernel settings on one machine. `ATEN_CPU_CAPABILITY`,
     `ONEDNN_MAX_CPU_ISA` and `MKL_CBWR` select them (see `kernel_environment`); `ZOO_CPU_KERNELS=portable`
     (`PORTABLE_PLATFORM`) selects kernels that do not depend on the CPU model. The `kernels` and
-    `mkl_cbwr` fields are recorded only when set, so records written before they existed still compare.
+    `mkl_cbwr` fields are recorded only when set, so records written before they existed still compare;
+    native kernels also record the `cpu_model` (`cpu_model()`), which their bytes depend on.
     """
     import diffusers
     import transformers
@@ -50,9 +51,36 @@ def kernel_platform() -> dict[str, str]:
     }
     if os.environ.get(KERNELS_VARIABLE, "native") != "native":
         platform["kernels"] = os.environ[KERNELS_VARIABLE]
+    else:
+        platform["cpu_model"] = cpu_model()
     if MKL_VARIABLE in os.environ:
         platform["mkl_cbwr"] = os.environ[MKL_VARIABLE]
     return platform
+
+
+def cpu_model() -> str:
+    """The CPU's vendor, family, model and stepping: 'AuthenticAMD family 25 model 17 stepping 1 (AMD EPYC)'.
+
+    oneDNN and MKL choose their native code path by these, not only by the instruction set; read from
+    /proc/cpuinfo (the marketing name alone may be masked by a hypervisor), "unknown" where there is none.
+    """
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
+    except OSError:
+        return "unknown"
+    keys = ("vendor_id", "cpu family", "model", "stepping")
+    if not all(key in fields for key in keys):
+        return "unknown"
+    return (
+        f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']} "
+        f"stepping {fields['stepping']} ({fields.get('model name', '?')})"
+    )
 
 
 def select_kernels() -> str:
