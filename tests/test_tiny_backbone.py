@@ -188,6 +188,7 @@ def test_native_platform_records_the_cpu_model_and_portable_does_not(monkeypatch
     assert platform_differences(recorded_elsewhere, native) == [
         f"cpu_model: recorded {recorded_elsewhere['cpu_model']!r}, here {native['cpu_model']!r}"
     ]
+    assert platform_differences(recorded_elsewhere, native, advisory=False) == []  # named, not refused
 
 
 # A few AdamW steps of a small conv/GroupNorm/linear net on one thread: the hash of its weights.
@@ -256,14 +257,18 @@ def _build_tool(*args: str) -> subprocess.CompletedProcess:
 
 def test_build_tool_restarts_on_the_recorded_kernels(tmp_path):
     # DEFAULT (no vector extension) runs on every CPU, and differs from what torch picks here by itself.
-    recorded = {**kernel_platform(), "cpu_capability": "DEFAULT"}
+    # Another CPU model is named but does not stop the build (its native kernels may still round the same).
+    here = kernel_platform()
+    elsewhere = "GenuineIntel family 6 model 143 stepping 8 (Xeon)"
+    recorded = {**here, "cpu_capability": "DEFAULT", "cpu_model": elsewhere}
     reference = _platform_record(tmp_path / "reference", recorded)
     tiny = "--steps 2 --batch-size 2 --train-scenes 4 --heldout-scenes 2 --t2i-steps 2 --t2i-train-size 64"
     tiny = [*tiny.split(), "--t2i-heldout", "8", "--contact-sheet", ""]
     result = _build_tool("--out", str(tmp_path / "tiny"), "--kernels-from", str(reference), *tiny)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"cpu_model: recorded {elsewhere!r}, here {here['cpu_model']!r}" in result.stderr
     record = _record(tmp_path / "tiny")
-    assert record["platform"] == recorded and record["vae_platform"] == recorded
+    assert record["platform"] == record["vae_platform"] == {**recorded, "cpu_model": here["cpu_model"]}
 
 
 def test_build_tool_builds_on_portable_kernels(tmp_path):

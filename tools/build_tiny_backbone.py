@@ -62,18 +62,25 @@ def rebuild_platform(folder: str | Path, reuses_vae: bool) -> dict[str, str]:
 def pin_kernels(platform: dict[str, str], argv: list[str]) -> None:
     """Restart this tool under the environment that selects `platform`'s kernels, unless it has it; refuse,
     naming the fields, where the process still does not run on them (a CPU without that ISA, other library
-    versions)."""
+    versions); only warn where the CPU model alone differs."""
     environment = kernel_environment(platform)
     if any(os.environ.get(name) != environment.get(name) for name in PIN_VARIABLES):
         # torch is imported already and reads the variables once; the restarted process sees them first.
         # A pin the platform does not name is dropped (e.g. MKL_CBWR for a record built without it).
         inherited = {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
         os.execve(sys.executable, [sys.executable, __file__, *argv], {**inherited, **environment})
-    differences = platform_differences(platform, kernel_platform())
+    here = kernel_platform()
+    differences = platform_differences(platform, here, advisory=False)
     if differences:
         raise RuntimeError(
             "this machine cannot reproduce the recorded bytes (" + "; ".join(differences) + "); pass "
             "--kernels-from '' to build on its own kernels anyway"
+        )
+    for difference in platform_differences(platform, here, advisory=True):
+        print(
+            f"{difference}: the native kernels may round otherwise on this CPU, so the bytes may differ "
+            "(--portable-kernels builds bytes that do not depend on it)",
+            file=sys.stderr,
         )
 
 

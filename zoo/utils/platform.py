@@ -23,6 +23,9 @@ KERNELS_VARIABLE = "ZOO_CPU_KERNELS"
 # documents as reproducible on non-Intel CPUs (MKL_CBWR=AVX2 falls back to the CPU's own branch there); ATen's
 # own kernels are pinned to their AVX2 build.
 PORTABLE_PLATFORM = {"cpu_capability": "AVX2", "kernels": "portable", "mkl_cbwr": "COMPATIBLE"}
+# Recorded fields that no environment variable selects and that do not stop a rebuild: native kernels round
+# by the CPU model, but a machine of another model may still give the same bytes, so it is named, not refused.
+ADVISORY_FIELDS = frozenset({"cpu_model"})
 # Every variable `kernel_environment` may set: one that a platform does not name must be absent.
 PIN_VARIABLES = (ATEN_VARIABLE, ONEDNN_VARIABLE, MKL_VARIABLE, KERNELS_VARIABLE)
 
@@ -122,12 +125,17 @@ def kernel_environment(platform: Mapping[str, str]) -> dict[str, str]:
     return environment
 
 
-def platform_differences(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
-    """'name: recorded X, here Y' for every recorded field this process does not share."""
+def platform_differences(
+    recorded: Mapping[str, str], current: Mapping[str, str], advisory: bool | None = None
+) -> list[str]:
+    """'name: recorded X, here Y' for every recorded field this process does not share.
+
+    `advisory` True keeps only the `ADVISORY_FIELDS` (the CPU model), False only the others, None all.
+    """
     return [
         f"{name}: recorded {value!r}, here {current.get(name)!r}"
         for name, value in recorded.items()
-        if current.get(name) != value
+        if current.get(name) != value and (advisory is None or (name in ADVISORY_FIELDS) == advisory)
     ]
 
 
