@@ -113,14 +113,10 @@ def test_text_to_image_stage_rebuilds_bit_for_bit(tiny_backbone_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="the committed VAE (2026-11-25) came from a kernel platform that was not recorded; rebuilds here "
-    "on AVX512 and on AVX2 kernels gave other VAE bytes, hence other files downstream (issue 10); that day's "
-    "builder and diffusers 0.42.0 give today's bytes at 60 steps, so it is the machine, not the code",
-    strict=False,
-)
 def test_rebuild_is_bit_for_bit(tiny_backbone_dir, tmp_path):
-    """`make tiny-backbone` reproduces the committed bytes (same recipe, one thread; about 80 minutes)."""
+    """`make tiny-backbone` reproduces the committed bytes (same recipe, one thread; about 80 minutes) on the
+    recorded platform, CPU model included: another CPU model's native kernels may round otherwise, and the
+    assertion then names both platforms."""
     record = _record(tiny_backbone_dir)
     rebuilt = build_tiny_backbone(tmp_path / "tiny", TinyRecipe(**record["recipe"]), progress=False)
     assert rebuilt["files"] == record["files"], (
