@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from zoo.utils.platform import (
     kernel_platform,
     platform_differences,
     select_kernels,
+    unpinned_environment,
 )
 
 # The VAE the shipped tiny models reference (vae_from): it must never change.
@@ -208,18 +208,13 @@ print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.paramete
 """
 
 
-def _unpinned_environment() -> dict[str, str]:
-    """This process's environment without any kernel pin (the tests set their own)."""
-    return {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
-
-
 def _probe_hash(environment: dict[str, str]) -> str:
     result = subprocess.run(
         [sys.executable, "-c", _KERNEL_PROBE],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**_unpinned_environment(), **environment, "OMP_NUM_THREADS": "1"},
+        env={**unpinned_environment(), **environment, "OMP_NUM_THREADS": "1"},
         cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -247,7 +242,7 @@ def _build_tool(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**_unpinned_environment(), "OMP_NUM_THREADS": "1"},
+        env={**unpinned_environment(), "OMP_NUM_THREADS": "1"},
     )
 
 

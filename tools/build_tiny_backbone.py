@@ -40,6 +40,7 @@ from zoo.utils.platform import (  # noqa: E402
     kernel_platform,
     platform_differences,
     recorded_platform,
+    unpinned_environment,
 )
 
 
@@ -67,8 +68,8 @@ def pin_kernels(platform: dict[str, str], argv: list[str]) -> None:
     if any(os.environ.get(name) != environment.get(name) for name in PIN_VARIABLES):
         # torch is imported already and reads the variables once; the restarted process sees them first.
         # A pin the platform does not name is dropped (e.g. MKL_CBWR for a record built without it).
-        inherited = {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
-        os.execve(sys.executable, [sys.executable, __file__, *argv], {**inherited, **environment})
+        restarted = {**unpinned_environment(), **environment}
+        os.execve(sys.executable, [sys.executable, __file__, *argv], restarted)
     here = kernel_platform()
     differences = platform_differences(platform, here, advisory=False)
     if differences:

@@ -125,6 +125,11 @@ def kernel_environment(platform: Mapping[str, str]) -> dict[str, str]:
     return environment
 
 
+def unpinned_environment() -> dict[str, str]:
+    """This process's environment without any of the `PIN_VARIABLES` (for a child that sets its own)."""
+    return {name: value for name, value in os.environ.items() if name not in PIN_VARIABLES}
+
+
 def platform_differences(
     recorded: Mapping[str, str], current: Mapping[str, str], advisory: bool | None = None
 ) -> list[str]:
